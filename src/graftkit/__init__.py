@@ -1,0 +1,30 @@
+"""graftkit: bring pretrained networks from any framework into PyTorch, graft them onto
+the network you want, prepare your images and fine-tune.
+
+    import graftkit
+    tensors = graftkit.read("model.caffemodel")            # any supported checkpoint
+    net, report = graftkit.transplant(tensors, "timm:efficientnet_lite0?num_classes=10")
+    graftkit.save(net, "mine.safetensors")
+    net = graftkit.load("mine.safetensors")
+"""
+__version__ = "0.1.0"
+
+from .errors import GraftError  # noqa: E402
+from .formats import read  # noqa: E402
+from .package import load, read_meta, save  # noqa: E402
+from .models import resolve  # noqa: E402
+
+
+def transplant(source, target, **kwargs):
+    """Graft `source` tensors onto `target`: see graftkit.transplant.transplant."""
+    from .transplant import transplant as _transplant
+    return _transplant(source, target, **kwargs)
+
+
+def convert(paths, **kwargs):
+    """Convert a foreign network (Caffe, Keras, MXNet, ONNX files) into a torch module."""
+    from .nets.convert import convert as _convert
+    return _convert(paths, **kwargs)
+
+
+__all__ = ["read", "load", "save", "read_meta", "resolve", "transplant", "convert", "GraftError", "__version__"]

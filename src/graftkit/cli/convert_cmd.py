@@ -1,0 +1,6 @@
+"""graft commands: (to be filled by its issue)."""
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,151 @@
+"""safetensors files (and graftkit packages, which are safetensors files), read zero-copy.
+
+The format is an 8-byte little-endian header length, a JSON header mapping each
+tensor name to {dtype, shape, data_offsets} (plus an optional "__metadata__" of
+strings), then the raw little-endian data. We map the file copy-on-write and
+wrap each tensor around its bytes with torch.frombuffer, so opening a file costs
+a header parse whatever its size: pages are read only when a tensor is used.
+Every offset is checked, because the file is untrusted data.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import GraftError
+from .base import TensorRecord, TensorSet
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+          "U8": torch.uint8, "BOOL": torch.bool,
+          "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def sniff(path: Path, head: bytes) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    if len(head) < 10:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
+
+
+def open_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(name -> tensor backed by a private memory map, header metadata)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = path.stat().st_size
+            if size < 8:
+                raise GraftError(f"{path}: truncated safetensors file ({size} bytes)", "re-create or re-download it")
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > MAX_HEADER or 8 + n > size:
+                raise GraftError(f"{path}: corrupt safetensors header (length {n} > file size {size})",
+                                 "the file is truncated or not safetensors")
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise GraftError(f"{path}: corrupt safetensors header: {e}", "the file is damaged") from None
+            data_len = size - 8 - n
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else b""
+    except OSError as e:
+        raise GraftError(f"{path}: cannot read: {e.strerror}") from None
+    if not isinstance(header, dict):
+        raise GraftError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    tensors: dict[str, torch.Tensor] = {}
+    base = 8 + n
+    for name, info in header.items():
+        try:
+            dtype = DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise GraftError(f"{path}: corrupt safetensors entry for {name!r}: {info!r}") from None
+        count = 1
+        for d in shape:
+            count *= d
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not (0 <= start <= end <= data_len) or end - start != count * itemsize or min(shape, default=0) < 0:
+            raise GraftError(f"{path}: tensor {name!r} lies outside the file or has the wrong size",
+                             "the file is truncated or corrupt")
+        if count == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        else:
+            tensors[name] = torch.frombuffer(buf, dtype=dtype, count=count, offset=base + start).view(shape)
+    return tensors, metadata
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """Only the header's metadata strings (cheap: no tensor is touched)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise GraftError(f"{path}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER:
+            raise GraftError(f"{path}: not a safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise GraftError(f"{path}: corrupt safetensors header", "the file is damaged or not safetensors") from None
+    return (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
+
+
+def _kind_role(name: str, t: torch.Tensor) -> tuple[str, str, str]:
+    """Guess (layer, kind, role) from a PyTorch-style state-dict name."""
+    layer, _, leaf = name.rpartition(".")
+    role = {"weight": "weight", "bias": "bias", "running_mean": "running_mean",
+            "running_var": "running_var", "num_batches_tracked": "num_batches_tracked"}.get(leaf, "other")
+    kind = "other"
+    if role in ("running_mean", "running_var", "num_batches_tracked"):
+        kind = "batchnorm"
+    elif role == "weight" and t.ndim == 4:
+        kind = "depthwise_conv" if t.shape[1] == 1 and t.shape[0] > 1 else "conv"
+    elif role == "weight" and t.ndim == 2:
+        kind = "linear"
+    return layer or name, kind, role
+
+
+def records_from_state_dict(state: dict[str, torch.Tensor]) -> list[TensorRecord]:
+    """TensorRecords for a PyTorch state dict, layers numbered in key order."""
+    records, positions = [], {}
+    for name, t in state.items():
+        layer, kind, role = _kind_role(name, t)
+        positions.setdefault(layer, len(positions))
+        records.append(TensorRecord(name, t, layer=layer, kind=kind, role=role, position=positions[layer]))
+    # BatchNorm affine weights live beside the running stats: mark the whole layer batchnorm.
+    bn_layers = {r.layer for r in records if r.kind == "batchnorm"}
+    for r in records:
+        if r.layer in bn_layers:
+            r.kind = "batchnorm"
+    return records
+
+
+def read(path: Path, *, trust: bool = False) -> TensorSet:
+    tensors, metadata = open_safetensors(path)
+    meta: dict[str, Any] = {k: v for k, v in metadata.items() if k != "graftkit"}
+    fmt = "safetensors"
+    if "graftkit" in metadata:
+        fmt = "graftkit package"
+        try:
+            meta["graftkit"] = json.loads(metadata["graftkit"])
+        except json.JSONDecodeError:
+            raise GraftError(f"{path}: the graftkit metadata in this package is corrupt") from None
+    order = (meta.get("graftkit") or {}).get("order") or []
+    rank = {k: i for i, k in enumerate(order)}
+    # Source order: the package's recorded module order, else the file's data order.
+    names = sorted(tensors, key=lambda k: (rank.get(k, len(rank)), _data_offset(tensors[k])))
+    return TensorSet(records_from_state_dict({k: tensors[k] for k in names}), format=fmt, source=str(path),
+                     meta=meta)
+
+
+def _data_offset(t: torch.Tensor) -> int:
+    return t.data_ptr() if t.numel() else 0

@@ -1,0 +1,40 @@
+"""Any model reference -> a module with its metadata: the one resolver the CLI and API use.
+
+A reference is a built-in name (`lite0`, `lite1`, `lite2`), an architecture spec
+(`timm:NAME?...`, `torchvision:NAME?...`, `file.py:factory`), or a graftkit package path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch.nn as nn
+
+from .errors import GraftError
+from .nets import spec as specs
+from .package import META_ATTR, is_package, load, make_meta
+
+
+def resolve(ref: str | os.PathLike | nn.Module, *, pretrained: bool = True) -> nn.Module:
+    """The module a reference names. Built-ins come with their pretrained weights unless pretrained=False."""
+    if isinstance(ref, nn.Module):
+        return ref
+    ref = str(ref)
+    from . import builtin
+    if ref in builtin.NAMES:
+        return builtin.load(ref, pretrained=pretrained)
+    if specs.is_arch_spec(ref):
+        module = specs.build(ref)
+        setattr(module, META_ATTR, make_meta(ref))
+        return module
+    path = Path(ref)
+    if path.suffix == ".safetensors" or path.is_file():
+        if not path.exists():
+            raise GraftError(f"{path}: no such package file", "check the path")
+        if not is_package(path):
+            raise GraftError(f"{path}: not a graftkit package",
+                             "make one with `graft transplant` or `graft convert`")
+        return load(path)
+    names = ", ".join(sorted(builtin.NAMES))
+    raise GraftError(f"model {ref!r} is not understood",
+                     f"use a built-in name ({names}), timm:NAME, torchvision:NAME, file.py:factory or a package file")

@@ -1,0 +1,147 @@
+"""The graftkit model package: one .safetensors file = weights + everything needed to use them.
+
+The tensors are exactly the module's state_dict(), so plain `safetensors` plus the
+architecture can load a package without graftkit. The header's metadata holds one
+key, "graftkit", whose value is this JSON document:
+
+    {"format": "graftkit.package", "version": 1,
+     "spec": "timm:efficientnet_lite0?num_classes=10" | {"converter": "caffe", ...},
+     "classes": ["tabby", ...] | null,
+     "preprocessing": {"input_size": [3, 224, 224], "resize": 256, "interpolation": "bilinear",
+                       "mean": [...], "std": [...], "pixel_range": 1.0, "channel_order": "RGB"},
+     "provenance": {"graftkit": "0.1.0", "created": ISO-8601, "sources": [...], ...},
+     "report": {...transplant report...} | null,
+     "extra": {...}}
+
+Preprocessing means: scale pixels to [0, pixel_range], order channels as
+`channel_order`, then (x - mean) / std per channel (mean and std in the same units).
+Loading memory-maps the file and builds the module on the meta device, so it
+costs a header parse plus module construction, never a pickle.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from . import __version__
+from .atomic import atomic_path
+from .errors import GraftError
+from .formats.safetensors_file import open_safetensors, read_metadata
+from .nets import spec as specs
+
+FORMAT = "graftkit.package"
+VERSION = 1
+META_ATTR = "graftkit_meta"  # where a loaded module keeps its package metadata
+
+
+def imagenet_preprocessing(size: int = 224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                           crop_pct: float = 0.875) -> dict[str, Any]:
+    return {"input_size": [3, size, size], "resize": int(round(size / crop_pct)), "interpolation": "bilinear",
+            "mean": list(mean), "std": list(std), "pixel_range": 1.0, "channel_order": "RGB"}
+
+
+def make_meta(spec: str | dict, *, classes=None, preprocessing=None, provenance=None, report=None,
+              extra=None) -> dict[str, Any]:
+    prov = {"graftkit": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    prov.update(provenance or {})
+    return {"format": FORMAT, "version": VERSION, "spec": spec, "classes": list(classes) if classes else None,
+            "preprocessing": preprocessing, "provenance": prov, "report": report, "extra": extra or {}}
+
+
+def save(module: nn.Module, path: str | os.PathLike, *, spec: str | dict | None = None, classes=None,
+         preprocessing=None, provenance=None, report=None, extra=None) -> Path:
+    """Write `module` as a graftkit package (atomically). Missing fields come from the module's own metadata."""
+    old = getattr(module, META_ATTR, None) or {}
+    spec = spec if spec is not None else old.get("spec")
+    if spec is None:
+        raise GraftError("cannot save a package without an architecture spec",
+                         "pass spec='timm:NAME' (or the converter spec) to save()")
+    meta = make_meta(spec,
+                     classes=classes if classes is not None else old.get("classes"),
+                     preprocessing=preprocessing if preprocessing is not None else old.get("preprocessing"),
+                     provenance={**(old.get("provenance") or {}), **(provenance or {})},
+                     report=report if report is not None else old.get("report"),
+                     extra={**(old.get("extra") or {}), **(extra or {})})
+    state, seen = {}, set()
+    for name, t in module.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if key in seen:  # safetensors refuses shared memory; keep every state_dict key all the same
+            t = t.clone()
+        seen.add(key)
+        state[name] = t
+    meta["order"] = list(state)  # safetensors sorts its header; keep the module's own order
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"graftkit": json.dumps(meta)})
+    setattr(module, META_ATTR, meta)
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The package's graftkit JSON, without touching the tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise GraftError(f"{path}: no such package file", "check the path")
+    raw = read_metadata(path).get("graftkit")
+    if raw is None:
+        raise GraftError(f"{path}: a safetensors file but not a graftkit package (no graftkit metadata)",
+                         "use `graft transplant` or `graft convert` to make a package, or pass it as a weights source")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise GraftError(f"{path}: the package's graftkit metadata is corrupt") from None
+    if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
+        raise GraftError(f"{path}: package version {meta.get('version')} is newer than this graftkit reads",
+                         "upgrade graftkit")
+    return meta
+
+
+def is_package(path: str | os.PathLike) -> bool:
+    try:
+        read_meta(path)
+        return True
+    except (GraftError, OSError):
+        return False
+
+
+def build_empty(spec: str | dict) -> nn.Module:
+    """The architecture without initialising weights (built on the meta device when that is safe)."""
+    try:
+        with torch.device("meta"):
+            return specs.build(spec)
+    except GraftError:
+        raise
+    except Exception:  # some modules compute real values in __init__: build them normally
+        return specs.build(spec)
+
+
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The ready-to-use module of a package, in eval mode, with its metadata as `module.graftkit_meta`."""
+    meta = read_meta(path)
+    tensors, _ = open_safetensors(path)
+    module = build_empty(meta["spec"])
+    expected = set(module.state_dict())
+    missing, unexpected = expected - set(tensors), set(tensors) - expected
+    if missing or unexpected:
+        raise GraftError(f"{path}: tensors do not fit the architecture {meta['spec']!r} "
+                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
+                         "the package is corrupt or was written for another version of the model")
+    module.load_state_dict(tensors, strict=True, assign=True)
+    if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+        # non-persistent buffers (not in the file) were left on the meta device: rebuild for real.
+        module = specs.build(meta["spec"])
+        module.load_state_dict(tensors, strict=True)
+    setattr(module, META_ATTR, meta)
+    return module.to(device).eval()
+
+
+def meta_of(module: nn.Module) -> dict[str, Any]:
+    return getattr(module, META_ATTR, None) or {}

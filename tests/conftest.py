@@ -1,0 +1,46 @@
+"""Shared test helpers: the reference fixtures copied from ../shared/fixtures (see tests/fixtures/README.md)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+
+
+def fixture(rel: str) -> Path:
+    """Path of a copied fixture file; fails loudly if it was not copied into the repo."""
+    p = FIXTURES / rel
+    assert p.exists(), f"fixture {rel} missing from tests/fixtures"
+    return p
+
+
+def cases(fmt: str) -> list[dict]:
+    return [c for c in MANIFEST["cases"] if c["format"] == fmt]
+
+
+def rel_err(ours, expected) -> float:
+    """The manifest's error measure: max|ours - expected| / max|expected|."""
+    ours = np.asarray(ours, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert ours.shape == expected.shape, (ours.shape, expected.shape)
+    return float(np.abs(ours - expected).max() / np.abs(expected).max())
+
+
+def run_graft(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run the real `graft` command line in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "graftkit.cli.main", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.fixture
+def graft():
+    return run_graft
