@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from .errors import GraftError
 from .nets import spec as specs
-from .package import META_ATTR, is_package, load, make_meta
+from .meta import META_ATTR, make_meta
+from .package import is_package, load
 
 
 def resolve(ref: str | os.PathLike | nn.Module, *, pretrained: bool = True) -> nn.Module:

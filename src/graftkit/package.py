@@ -20,7 +20,6 @@ costs a header parse plus module construction, never a pickle.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from pathlib import Path
@@ -30,29 +29,12 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from . import __version__
 from .atomic import atomic_path
 from .errors import GraftError
 from .formats.safetensors_file import open_safetensors, read_metadata
+from .meta import FORMAT, META_ATTR, VERSION, imagenet_preprocessing, make_meta, meta_of  # noqa: F401
 from .nets import spec as specs
 
-FORMAT = "graftkit.package"
-VERSION = 1
-META_ATTR = "graftkit_meta"  # where a loaded module keeps its package metadata
-
-
-def imagenet_preprocessing(size: int = 224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                           crop_pct: float = 0.875) -> dict[str, Any]:
-    return {"input_size": [3, size, size], "resize": int(round(size / crop_pct)), "interpolation": "bilinear",
-            "mean": list(mean), "std": list(std), "pixel_range": 1.0, "channel_order": "RGB"}
-
-
-def make_meta(spec: str | dict, *, classes=None, preprocessing=None, provenance=None, report=None,
-              extra=None) -> dict[str, Any]:
-    prov = {"graftkit": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    prov.update(provenance or {})
-    return {"format": FORMAT, "version": VERSION, "spec": spec, "classes": list(classes) if classes else None,
-            "preprocessing": preprocessing, "provenance": prov, "report": report, "extra": extra or {}}
 
 
 def save(module: nn.Module, path: str | os.PathLike, *, spec: str | dict | None = None, classes=None,
@@ -141,7 +123,3 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         module.load_state_dict(tensors, strict=True)
     setattr(module, META_ATTR, meta)
     return module.to(device).eval()
-
-
-def meta_of(module: nn.Module) -> dict[str, Any]:
-    return getattr(module, META_ATTR, None) or {}
