@@ -24,6 +24,7 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
           "U8": torch.uint8, "BOOL": torch.bool,
           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -71,7 +72,7 @@ def open_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         count = 1
         for d in shape:
             count *= d
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = ITEMSIZE[info["dtype"]]
         if not (0 <= start <= end <= data_len) or end - start != count * itemsize or min(shape, default=0) < 0:
             raise GraftError(f"{path}: tensor {name!r} lies outside the file or has the wrong size",
                              "the file is truncated or corrupt")
