@@ -1,0 +1,245 @@
+"""Graft source tensors onto a target network, in passes, and report every decision.
+
+    module, report = transplant("weights.caffemodel", "timm:efficientnet_lite0?num_classes=10")
+
+Passes, each recorded per tensor as `matched_by`:
+  1. exact      same name, same shape
+  2. normalised same name once framework conventions are normalised (names.py)
+  3. rule       the user's REGEX=>REPL rules rewrite source names
+  4. structure  units (conv + its BatchNorm, dense + bias) aligned by kind and shape
+                with a gapped alignment (align.py), tensors paired by role inside units
+Pairs whose shapes differ are adapted only under a `policy` (adapt.py); otherwise the
+target tensor is left at its initial value and the report says why.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+import torch
+import torch.nn as nn
+
+from ..errors import GraftError
+from ..formats.base import TensorSet
+from ..meta import meta_of
+from .adapt import adapt_tensor, check_policy, clash, widen
+from .align import align
+from .names import convention, normalise
+from .report import Entry, Report, Unused
+from .units import build_units, records_from_module
+
+__all__ = ["transplant", "Report", "source_tensors", "parse_rule"]
+
+
+def transplant(source, target, rules=None, policy: str = "skip", strict: bool = False, class_names=None,
+               source_class_names=None, trust: bool = False, seed: int = 0) -> tuple[nn.Module, Report]:
+    """Copy what fits from `source` into `target`; returns (target module, report).
+
+    source: a TensorSet, a checkpoint path, a model reference (built-in name, spec, package),
+            an nn.Module or a state dict.  target: an nn.Module or a model reference (built
+            fresh, pretrained=False). rules: ["REGEX=>REPL", ...] applied to source names.
+    policy: skip | classes | channels | widen | slice. class_names / source_class_names
+    override the class names found in the metadata. strict: GraftError if anything is left.
+    """
+    check_policy(policy)
+    parsed = [parse_rule(r) for r in (rules or [])]
+    src, src_classes = source_tensors(source, trust=trust)
+    module = _target_module(target)
+    tgt = records_from_module(module)
+    tgt_classes = list(class_names) if class_names else (meta_of(module).get("classes") or None)
+    src_classes = list(source_class_names) if source_class_names else src_classes
+
+    pairs = _match(src, tgt, parsed)
+    report = Report(source=src.source or type(source).__name__, target=_describe(target), policy=policy)
+    state = module.state_dict()
+
+    widened = {}
+    if policy == "widen":
+        widened = widen(build_units(tgt), state, lambda t: src[pairs[t][0]] if t in pairs else None, seed=seed)
+
+    used: set[str] = set()
+    clashed: dict[str, str] = {}
+    with torch.no_grad():
+        for name, t in state.items():
+            if name not in pairs:
+                report.entries.append(Entry(name, None, "left", "no source tensor", None, list(t.shape)))
+                continue
+            sname, how = pairs[name]
+            s = src[sname]
+            entry = Entry(name, sname, "copied", "", how, list(t.shape), list(s.shape))
+            if name in widened:
+                value, entry.reason = widened[name]
+                entry.status = "adapted"
+                t.copy_(value)
+            elif tuple(s.shape) == tuple(t.shape):
+                t.copy_(s.to(t.dtype) if s.dtype != t.dtype else s)
+            else:
+                value, reason = (None, clash(t, s)) if policy in ("skip", "widen") else adapt_tensor(
+                    policy, t, s, target_classes=tgt_classes, source_classes=src_classes)
+                entry.reason = reason
+                if value is None:
+                    entry.status = "left"
+                    clashed[sname] = f"{reason} with target {name}"
+                else:
+                    entry.status = "adapted"
+                    t.copy_(value)
+            if entry.status != "left":
+                used.add(sname)
+            report.entries.append(entry)
+    report.unused = [Unused(n, list(src[n].shape), clashed.get(n, "no target parameter matched it"))
+                     for n in src if n not in used]
+    report.notes += _eps_notes(src, module, pairs)
+    if strict and report.left():
+        first = report.left()[0]
+        raise GraftError(f"{len(report.left())} target tensors were left at their initial values, "
+                         f"first {first.target}: {first.reason}",
+                         "fix the names with --rule, choose a --policy, or drop --strict")
+    return module, report
+
+
+def parse_rule(rule: str) -> tuple[re.Pattern, str, str]:
+    if "=>" not in rule:
+        raise GraftError(f"rule {rule!r} has no '=>'", "write rules as 'REGEX=>REPLACEMENT'")
+    pattern, _, repl = rule.partition("=>")
+    try:
+        return re.compile(pattern), repl, rule
+    except re.error as e:
+        raise GraftError(f"rule {rule!r}: bad regular expression: {e}") from None
+
+
+def source_tensors(source, *, trust: bool = False) -> tuple[TensorSet, list | None]:
+    """Any supported source as a TensorSet, plus its class names when known."""
+    if isinstance(source, TensorSet):
+        meta = source.meta.get("graftkit") or {}
+        return source, meta.get("classes") or source.meta.get("classes")
+    if isinstance(source, nn.Module):
+        ts = records_from_module(source)
+        ts.source = type(source).__name__
+        return ts, meta_of(source).get("classes")
+    if isinstance(source, dict):
+        from ..formats.safetensors_file import records_from_state_dict
+        return TensorSet(records_from_state_dict(source), format="state dict", source="state dict"), None
+    if isinstance(source, (str, os.PathLike)):
+        ref = str(source)
+        if _is_model_ref(ref):
+            from ..models import resolve
+            module = resolve(ref, pretrained=True)
+            ts = records_from_module(module)
+            ts.source = ref
+            return ts, meta_of(module).get("classes")
+        from .. import formats
+        ts = formats.read(Path(ref), trust=trust)
+        meta = ts.meta.get("graftkit") or {}
+        return ts, meta.get("classes") or ts.meta.get("classes")
+    raise GraftError(f"cannot use a {type(source).__name__} as a transplant source",
+                     "pass a file path, a model spec, a TensorSet, a state dict or an nn.Module")
+
+
+def _is_model_ref(ref: str) -> bool:
+    from .. import builtin
+    from ..nets import spec as specs
+    from ..package import is_package
+    return ref in builtin.NAMES or specs.is_arch_spec(ref) or (Path(ref).suffix == ".safetensors"
+                                                                and Path(ref).is_file() and is_package(ref))
+
+
+def _target_module(target) -> nn.Module:
+    if isinstance(target, nn.Module):
+        return target
+    if isinstance(target, (str, os.PathLike)):
+        from ..models import resolve
+        return resolve(str(target), pretrained=False)
+    raise GraftError(f"cannot use a {type(target).__name__} as a transplant target",
+                     "pass an nn.Module or a model spec such as timm:efficientnet_lite0")
+
+
+def _describe(target) -> str:
+    return str(target) if isinstance(target, (str, os.PathLike)) else type(target).__name__
+
+
+def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
+    """target name -> (source name, pass)."""
+    pairs: dict[str, tuple[str, str]] = {}
+    taken: set[str] = set()
+
+    def pair(t: str, s: str, how: str) -> None:
+        pairs[t] = (s, how)
+        taken.add(s)
+
+    def same_shape(t: str, s: str) -> bool:
+        return tuple(tgt[t].shape) == tuple(src[s].shape)
+
+    # 1. exact name and shape
+    for t in tgt:
+        if t in src and same_shape(t, t):
+            pair(t, t, "exact")
+    # 2. normalised names: a unique candidate of the same shape
+    src_names = list(src)
+    by_norm: dict[str, list[str]] = {}
+    for s in src_names:
+        by_norm.setdefault(normalise(convention(s, src_names)), []).append(s)
+    tgt_norm = {t: normalise(t) for t in tgt}
+    for t in tgt:
+        if t in pairs:
+            continue
+        cands = [s for s in by_norm.get(tgt_norm[t], []) if s not in taken and same_shape(t, s)]
+        if len(cands) == 1:
+            pair(t, cands[0], "normalised")
+    # 3. user rules rewrite source names
+    if rules:
+        for rx, repl, text in rules:
+            if not any(rx.search(s) for s in src_names):
+                raise GraftError(f"rule {text!r} matches no source tensor name",
+                                 f"source names look like {', '.join(src_names[:3])}")
+        by_tgt_norm: dict[str, list[str]] = {}
+        for t, n in tgt_norm.items():
+            by_tgt_norm.setdefault(n, []).append(t)
+        for s in src_names:
+            if s in taken:
+                continue
+            new = s
+            for rx, repl, _ in rules:
+                new = rx.sub(repl, new)
+            if new == s:
+                continue
+            cands = [new] if new in tgt else by_tgt_norm.get(normalise(new), [])
+            cands = [t for t in cands if t not in pairs]
+            if len(cands) == 1:
+                pair(cands[0], s, "rule")     # the user asked for it: shape clashes are reported, not refused
+    # Same name but another shape: pair them, so the policy or the report deals with the clash.
+    for t in tgt:
+        if t in pairs:
+            continue
+        cands = [s for s in by_norm.get(tgt_norm[t], []) if s not in taken]
+        if t in src and t not in taken:
+            cands = [t]
+        if len(cands) == 1:
+            pair(t, cands[0], "exact" if cands[0] == t else "normalised")
+    # 4. structure: align the units of what is left, pair tensors by slot inside aligned units
+    src_units = build_units(src, only={s for s in src if s not in taken})
+    tgt_units = build_units(tgt, only={t for t in tgt if t not in pairs})
+    for i, j, _identical in align(src_units, tgt_units):
+        su, tu = src_units[i], tgt_units[j]
+        for slot, tname in tu.slots.items():
+            sname = su.slots.get(slot)
+            if sname is not None and sname not in taken and tname not in pairs:
+                pair(tname, sname, "structure")
+    return pairs
+
+
+def _eps_notes(src: TensorSet, module: nn.Module, pairs) -> list[str]:
+    """BatchNorm epsilons that differ between source and target: outputs will differ slightly."""
+    notes: dict[tuple, list[str]] = {}
+    mods = dict(module.named_modules())
+    for t, (s, _) in pairs.items():
+        if not t.endswith("running_var"):
+            continue
+        rec = src.record(s)
+        eps = rec.meta.get("eps", src.meta.get("bn_eps", src.meta.get("eps")))
+        m = mods.get(t.rpartition(".")[0])
+        if eps is None or m is None or not hasattr(m, "eps"):
+            continue
+        if abs(float(eps) - float(m.eps)) > 1e-12:
+            notes.setdefault((float(eps), float(m.eps)), []).append(t.rpartition(".")[0])
+    return [f"source BatchNorm eps {a:g} differs from the target's {b:g} in {len(v)} layers ({v[0]}, ...): "
+            f"set the target's eps to {a:g} to reproduce the source exactly" for (a, b), v in notes.items()]

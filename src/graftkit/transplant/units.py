@@ -1,0 +1,165 @@
+"""Units: the groups of tensors that move together (a convolution with its BatchNorm,
+a dense layer with its bias), built alike from a source TensorSet and a target module.
+
+Alignment works on units rather than single tensors, so a BatchNorm always follows
+its convolution and BatchNorm statistics stored far from their weights (MXNet's
+`aux:` block, Caffe's separate BatchNorm and Scale layers) are still one unit.
+Inside a unit each tensor has a slot: ("main", role) for the convolution/dense
+layer, ("norm", role) for its normalisation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from ..formats.base import TensorRecord, TensorSet
+
+MAIN_KINDS = {"conv": "conv", "depthwise_conv": "conv", "conv_transpose": "conv_transpose",
+              "linear": "linear", "embedding": "embedding"}
+NORM_KINDS = {"batchnorm", "scale", "norm"}
+
+
+@dataclass
+class Unit:
+    family: str                                    # conv, linear, norm, prelu, ...
+    slots: dict[tuple[str, str], str] = field(default_factory=dict)  # slot -> tensor name
+    shapes: dict[tuple[str, str], tuple] = field(default_factory=dict)
+    layers: list[str] = field(default_factory=list)
+
+    def key(self) -> tuple:
+        """What must agree for two units to be the same layer: family, main weight shape, norm width."""
+        main = self.shapes.get(("main", "weight"))
+        norm = next((s for (part, role), s in self.shapes.items()
+                     if part == "norm" and role in ("weight", "running_mean", "running_var", "bias")), None)
+        return (self.family, main, norm, self.shapes.get(("prelu", "weight")))
+
+    @property
+    def label(self) -> str:
+        return "+".join(self.layers)
+
+    def out_width(self) -> int | None:
+        w = self.shapes.get(("main", "weight"))
+        if not w:
+            return None
+        return w[1] if self.family == "conv_transpose" else w[0]
+
+
+def _family(kind: str) -> str:
+    if kind in MAIN_KINDS:
+        return MAIN_KINDS[kind]
+    if kind in NORM_KINDS:
+        return "norm"
+    return kind
+
+
+def records_from_module(module: nn.Module) -> TensorSet:
+    """The module's state_dict as TensorRecords whose kinds come from the module types (exact, not guessed)."""
+    records, position = [], 0
+    persistent = module.state_dict(keep_vars=True)
+    for mname, sub in module.named_modules():
+        own = list(sub.named_parameters(recurse=False)) + list(sub.named_buffers(recurse=False))
+        own = [(n, t) for n, t in own if f"{mname}.{n}".lstrip(".") in persistent and t is not None]
+        if not own:
+            continue
+        kind = module_kind(sub)
+        for n, t in own:
+            full = f"{mname}.{n}" if mname else n
+            role = n if n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked") else "other"
+            records.append(TensorRecord(full, t.detach(), layer=mname or full, kind=kind, role=role,
+                                        position=position))
+        position += 1
+    return TensorSet(records, format="torch module")
+
+
+def module_kind(sub: nn.Module) -> str:
+    if isinstance(sub, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return "conv_transpose"
+    if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return "depthwise_conv" if sub.groups > 1 and sub.groups == sub.in_channels else "conv"
+    if isinstance(sub, nn.Linear):
+        return "linear"
+    if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+        return "batchnorm"
+    if isinstance(sub, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
+        return "norm"
+    if isinstance(sub, nn.PReLU):
+        return "prelu"
+    if isinstance(sub, nn.Embedding):
+        return "embedding"
+    return "other"
+
+
+def _guess_kind(recs: list[TensorRecord]) -> str:
+    """A layer's kind; for 'other' layers decide from the tensors (a lone 1-D weight is a norm)."""
+    kinds = {r.kind for r in recs} - {"other"}
+    if kinds:
+        for k in ("batchnorm", "scale", "norm", "conv_transpose", "conv", "depthwise_conv", "linear",
+                  "prelu", "embedding", "bias"):
+            if k in kinds:
+                return k
+    w = next((r.tensor for r in recs if r.role == "weight"), None)
+    if w is not None and w.ndim == 4:
+        return "conv"
+    if w is not None and w.ndim == 2:
+        return "linear"
+    if w is not None and w.ndim == 1 and any(r.role == "bias" for r in recs):
+        return "norm"
+    return "other"
+
+
+def build_units(ts: TensorSet, only: set[str] | None = None) -> list[Unit]:
+    """Units in source order; `only` restricts them to those tensor names (unmatched ones)."""
+    units: list[Unit] = []
+    current: Unit | None = None
+    for layer, recs in ts.layers().items():
+        kind = _guess_kind(recs)
+        fam = _family(kind)
+        recs = [r for r in recs if only is None or r.name in only]
+        if not recs:
+            current = None if fam in MAIN_KINDS.values() else current
+            continue
+        width = len(recs[0].tensor) if recs[0].tensor.ndim else None
+        if fam == "norm" and current is not None and current.family in ("conv", "linear", "conv_transpose") \
+                and _norm_fits(current, recs, kind):
+            _add(current, "norm", recs, layer)
+            continue
+        if kind == "bias" and current is not None and ("main", "bias") not in current.slots \
+                and current.out_width() == width:
+            _add(current, "main", recs, layer, role="bias")
+            continue
+        part = "main" if fam in ("conv", "linear", "conv_transpose", "embedding") else (
+            "norm" if fam == "norm" else fam)
+        unit = Unit(family=fam)
+        _add(unit, part, recs, layer)
+        units.append(unit)
+        current = unit if part == "main" else None
+    return units
+
+
+def _norm_fits(unit: Unit, recs: list[TensorRecord], kind: str) -> bool:
+    has_norm = [s for s in unit.slots if s[0] == "norm"]
+    roles = {r.role for r in recs}
+    # A Caffe Scale may follow its BatchNorm (mean/var then weight/bias); never two full norms.
+    if has_norm and ({s[1] for s in has_norm} & roles):
+        return False
+    widths = {r.tensor.shape[0] for r in recs if r.tensor.ndim == 1}
+    return widths == {unit.out_width()}
+
+
+def _add(unit: Unit, part: str, recs: list[TensorRecord], layer: str, role: str | None = None) -> None:
+    unit.layers.append(layer)
+    for r in recs:
+        if role is None:
+            role_here = r.role if r.role != "other" else r.name.rpartition(".")[2]
+        else:
+            role_here = role
+        slot = (part, role_here)
+        if slot in unit.slots:
+            slot = (part, r.name)
+        unit.slots[slot] = r.name
+        unit.shapes[slot] = tuple(r.tensor.shape)
+
+
+def shape_str(shape) -> str:
+    return "x".join(map(str, shape)) or "scalar"
