@@ -1,6 +1,83 @@
-"""graft commands: (to be filled by its issue)."""
+"""`graft evaluate`, `graft predict`, `graft export`: use a trained model."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from .common import out, print_json, print_table
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def evaluate(model: str = typer.Argument(..., help="a package, a built-in name or a spec"),
+                 data: str = typer.Argument(..., help="a class folder, a .lst file or a RecordIO pack"),
+                 json_: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+                 out_dir: Optional[Path] = typer.Option(None, "-o", "--out",
+                                                        help="write metrics.json and confusion.png here"),
+                 batch_size: int = typer.Option(64, "--batch-size", min=1),
+                 device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: best)")) -> None:
+        """Top-1, top-5, per-class accuracy and confusion matrix of MODEL on DATA (classes matched by name)."""
+        from ..serve import evaluate as run
+        result = run(model, data, batch_size=batch_size, device=device, out_dir=out_dir)
+        if json_:
+            print_json(result)
+            return
+        print_table("per-class accuracy", ["class", "accuracy", "images"],
+                    [(c, "-" if a is None else f"{a:.1%}", sum(row))
+                     for (c, a), row in zip(result["per_class"].items(), result["confusion"])],
+                    justify={"accuracy": "right", "images": "right"})
+        print_table("confusion (rows: true, columns: predicted)", ["true \\ pred", *result["columns"]],
+                    [(c, *row) for c, row in zip(result["classes"], result["confusion"])])
+        out.print(f"top-1 {result['top1']:.2%}  top-{result['k']} {result['top5']:.2%}  on {result['n']} images", soft_wrap=True)
+        if out_dir is not None:
+            out.print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'confusion.png'}", soft_wrap=True)
+
+    @app.command()
+    def predict(model: str = typer.Argument(..., help="a package, a built-in name or a spec"),
+                inputs: List[str] = typer.Argument(..., help="image files, folders (searched recursively) or URLs"),
+                top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="how many classes to show per image"),
+                json_: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+                batch_size: int = typer.Option(32, "--batch-size", min=1),
+                timeout: float = typer.Option(10.0, "--timeout", help="seconds allowed per URL download"),
+                max_mb: float = typer.Option(20.0, "--max-mb", help="largest URL download accepted, in MiB"),
+                device: Optional[str] = typer.Option(None, "--device")) -> None:
+        """The top-K classes and probabilities of each image."""
+        from ..serve import predict as run
+        results = run(model, inputs, top_k=top_k, batch_size=batch_size, device=device, timeout=timeout,
+                      max_bytes=int(max_mb * 2**20), strict=False)
+        good = [r for r in results if "predictions" in r]
+        if json_:
+            print_json(results)
+        else:
+            rows = [(r["input"], rank + 1, p["class"], f"{p['prob']:.4f}")
+                    for r in good for rank, p in enumerate(r["predictions"])]
+            if rows:
+                print_table(f"top-{top_k} predictions", ["input", "#", "class", "probability"], rows,
+                            justify={"probability": "right"})
+        failed = [r for r in results if "error" in r]
+        for r in failed:
+            print(f"graft: error: {r['error']}", file=sys.stderr)
+        if failed:
+            raise typer.Exit(2)
+
+    @app.command()
+    def export(model: str = typer.Argument(..., help="a package, a built-in name or a spec"),
+               onnx: Optional[Path] = typer.Option(None, "--onnx", help="write an ONNX file here"),
+               torchscript: Optional[Path] = typer.Option(None, "--torchscript", help="write a TorchScript file here"),
+               opset: int = typer.Option(17, "--opset", help="ONNX opset version"),
+               dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="let the batch size vary (ONNX)"),
+               json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+        """Export MODEL's main output (aux heads dropped) and check it against PyTorch."""
+        from ..serve import export as run
+        done = run(model, onnx=onnx, torchscript=torchscript, opset=opset, dynamic_batch=dynamic_batch)
+        if json_:
+            print_json(done)
+            return
+        for d in done:
+            how = f"opset {d['opset']}" if d["format"] == "onnx" else d["method"]
+            out.print(f"wrote {d['path']} ({d['format']}, {how}); checked against PyTorch on a random "
+                      f"{'x'.join(map(str, d['input_shape']))} input: max abs error {d['max_abs_err']:.2e}, "
+                      f"max rel error {d['max_rel_err']:.2e}", soft_wrap=True)

@@ -1,0 +1,141 @@
+"""Evaluate a classifier on a labelled data set: top-1, top-5, per-class accuracy, confusion matrix.
+
+The data's labels and the model's outputs are matched by class NAME (the data's
+class map against the package's class list), never by position alone: a data set
+whose folders sort differently from the model's classes is still scored right.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..atomic import atomic_open
+from ..errors import GraftError
+from ..progress import make_progress
+from .inference import MainOutput, classes_of, input_shape_of, num_outputs, preprocessing_of
+
+OTHER = "(other)"  # column for predictions of model classes the data does not have
+
+
+def class_mapping(data_classes: Sequence[str], model_classes: Sequence[str] | None, n_outputs: int,
+                  where: str = "the data") -> list[int]:
+    """For each data label, the model output index of the same class name."""
+    if model_classes is None:
+        if len(data_classes) != n_outputs:
+            raise GraftError(f"the model has no class names and {n_outputs} outputs, but {where} has "
+                             f"{len(data_classes)} classes", "evaluate a graftkit package trained on these classes")
+        return list(range(n_outputs))  # no names to match: the only possible mapping is by position
+    if len(model_classes) != n_outputs:
+        raise GraftError(f"the model lists {len(model_classes)} class names but has {n_outputs} outputs",
+                         "the package metadata is inconsistent; re-save it with the right classes")
+    index = {name: i for i, name in enumerate(model_classes)}
+    missing = [c for c in data_classes if c not in index]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise GraftError(f"{where} has classes the model does not know: {shown} (model classes: "
+                         f"{', '.join(list(model_classes)[:8])}{' ...' if len(model_classes) > 8 else ''})",
+                         "evaluate on data with the model's class names, or fine-tune the model on these classes")
+    return [index[c] for c in data_classes]
+
+
+class ConfusionCounter:
+    """Accumulates top-1/top-k hits and the confusion matrix, batch by batch."""
+
+    def __init__(self, data_classes: Sequence[str], mapping: list[int], n_outputs: int, k: int = 5):
+        self.classes = list(data_classes)
+        self.k = min(k, n_outputs)
+        n = len(self.classes)
+        # model output index -> confusion column; outputs the data lacks go to the OTHER column
+        self.extra = n_outputs > n
+        column = torch.full((n_outputs,), n, dtype=torch.long)
+        column[torch.tensor(mapping, dtype=torch.long)] = torch.arange(n)
+        self.column = column
+        self.target = torch.tensor(mapping, dtype=torch.long)
+        self.confusion = torch.zeros(n, n + 1, dtype=torch.long)
+        self.topk_hits = 0
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits, labels = logits.detach().float().cpu(), labels.cpu().long()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= len(self.classes)):
+            raise GraftError(f"a label is outside 0..{len(self.classes) - 1}", "check the data's class map")
+        want = self.target[labels]
+        top = logits.topk(self.k, dim=1).indices
+        self.topk_hits += int((top == want[:, None]).any(dim=1).sum())
+        pred = self.column[top[:, 0]]
+        self.confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+
+    def result(self) -> dict[str, Any]:
+        n = int(self.confusion.sum())
+        if n == 0:
+            raise GraftError("the data set has no images to evaluate", "check the data path")
+        diag = self.confusion.diagonal()
+        per_row = self.confusion.sum(dim=1)
+        conf = self.confusion if self.extra else self.confusion[:, :-1]
+        return {
+            "top1": int(diag.sum()) / n,
+            "top5": self.topk_hits / n,
+            "per_class": {c: (int(diag[i]) / int(per_row[i]) if per_row[i] else None)
+                          for i, c in enumerate(self.classes)},
+            "confusion": conf.tolist(),
+            "n": n,
+            "classes": self.classes,
+            "columns": self.classes + ([OTHER] if self.extra else []),
+            "k": self.k,
+        }
+
+
+def _open_data(data: Any, model: nn.Module):
+    """A dataset of (image tensor, label) with a `classes` list, preprocessed as the model wants."""
+    if hasattr(data, "classes") and hasattr(data, "__getitem__"):
+        return data
+    from .preprocess import eval_transform
+    from .. import data as gdata  # the data layer: folders, .lst, RecordIO packs
+    return gdata.open_dataset(data, transform=eval_transform(preprocessing_of(model)))
+
+
+def evaluate(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 64,
+             device: str | torch.device | None = None, out_dir: str | os.PathLike | None = None,
+             num_workers: int = 0, progress: bool | None = None) -> dict[str, Any]:
+    """Score `model` (a module or any reference graftkit.models.resolve takes) on `data`.
+
+    `data` is a class folder, a .lst file or a RecordIO pack (or a dataset with a
+    `classes` list). Returns {"top1", "top5", "per_class", "confusion", "n", ...};
+    with `out_dir`, also writes metrics.json and confusion.png there.
+    """
+    from ..models import resolve
+    model = resolve(model)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dataset = _open_data(data, model)
+    shape = input_shape_of(model)
+    n_out = num_outputs(model, shape)
+    mapping = class_mapping(list(dataset.classes), classes_of(model), n_out, where=str(data))
+    counter = ConfusionCounter(dataset.classes, mapping, n_out)
+    net = MainOutput(model).to(device).eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    with make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
+        task = bar.add_task("evaluate", total=len(dataset), rate="")
+        for images, labels in loader:
+            counter.update(net(images.to(device)), labels)
+            speed = bar.tasks[0].speed
+            bar.update(task, advance=len(labels), rate=f"{speed:.1f} img/s" if speed else "")
+    result = counter.result()
+    if out_dir is not None:
+        write_report(result, out_dir)
+    return result
+
+
+def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """metrics.json and confusion.png in `out_dir` (each written atomically)."""
+    import json
+    from .plots import confusion_png
+    out = Path(out_dir)
+    paths = {"metrics": out / "metrics.json", "confusion_plot": out / "confusion.png"}
+    with atomic_open(paths["metrics"], "w") as f:
+        json.dump(result, f, indent=2)
+    confusion_png(result["confusion"], result["classes"], result["columns"], paths["confusion_plot"],
+                  title=f"top-1 {result['top1']:.1%} on {result['n']} images")
+    return paths

@@ -1,0 +1,78 @@
+"""What serving needs from any model: its main output, its class names, its preprocessing.
+
+Models come in several shapes: a plain classifier returns a tensor; a converted
+multi-output net returns a dict keyed by its source's output names; Inception-style
+nets may return (logits, aux_logits). Serving (evaluate, predict, export) always
+uses the main output, so auxiliary heads never reach a user or an exported file.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import GraftError
+from ..meta import imagenet_preprocessing, meta_of
+
+_AUX_HINTS = ("aux", "loss1", "loss2")
+
+
+def main_output_name(names: list[str], meta: dict[str, Any] | None = None) -> str:
+    """Which of a dict's outputs is the main one: the package's choice, else the one not named as auxiliary."""
+    chosen = ((meta or {}).get("extra") or {}).get("main_output")
+    if chosen in names:
+        return chosen
+    plain = [n for n in names if not any(h in n.lower() for h in _AUX_HINTS)]
+    # Caffe and Keras list the final classifier last (GoogLeNet: loss1, loss2, loss3).
+    return (plain or names)[-1]
+
+
+def main_output(out: Any, meta: dict[str, Any] | None = None) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) and out:
+        return out[main_output_name(list(out), meta)]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]  # torchvision/timm put the logits first, the auxiliary logits after
+    raise GraftError(f"the model returns {type(out).__name__}, not a tensor of class scores",
+                     "serve a classifier whose forward() returns logits")
+
+
+class MainOutput(nn.Module):
+    """`model` reduced to its main output: what is exported and served."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._meta = meta_of(model)
+        self._name: str | None = None  # the main key of a dict output, resolved on the first call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(out, dict):
+            # A fixed key keeps tracing and scripting simple.
+            if self._name is None:
+                self._name = main_output_name(list(out), self._meta)
+            return out[self._name]
+        return main_output(out, self._meta)
+
+
+def classes_of(model: nn.Module) -> list[str] | None:
+    classes = meta_of(model).get("classes")
+    return [str(c) for c in classes] if classes else None
+
+
+def preprocessing_of(model: nn.Module) -> dict[str, Any]:
+    """The model's preprocessing; ImageNet's defaults for a bare architecture spec (which has none)."""
+    return meta_of(model).get("preprocessing") or imagenet_preprocessing()
+
+
+def input_shape_of(model: nn.Module) -> tuple[int, int, int]:
+    c, h, w = preprocessing_of(model).get("input_size") or (3, 224, 224)
+    return int(c), int(h), int(w)
+
+
+def num_outputs(model: nn.Module, shape: tuple[int, int, int]) -> int:
+    with torch.inference_mode():
+        return int(MainOutput(model).eval()(torch.zeros(1, *shape)).shape[-1])

@@ -1,0 +1,107 @@
+"""Classify images given as files, folders (searched recursively) or http(s) URLs: top-K classes each."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import GraftError
+from ..progress import make_progress
+from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_image, is_url
+from .inference import MainOutput, classes_of, preprocessing_of
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+
+
+def expand_inputs(refs: Iterable[str | os.PathLike]) -> list[str]:
+    """Files and URLs as given; folders replaced by their image files (recursively, sorted)."""
+    found: list[str] = []
+    for ref in refs:
+        ref = str(ref)
+        if is_url(ref):
+            found.append(ref)
+            continue
+        path = Path(ref)
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not images:
+                raise GraftError(f"{path}: the folder holds no image files",
+                                 f"image files end in {', '.join(sorted(IMAGE_SUFFIXES))}")
+            found.extend(map(str, images))
+        elif path.is_file():
+            found.append(ref)
+        else:
+            raise GraftError(f"{path}: no such file, folder or http(s) URL", "check the path")
+    return found
+
+
+def load_image(ref: str, *, timeout: float = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
+    if is_url(ref):
+        return fetch_image(ref, timeout=timeout, max_bytes=max_bytes)
+    try:
+        with Image.open(ref) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise GraftError(f"{ref}: not an image Pillow can read", "pass JPEG, PNG, BMP, GIF, WebP or TIFF files") from None
+    except OSError as e:
+        raise GraftError(f"{ref}: cannot read the image ({e})", "the file may be truncated or corrupt") from None
+
+
+def rank(probs: torch.Tensor, classes: list[str] | None, k: int) -> list[list[dict[str, Any]]]:
+    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+    names = classes or [f"class {i}" for i in range(probs.shape[1])]
+    return [[{"class": names[i], "index": i, "prob": float(p)} for p, i in zip(row_p.tolist(), row_i.tolist())]
+            for row_p, row_i in zip(values, indices)]
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.PathLike], *, top_k: int = 5,
+            batch_size: int = 32, device: str | torch.device | None = None,
+            timeout: float = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES, strict: bool = True,
+            progress: bool | None = None) -> list[dict[str, Any]]:
+    """Top-`top_k` classes with probabilities for every image in `inputs` (files, folders, URLs).
+
+    Returns one entry per image: {"input", "predictions": [{"class", "index", "prob"}, ...]};
+    with strict=False an image that cannot be had gives {"input", "error"} instead of raising.
+    """
+    from ..models import resolve
+    from .preprocess import eval_transform
+    if top_k < 1:
+        raise GraftError(f"top-k must be at least 1, not {top_k}")
+    model = resolve(model)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    refs = expand_inputs(inputs)
+    transform = eval_transform(preprocessing_of(model))
+    classes = classes_of(model)
+    net = MainOutput(model).to(device).eval()
+    results: list[dict[str, Any]] = []
+    with make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
+        task = bar.add_task("predict", total=len(refs), rate="")
+        for chunk in _batches(refs, batch_size):
+            tensors, slots = [], []
+            for ref in chunk:
+                entry: dict[str, Any] = {"input": ref}
+                results.append(entry)
+                try:
+                    tensors.append(transform(load_image(ref, timeout=timeout, max_bytes=max_bytes)))
+                    slots.append(entry)
+                except GraftError as e:
+                    if strict:
+                        raise
+                    entry["error"] = str(e)
+            if tensors:
+                probs = net(torch.stack(tensors).to(device)).float().softmax(dim=1).cpu()
+                for entry, preds in zip(slots, rank(probs, classes, top_k)):
+                    entry["predictions"] = preds
+            speed = bar.tasks[0].speed
+            bar.update(task, advance=len(chunk), rate=f"{speed:.1f} img/s" if speed else "")
+    return results
