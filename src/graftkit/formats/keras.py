@@ -404,3 +404,37 @@ def read_with_config(path: str | Path, config: dict | None) -> TensorSet:
 def read(path: Path, *, trust: bool = False) -> TensorSet:
     # Keras files hold no pickles graftkit would load (Lambda bytecode is never executed), so `trust` is unused.
     return read_with_config(path, None)
+
+
+def read_config(path: str | Path) -> tuple[dict | None, str]:
+    """(model config or None, Keras version) of a Keras file, without reading any weights."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == ZIP_MAGIC
+        if path.suffix == ".keras" or is_zip:
+            with zipfile.ZipFile(path) as zf:
+                _safe_member_names(zf, path)
+                names = set(zf.namelist())
+                if "config.json" not in names:
+                    raise GraftError(f"{path}: not a Keras 3 .keras archive (no config.json inside)",
+                                     "save the model with model.save('name.keras')")
+                config = json.loads(zf.read("config.json"))
+                meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
+            return config, str(meta.get("keras_version", ""))
+        with h5py.File(path, "r") as h5:
+            return _json_attr(h5.attrs, "model_config"), _decode(h5.attrs.get("keras_version", ""))
+    except GraftError:
+        raise
+    except zipfile.BadZipFile as e:
+        raise GraftError(f"{path}: the .keras archive is truncated or corrupt ({e})",
+                         "re-save or re-download the model") from None
+    except json.JSONDecodeError as e:
+        raise GraftError(f"{path}: the model config inside is not valid JSON ({e})",
+                         "re-save the model with Keras") from None
+    except (OSError, KeyError, ValueError, TypeError, EOFError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GraftError(f"{path}: the Keras file is truncated or corrupt ({msg})",
+                         "re-save or re-download the model") from None
