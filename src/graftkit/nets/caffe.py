@@ -1,0 +1,576 @@
+"""Caffe networks (prototxt, with or without a caffemodel) as runnable torch modules.
+
+    net = convert(["deploy.prototxt", "weights.caffemodel"])     # or graftkit.convert(...)
+    y = net(x)                                   # NCHW in; the net's default output(s) out
+    blobs = net.run({"data": x}, outputs=["pool5/7x7_s1", "loss3/classifier"])
+    net.conv1_7x7_s2.weight                      # submodules named after the layers
+
+Conversion happens once: the prototxt is parsed, the layers of the requested phase
+selected (include/exclude rules), unsupported types reported before anything else,
+then every layer is built on the meta device while blob shapes are inferred from the
+inputs, the caffemodel's arrays are checked against those shapes and assigned without
+copying, and the result is a *graph*: a JSON description (layer types, resolved
+hyper-parameters, parameter shapes, blob wiring, outputs) that `build_from_spec`
+turns back into the same module without the original files or any parsing.
+
+Outputs: the blobs no other layer consumes, where loss and accuracy layers are never
+computed (their bottoms become outputs instead). In a train_val net the bottoms of
+auxiliary losses (loss_weight below the largest) are outputs in training mode only;
+`net.loss_weights` gives each loss bottom's weight.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import GraftError
+from ..meta import attach, make_meta
+from .caffe_layers import (DATA_LAYERS, LAYERS, LOSS_LAYERS, METRIC_LAYERS, SINK_LAYERS, all_of, as_bool,
+                           enum, one, sub, v2_type)
+
+GRAPH_VERSION = 1
+PROTOTXT_SUFFIXES = (".prototxt", ".pbtxt", ".prototxt.txt")
+_PHASES = ("TRAIN", "TEST")
+
+
+# ---------------------------------------------------------------- file discovery
+
+def _suffix(p: Path) -> str:
+    name = p.name.lower()
+    return ".prototxt.txt" if name.endswith(".prototxt.txt") else p.suffix.lower()
+
+
+def claims(paths: Sequence[Path]) -> bool:
+    """Caffe's files: a .prototxt (optionally with a .caffemodel and a mean .binaryproto)."""
+    sfx = [_suffix(Path(p)) for p in paths]
+    return any(s in PROTOTXT_SUFFIXES for s in sfx) and all(
+        s in PROTOTXT_SUFFIXES + (".caffemodel", ".binaryproto") for s in sfx)
+
+
+def _split_paths(paths: Sequence[Path]) -> tuple[Path, Path | None, Path | None]:
+    protos = [p for p in paths if _suffix(p) in PROTOTXT_SUFFIXES]
+    models = [p for p in paths if _suffix(p) == ".caffemodel"]
+    means = [p for p in paths if _suffix(p) == ".binaryproto"]
+    if len(protos) != 1 or len(models) > 1 or len(means) > 1:
+        raise GraftError(f"give one .prototxt, at most one .caffemodel and one mean .binaryproto "
+                         f"(got {', '.join(p.name for p in paths)})")
+    return protos[0], (models[0] if models else None), (means[0] if means else None)
+
+
+# ---------------------------------------------------------------- phase selection
+
+def _meets(rule: dict, phase: str, level: int, stages: set[str]) -> bool:
+    """Caffe's Net::StateMeetsRule."""
+    if "phase" in rule and enum(one(rule, "phase"), _PHASES, "TEST") != phase:
+        return False
+    if "min_level" in rule and level < int(one(rule, "min_level")):
+        return False
+    if "max_level" in rule and level > int(one(rule, "max_level")):
+        return False
+    if any(s not in stages for s in all_of(rule, "stage")):
+        return False
+    return not any(s in stages for s in all_of(rule, "not_stage"))
+
+
+def select_layers(net: dict, phase: str) -> list[dict]:
+    """The layers of `net` in `phase` (Caffe's Net::FilterNet), V1 types renamed to V2."""
+    if net.get("layer") and net.get("layers"):
+        raise GraftError("the prototxt mixes V2 `layer` and legacy V1 `layers` blocks",
+                         "use one format (caffe's upgrade_net_proto_text converts V1)")
+    state = sub(net, "state")
+    level = int(one(state, "level", 0))
+    stages = {str(s) for s in all_of(state, "stage")}
+    out = []
+    for i, lp in enumerate(all_of(net, "layer") or all_of(net, "layers")):
+        if lp.get("layer") is not None:
+            raise GraftError("the prototxt uses Caffe's V0 layer format (layers { layer { ... } })",
+                             "upgrade it with caffe's upgrade_net_proto_text")
+        included = not all_of(lp, "include")
+        if any(_meets(r, phase, level, stages) for r in all_of(lp, "exclude")):
+            included = False
+        if any(_meets(r, phase, level, stages) for r in all_of(lp, "include")):
+            included = True
+        if included:
+            lp = dict(lp)
+            lp["type"] = v2_type(one(lp, "type", ""))
+            lp["name"] = str(one(lp, "name", "") or f"{lp['type'].lower()}{i}")
+            out.append(lp)
+    return out
+
+
+def check_supported(layers: Iterable[dict]) -> None:
+    """One GraftError naming every unsupported type and the layers that use it."""
+    known = set(LAYERS) | set(DATA_LAYERS) | set(LOSS_LAYERS) | set(METRIC_LAYERS) | set(SINK_LAYERS)
+    bad: dict[str, list[str]] = {}
+    for lp in layers:
+        if lp["type"] not in known:
+            bad.setdefault(lp["type"], []).append(lp["name"])
+    if bad:
+        what = "; ".join(f"{t!r} (layer{'s' if len(n) > 1 else ''} {', '.join(map(repr, n[:5]))}"
+                         f"{' ...' if len(n) > 5 else ''})" for t, n in bad.items())
+        raise GraftError(f"unsupported Caffe layer type{'s' if len(bad) > 1 else ''} {what}",
+                         "graftkit converts the standard BVLC layers; remove or replace these layers")
+
+
+# ---------------------------------------------------------------- inputs
+
+def _dims(shape_msg: dict) -> list[int]:
+    return [int(d) for d in all_of(shape_msg, "dim")]
+
+
+def _data_inputs(lp: dict) -> list[dict]:
+    """Input records for a data layer's tops: first top is the data, the others labels."""
+    t, tops = lp["type"], [str(x) for x in all_of(lp, "top")]
+    tp = sub(lp, "transform_param")
+    crop = int(one(tp, "crop_size", 0))
+    shapes: list[list[int] | None] = [None] * len(tops)
+    if t == "Input":
+        ss = [_dims(s) for s in all_of(sub(lp, "input_param"), "shape")]
+        shapes = [ss[0] if len(ss) == 1 else (ss[i] if i < len(ss) else None) for i in range(len(tops))]
+    elif t == "DummyData":
+        p = sub(lp, "dummy_data_param")
+        ss = [_dims(s) for s in all_of(p, "shape")]
+        if not ss and all_of(p, "num"):
+            ss = [list(map(int, d)) for d in zip(all_of(p, "num"), all_of(p, "channels"), all_of(p, "height"),
+                                                 all_of(p, "width"))]
+        shapes = [ss[0] if len(ss) == 1 else (ss[i] if i < len(ss) else None) for i in range(len(tops))]
+    elif t == "MemoryData":
+        p = sub(lp, "memory_data_param")
+        shapes[0] = [int(one(p, k, 0)) for k in ("batch_size", "channels", "height", "width")]
+    elif t in ("Data", "WindowData", "ImageData", "AnnotatedData"):
+        colour = as_bool(one(sub(lp, "image_data_param"), "is_color", True))
+        batch = int(one(sub(lp, "data_param"), "batch_size", 0) or one(sub(lp, "image_data_param"),
+                                                                         "batch_size", 0) or 1)
+        ip = sub(lp, "image_data_param")
+        h, w = int(one(ip, "new_height", 0)), int(one(ip, "new_width", 0))
+        if crop:
+            h = w = crop
+        if h and w:  # the colour channels are an assumption for Data (the LMDB decides)
+            shapes[0] = [batch, 3 if colour else 1, h, w]
+    return [{"name": top, "shape": shapes[i] if i < len(shapes) else None, "label": i > 0, "layer": lp["name"]}
+            for i, top in enumerate(tops)]
+
+
+def _legacy_inputs(net: dict) -> list[dict]:
+    names = [str(n) for n in all_of(net, "input")]
+    shapes = [_dims(s) for s in all_of(net, "input_shape")]
+    dims = [int(d) for d in all_of(net, "input_dim")]
+    if not shapes and dims:
+        shapes = [dims[i:i + 4] for i in range(0, len(dims), 4)]
+    return [{"name": n, "shape": shapes[i] if i < len(shapes) else None, "label": False, "layer": None}
+            for i, n in enumerate(names)]
+
+
+# ---------------------------------------------------------------- caffemodel blobs
+
+def _squeezed(shape) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape if d != 1)
+
+
+def _legacy_shapes(layer_type: str, arrays: list[np.ndarray]) -> list[tuple]:
+    """Parameter shapes read off the blobs themselves (when the input shape is unknown);
+    V1 files store every blob as num x channels x height x width."""
+    out = []
+    for i, a in enumerate(arrays):
+        s = tuple(a.shape)
+        if layer_type in ("Convolution", "Deconvolution") and i == 0:
+            out.append(s)
+        elif layer_type == "InnerProduct" and i == 0:
+            out.append(s[-2:] if len(s) >= 2 else (1, s[0]))
+        else:
+            out.append((int(np.prod(s, dtype=np.int64)),))
+    return out
+
+
+def _check_blobs(name: str, ltype: str, expected: list[tuple], arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The caffemodel's arrays reshaped to the shapes the prototxt implies, or one clear error."""
+    want = len(expected)
+    if ltype == "BatchNorm":
+        want = 3 if len(arrays) >= 3 else 2
+        expected = expected[:want]
+    if len(arrays) != want:
+        raise GraftError(f"layer {name!r} ({ltype}): the caffemodel has {len(arrays)} blobs, the prototxt implies "
+                         f"{len(expected)} (shapes {', '.join(map(str, [list(s) for s in expected]))})",
+                         "the weights belong to another network or the prototxt's bias_term is wrong")
+    out = []
+    for i, (shape, a) in enumerate(zip(expected, arrays)):
+        if tuple(a.shape) != tuple(shape):
+            if _squeezed(a.shape) != _squeezed(shape):
+                raise GraftError(f"layer {name!r} ({ltype}): blob {i} in the caffemodel has shape {list(a.shape)} "
+                                 f"but the prototxt implies {list(shape)}",
+                                 "the weights belong to another network, or the prototxt's num_output, kernel "
+                                 "or input shape differs")
+            a = a.reshape(shape)
+        out.append(a)
+    return out
+
+
+def read_caffemodel_blobs(path: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
+    from ..formats import caffe as caffe_file
+    net = caffe_file.read_net(path)
+    blobs: dict[str, tuple[str, list[np.ndarray]]] = {}
+    for name, ltype, arrays in caffe_file.layer_blobs(net):
+        if arrays and name not in blobs:
+            blobs[name] = (v2_type(ltype), list(arrays))
+    return blobs
+
+
+# ---------------------------------------------------------------- the graph
+
+def _module_name(name: str, taken: set[str]) -> str:
+    base = name.replace("/", "_").replace(".", "_") or "layer"
+    cand, i = base, 1
+    while cand in taken or hasattr(nn.Module, cand) or cand in CaffeNet.RESERVED:
+        i += 1
+        cand = f"{base}_{i}"
+    taken.add(cand)
+    return cand
+
+
+def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str, list]] | None = None,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None):
+    """Parsed NetParameter -> (graph JSON, layer modules on the meta device, checked blob arrays per layer)."""
+    phase = phase.upper()
+    if phase not in _PHASES:
+        raise GraftError(f"phase {phase!r} is not TRAIN or TEST")
+    layers = select_layers(net, phase)
+    check_supported(layers)
+    inputs = _legacy_inputs(net)
+    for lp in layers:
+        if lp["type"] in DATA_LAYERS:
+            inputs += _data_inputs(lp)
+    for name, shape in (input_shapes or {}).items():
+        match = [i for i in inputs if i["name"] == name]
+        if not match:
+            raise GraftError(f"the net has no input {name!r}", f"its inputs: {[i['name'] for i in inputs]}")
+        match[0]["shape"] = [int(d) for d in shape]
+    if not inputs:
+        raise GraftError("the prototxt declares no input (no `input`, Input layer or data layer)",
+                         "add `input: \"data\"` with `input_shape { dim: ... }`")
+
+    shapes: dict[str, torch.Tensor | None] = {}
+    with torch.device("meta"):
+        for i in inputs:
+            shapes[i["name"]] = torch.empty(i["shape"]) if i["shape"] else None
+    produced = set(shapes)
+    taken: set[str] = set()
+    glayers, modules, checked, losses = [], [], {}, []
+    for lp in layers:
+        t, name = lp["type"], lp["name"]
+        bottoms, tops = [str(b) for b in all_of(lp, "bottom")], [str(x) for x in all_of(lp, "top")]
+        if t in DATA_LAYERS:
+            continue
+        for b in bottoms:
+            if b not in produced:
+                raise GraftError(f"layer {name!r} ({t}) reads blob {b!r}, which no earlier layer produces",
+                                 "check the bottom names and the phase (include/exclude rules)")
+        if t in LOSS_LAYERS or t in METRIC_LAYERS:
+            weights = [float(w) for w in all_of(lp, "loss_weight")]
+            losses.append({"name": name, "type": t, "bottoms": bottoms,
+                           "loss_weight": weights[0] if weights else (1.0 if t in LOSS_LAYERS else 0.0)})
+            continue
+        if t in SINK_LAYERS:
+            continue
+        cls = LAYERS[t]
+        try:
+            attrs = cls.attrs(lp)
+        except GraftError as e:
+            raise GraftError(f"layer {name!r} ({t}): {e}") from None
+        metas = [shapes[b] for b in bottoms]
+        known = all(m is not None for m in metas)
+        found = blobs.get(name) if blobs else None
+        if known:
+            pshapes = cls.blob_shapes(attrs, [tuple(m.shape) for m in metas])
+            if found is not None and pshapes:
+                checked[name] = _check_blobs(name, t, pshapes, found[1])
+        elif not cls.blob_roles:  # no parameters: nothing to infer
+            pshapes = []
+        elif found is not None:
+            pshapes = _legacy_shapes(t, found[1])
+            checked[name] = [a.reshape(s) for a, s in zip(found[1], pshapes)]
+        else:
+            raise GraftError(f"layer {name!r} ({t}): its parameter shapes depend on an input whose shape the "
+                             f"prototxt does not give", "pass the caffemodel, or the input shape "
+                                                        "(input_shapes={'data': [1, 3, 224, 224]})")
+        with torch.device("meta"):
+            mod = cls(attrs, [tuple(s) for s in pshapes])
+            if known:
+                try:
+                    outs = mod(*metas)
+                except GraftError as e:
+                    raise GraftError(f"layer {name!r} ({t}): {e}") from None
+                except (RuntimeError, ValueError, IndexError) as e:
+                    raise GraftError(f"layer {name!r} ({t}) cannot run on inputs of shape "
+                                     f"{[list(m.shape) for m in metas]}: {str(e).splitlines()[0]}") from None
+                outs = outs if isinstance(outs, tuple) else (outs,)
+            else:
+                outs = (None,) * len(tops)
+        if len(outs) != len(tops):
+            raise GraftError(f"layer {name!r} ({t}) has {len(tops)} tops but computes {len(outs)} blobs")
+        for top, o in zip(tops, outs):
+            shapes[top] = o
+            produced.add(top)
+        glayers.append({"name": name, "type": t, "module": _module_name(name, taken), "bottoms": bottoms,
+                        "tops": tops, "attrs": attrs, "shapes": [list(s) for s in pshapes]})
+        modules.append(mod)
+
+    graph = {"version": GRAPH_VERSION, "name": str(one(net, "name", "") or ""), "phase": phase,
+             "inputs": [{"name": i["name"], "shape": i["shape"], "label": i["label"]} for i in inputs],
+             "layers": glayers, "losses": losses}
+    graph.update(_outputs(graph))
+    graph["blob_shapes"] = {k: (list(v.shape) if v is not None else None) for k, v in shapes.items()}
+    return graph, modules, checked
+
+
+def _outputs(graph: dict) -> dict:
+    """Default outputs in eval and train mode, and the loss weight of each loss bottom."""
+    input_names = {i["name"] for i in graph["inputs"]}
+    order: dict[str, int] = {}
+    available: dict[str, None] = {}
+    for n, L in enumerate(graph["layers"]):
+        for b in L["bottoms"]:
+            available.pop(b, None)
+        for t in L["tops"]:
+            available[t] = None
+            order.setdefault(t, n)
+    natural = [b for b in available if b not in input_names]
+    loss_weights: dict[str, float] = {}
+    for loss in graph["losses"]:
+        if loss["type"] not in LOSS_LAYERS:
+            continue
+        for b in loss["bottoms"]:
+            if b not in input_names:
+                loss_weights[b] = max(loss_weights.get(b, 0.0), loss["loss_weight"])
+    train = natural + [b for b in loss_weights if b not in natural]
+    train.sort(key=lambda b: order.get(b, -1))
+    top = max(loss_weights.values(), default=0.0)
+    aux = {b for b, w in loss_weights.items() if w < top}
+    return {"outputs": [b for b in train if b not in aux], "train_outputs": train, "loss_weights": loss_weights}
+
+
+# ---------------------------------------------------------------- the module
+
+class CaffeNet(nn.Module):
+    """A Caffe net as a torch module; see the module docstring."""
+    RESERVED = {"graph", "inputs", "outputs", "train_outputs", "loss_weights", "layer_names", "run", "layer",
+                "blobs", "data_inputs"}
+
+    def __init__(self, graph: dict, modules: Sequence[nn.Module] | None = None):
+        super().__init__()
+        if graph.get("version") != GRAPH_VERSION:
+            raise GraftError(f"Caffe graph version {graph.get('version')} is not one this graftkit builds",
+                             "upgrade graftkit")
+        self.graph = graph
+        self.layer_names: dict[str, str] = {}  # Caffe layer name -> submodule name
+        for n, L in enumerate(graph["layers"]):
+            if modules is not None:
+                mod = modules[n]
+            else:
+                mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]])
+                mod.reset_parameters()
+            self.add_module(L["module"], mod)
+            self.layer_names[L["name"]] = L["module"]
+        self.inputs = [i["name"] for i in graph["inputs"]]
+        self.data_inputs = [i["name"] for i in graph["inputs"] if not i["label"]] or self.inputs[:1]
+        self.outputs = list(graph["outputs"])
+        self.train_outputs = list(graph["train_outputs"])
+        self.loss_weights = dict(graph["loss_weights"])
+        blobs: dict[str, int] = {}
+        for name in self.inputs + [t for L in graph["layers"] for t in L["tops"]]:
+            blobs.setdefault(name, len(blobs))
+        self.blobs = blobs  # blob name -> slot in the forward's list
+        self._steps = [(L["module"], tuple(blobs[b] for b in L["bottoms"]), tuple(blobs[t] for t in L["tops"]))
+                       for L in graph["layers"]]
+        self._plans: dict[tuple[str, ...], tuple] = {}
+
+    def layer(self, caffe_name: str) -> nn.Module:
+        """The submodule of a Caffe layer, by its Caffe name."""
+        try:
+            return getattr(self, self.layer_names[caffe_name])
+        except KeyError:
+            raise GraftError(f"the net has no layer {caffe_name!r}") from None
+
+    def _plan(self, outputs: tuple[str, ...]):
+        """The layers needed for `outputs`, in order, with the inputs they need (cached)."""
+        plan = self._plans.get(outputs)
+        if plan is not None:
+            return plan
+        for o in outputs:
+            if o not in self.blobs:
+                raise GraftError(f"the net has no blob {o!r}",
+                                 f"blobs are named by layer tops, e.g. {list(self.blobs)[-3:]}")
+        need = {self.blobs[o] for o in outputs}
+        steps = []
+        for mname, ins, outs in reversed(self._steps):
+            if need.intersection(outs):
+                need.difference_update(outs)
+                need.update(ins)
+                steps.append((getattr(self, mname), ins, outs, len(outs) > 1))
+        steps.reverse()
+        names = {v: k for k, v in self.blobs.items()}
+        plan = (steps, frozenset(names[i] for i in need), tuple(self.blobs[o] for o in outputs))
+        self._plans[outputs] = plan
+        return plan
+
+    def _feeds(self, xs: tuple) -> dict[str, torch.Tensor]:
+        if len(xs) == 1 and isinstance(xs[0], Mapping):
+            feeds = dict(xs[0])
+        else:
+            if len(xs) > len(self.data_inputs) + len(self.inputs):
+                raise GraftError(f"the net takes {len(self.data_inputs)} input(s) {self.data_inputs}, got {len(xs)}")
+            order = self.data_inputs + [i for i in self.inputs if i not in self.data_inputs]
+            feeds = dict(zip(order, xs))
+        for k in feeds:
+            if k not in self.inputs:
+                raise GraftError(f"the net has no input {k!r}", f"its inputs: {self.inputs}")
+        return feeds
+
+    def run(self, inputs: torch.Tensor | Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+            outputs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Any blobs by name (default: the default outputs of the current mode)."""
+        if isinstance(inputs, torch.Tensor):
+            inputs = (inputs,)
+        elif isinstance(inputs, Mapping):
+            inputs = (inputs,)
+        feeds = self._feeds(tuple(inputs))
+        if outputs is None:
+            outputs = self.train_outputs if self.training else self.outputs
+        elif isinstance(outputs, str):
+            outputs = [outputs]
+        steps, need, out_slots = self._plan(tuple(outputs))
+        missing = need - set(feeds)
+        if missing:
+            raise GraftError(f"input {sorted(missing)} is needed for outputs {list(outputs)} but was not given",
+                             f"pass it, e.g. net.run({{{sorted(missing)[0]!r}: x}})")
+        slots: list[Any] = [None] * len(self.blobs)
+        for k, v in feeds.items():
+            slots[self.blobs[k]] = v
+        for mod, ins, outs, multi in steps:
+            y = mod(*[slots[i] for i in ins])
+            if multi:
+                for i, v in zip(outs, y):
+                    slots[i] = v
+            else:
+                slots[outs[0]] = y
+        return {o: slots[i] for o, i in zip(outputs, out_slots)}
+
+    def forward(self, *xs):
+        """net(x), net(x1, x2) or net({"data": x}): the default output, or a dict of them."""
+        res = self.run(xs[0] if len(xs) == 1 and isinstance(xs[0], Mapping) else xs)
+        return next(iter(res.values())) if len(res) == 1 else res
+
+
+# ---------------------------------------------------------------- preprocessing metadata
+
+def _preprocessing(layers: list[dict], graph: dict, prototxt: Path | None, mean_path: Path | None) -> dict:
+    first = graph["inputs"][0] if graph["inputs"] else None
+    for i in graph["inputs"]:
+        if not i["label"]:
+            first = i
+            break
+    shape = (first or {}).get("shape")
+    src = next((lp for lp in layers if lp["type"] in DATA_LAYERS and first and first["name"] in
+                [str(t) for t in all_of(lp, "top")]), None)
+    tp = sub(src, "transform_param")
+    channels = shape[1] if shape and len(shape) > 1 else 3
+    pre: dict[str, Any] = {"input_size": list(shape[1:]) if shape else None,
+                           "pixel_range": 255.0, "channel_order": "BGR" if channels == 3 else "gray"}
+    notes = []
+    mean = [float(m) for m in all_of(tp, "mean_value")]
+    if len(mean) == 1:
+        mean = mean * channels
+    mean_file = one(tp, "mean_file")
+    if mean_path is None and mean_file:
+        for cand in (Path(str(mean_file)), (prototxt.parent if prototxt else Path()) / Path(str(mean_file)).name):
+            if cand.is_file():
+                mean_path = cand
+                break
+        else:
+            notes.append(f"mean_file {mean_file} not found: pass the .binaryproto to convert")
+    if mean_path is not None:
+        from ..formats import caffe as caffe_file
+        img = np.asarray(caffe_file.read_binaryproto_mean(mean_path), dtype=np.float64)
+        img = img.reshape(-1, *img.shape[-2:]) if img.ndim >= 2 else img.reshape(-1, 1, 1)
+        mean = [float(v) for v in img.mean(axis=(1, 2))]
+        pre["mean_file"] = mean_path.name
+        notes.append("mean image reduced to per-channel means")
+    if not mean:
+        mean = [0.0] * channels
+        if src is None:
+            notes.append("the prototxt gives no transform_param: mean unknown (zeros); pass a train_val prototxt "
+                         "or the mean .binaryproto")
+    scale = float(one(tp, "scale", 1.0))
+    pre["mean"] = mean
+    pre["std"] = [1.0 / scale] * len(mean)
+    crop = int(one(tp, "crop_size", 0))
+    if crop:
+        pre["crop"] = crop
+    if "mirror" in tp:
+        pre["mirror"] = as_bool(one(tp, "mirror"))
+    if notes:
+        pre["notes"] = notes
+    return pre
+
+
+# ---------------------------------------------------------------- public entry points
+
+def _parse_prototxt(source: str | Path) -> dict:
+    from ..formats import caffe_prototxt
+    return caffe_prototxt.parse(source)
+
+
+def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
+            input_shapes: Mapping[str, Sequence[int]] | None = None) -> CaffeNet:
+    """A prototxt (+ caffemodel, + mean .binaryproto) -> a CaffeNet with its package metadata.
+    Without a caffemodel the weights are initialised by the prototxt's fillers (PyTorch's default
+    for weights that have none)."""
+    proto, model, mean = _split_paths([Path(p) for p in paths])
+    phase = (phase or "TEST").upper()
+    text = proto.read_text(encoding="utf-8", errors="replace")
+    net = _parse_prototxt(proto)
+    layers = select_layers(net, phase if phase in _PHASES else "TEST")
+    check_supported(layers)  # before reading any weights
+    blobs = read_caffemodel_blobs(model) if model else None
+    graph, modules, checked = compile_graph(net, phase, blobs, input_shapes)
+    left = []
+    for L, mod in zip(graph["layers"], modules):
+        arrays = checked.get(L["name"])
+        if arrays is not None:
+            mod.load_blobs(arrays)
+        elif L["shapes"]:
+            mod.to_empty(device="cpu")
+            mod.reset_parameters()
+            left.append(L["name"])
+        else:
+            mod.to_empty(device="cpu")
+    net_mod = CaffeNet(graph, modules)
+    unused = sorted(set(blobs or {}) - set(checked))
+    spec = {"converter": "caffe", "prototxt": text, "phase": phase, "graph": graph}
+    if input_shapes:
+        spec["input_shapes"] = {k: list(v) for k, v in input_shapes.items()}
+    sources = [str(p) for p in (proto, model, mean) if p]
+    report = {"converter": "caffe", "layers": len(graph["layers"]),
+              "loaded": [L["name"] for L in graph["layers"] if L["name"] in checked],
+              "initialised": left, "unused_caffemodel_layers": unused}
+    attach(net_mod, make_meta(spec, preprocessing=_preprocessing(layers, graph, proto, mean),
+                              provenance={"sources": sources, "converter": "caffe",
+                                          "caffe_name": graph["name"]},
+                              report=report, extra={"caffe_layer_names": dict(net_mod.layer_names)}))
+    return net_mod.eval()
+
+
+def build_from_spec(spec: dict) -> CaffeNet:
+    """The architecture of a converted package (weights initialised; the package loads its tensors)."""
+    graph = spec.get("graph")
+    if graph is None or graph.get("version") != GRAPH_VERSION:
+        if "prototxt" not in spec:
+            raise GraftError("the Caffe package spec has neither a graph nor a prototxt",
+                             "the package is corrupt; convert the model again")
+        net = _parse_prototxt(spec["prototxt"])
+        graph, _, _ = compile_graph(net, spec.get("phase", "TEST"), None, spec.get("input_shapes"))
+    return CaffeNet(graph)

@@ -1,0 +1,846 @@
+"""Caffe layer types as torch modules, each computing exactly what Caffe computes.
+
+A layer type is a class with
+    attrs(lp)                -> dict      # its hyper-parameters, resolved from the parsed LayerParameter
+                                          # (Caffe's defaults applied; JSON-able, stored in the package spec)
+    blob_shapes(a, bottoms)  -> [shape]   # the Caffe blobs it expects, given the bottom shapes
+    __init__(a, shapes)                   # parameters allocated (torch.empty: no init work)
+    reset_parameters()                    # Caffe's fillers, for a prototxt without weights
+    load_blobs(blobs)                     # take the caffemodel's arrays (already checked and reshaped)
+    forward(*bottoms)                     # one tensor, or a tuple when the layer has several tops
+Parameter names follow PyTorch (weight, bias, running_mean, running_var) so that
+`state_dict()` keys read `<layer>.weight`. Layouts: Caffe's convolution, deconvolution
+and inner-product blobs already are PyTorch's (OIHW, [in, out/g, kh, kw], [out, in]).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import GraftError
+
+# ---------------------------------------------------------------- parsed-prototxt access
+# The prototxt parser gives repeated fields as lists (a field seen once may also come
+# as a scalar); a singular field given twice keeps its last value, as protobuf does.
+
+
+def all_of(d: dict | None, key: str) -> list:
+    v = (d or {}).get(key)
+    if v is None:
+        return []
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def one(d: dict | None, key: str, default: Any = None) -> Any:
+    v = (d or {}).get(key, default)
+    if isinstance(v, (list, tuple)):
+        return v[-1] if v else default
+    return v
+
+
+def sub(d: dict | None, key: str) -> dict:
+    v = one(d, key, None)
+    return v if isinstance(v, dict) else {}
+
+
+def as_bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "t")
+    return bool(v)
+
+
+def enum(v: Any, names: tuple[str, ...], default: str) -> str:
+    """An enum value given by name or by number -> its name."""
+    if v is None:
+        return default
+    if isinstance(v, bool):
+        v = int(v)
+    if isinstance(v, int):
+        return names[v] if 0 <= v < len(names) else str(v)
+    return str(v)
+
+
+def _spatial(p: dict, key: str, n: int, default: int) -> list[int]:
+    """Caffe's kernel_size/stride/pad/dilation: repeated, or `_h`/`_w` for 2-D."""
+    h, w = p.get(f"{key}_h"), p.get(f"{key}_w")
+    if n == 2 and (h is not None or w is not None):
+        return [int(one(p, f"{key}_h", default)), int(one(p, f"{key}_w", default))]
+    vals = [int(v) for v in all_of(p, key)]
+    if not vals:
+        return [default] * n
+    if len(vals) == 1:
+        return vals * n
+    if len(vals) != n:
+        raise GraftError(f"{key} has {len(vals)} values for {n} spatial axes")
+    return vals
+
+
+def _filler(d: dict) -> dict | None:
+    return dict(d) if isinstance(d, dict) and d else None
+
+
+def _fill(t: torch.Tensor, filler: dict | None, default: str) -> None:
+    """Caffe's fillers (constant, gaussian, uniform, xavier, msra, bilinear); without one,
+    `default` ('kaiming': PyTorch's default conv/linear init, or a constant '0'/'1'/'0.25')."""
+    if t.is_meta:
+        return
+    with torch.no_grad():
+        if filler is None:
+            if default == "kaiming":
+                nn.init.kaiming_uniform_(t.view(t.shape[0], -1) if t.dim() < 2 else t, a=math.sqrt(5))
+            else:
+                t.fill_(float(default))
+            return
+        kind = str(filler.get("type", "constant"))
+        fan_in = t.numel() / t.shape[0] if t.dim() else 1
+        fan_out = t.numel() / t.shape[1] if t.dim() > 1 else t.numel()
+        norm = enum(filler.get("variance_norm"), ("FAN_IN", "FAN_OUT", "AVERAGE"), "FAN_IN")
+        n = {"FAN_IN": fan_in, "FAN_OUT": fan_out, "AVERAGE": (fan_in + fan_out) / 2}[norm]
+        if kind == "constant":
+            t.fill_(float(filler.get("value", 0.0)))
+        elif kind == "gaussian":
+            t.normal_(float(filler.get("mean", 0.0)), float(filler.get("std", 1.0)))
+        elif kind == "uniform":
+            t.uniform_(float(filler.get("min", 0.0)), float(filler.get("max", 1.0)))
+        elif kind == "xavier":
+            s = math.sqrt(3.0 / n)
+            t.uniform_(-s, s)
+        elif kind == "msra":
+            t.normal_(0.0, math.sqrt(2.0 / n))
+        elif kind == "bilinear" and t.dim() == 4:
+            k = t.shape[-1]
+            f = math.ceil(k / 2.0)
+            c = (2 * f - 1 - f % 2) / (2.0 * f)
+            r = 1 - torch.abs(torch.arange(k, dtype=t.dtype) / f - c)
+            t.copy_((r[:, None] * r[None, :]).expand_as(t))
+        else:
+            nn.init.kaiming_uniform_(t.view(t.shape[0], -1) if t.dim() < 2 else t, a=math.sqrt(5))
+
+
+def _as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A caffemodel array as a float32 tensor, sharing its memory when it can."""
+    a = np.asarray(a)
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
+    if not a.flags.writeable:  # torch must be able to train it in place
+        a = a.copy()
+    return torch.from_numpy(a)
+
+
+class CaffeLayer(nn.Module):
+    """Base: a layer without parameters."""
+    KIND = "other"
+    blob_roles: tuple[str, ...] = ()
+
+    @staticmethod
+    def attrs(lp: dict) -> dict:
+        return {}
+
+    @staticmethod
+    def blob_shapes(a: dict, bottoms: list[tuple] | None) -> list[tuple]:
+        return []
+
+    def __init__(self, a: dict, shapes: list[tuple]):
+        super().__init__()
+        self.a = a
+
+    def reset_parameters(self) -> None:
+        pass
+
+    def load_blobs(self, blobs: list[np.ndarray]) -> None:
+        for role, arr in zip(self.blob_roles, blobs):
+            setattr(self, role, nn.Parameter(_as_tensor(arr)))
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.a.items() if "filler" not in k)
+
+
+def _param(shape) -> nn.Parameter:
+    return nn.Parameter(torch.empty(tuple(shape)))
+
+
+# ---------------------------------------------------------------- convolutions and inner product
+
+class Convolution(CaffeLayer):
+    KIND = "conv"
+    blob_roles = ("weight", "bias")
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "convolution_param")
+        if int(one(p, "axis", 1)) != 1:
+            raise GraftError("only channel axis 1 is supported for convolutions")
+        nd = max(2, len(all_of(p, "kernel_size")))
+        return {"num_output": int(one(p, "num_output", 0)), "bias_term": as_bool(one(p, "bias_term", True)),
+                "kernel": _spatial(p, "kernel", nd, 0) if p.get("kernel_h") is not None
+                else _spatial(p, "kernel_size", nd, 0),
+                "stride": _spatial(p, "stride", nd, 1), "pad": _spatial(p, "pad", nd, 0),
+                "dilation": _spatial(p, "dilation", nd, 1), "group": int(one(p, "group", 1)),
+                "weight_filler": _filler(sub(p, "weight_filler")), "bias_filler": _filler(sub(p, "bias_filler"))}
+
+    @staticmethod
+    def blob_shapes(a, bottoms):
+        c = bottoms[0][1]
+        if c % a["group"] or a["num_output"] % a["group"]:
+            raise GraftError(f"{c} input channels and num_output {a['num_output']} are not divisible "
+                             f"by group {a['group']}")
+        shapes = [(a["num_output"], c // a["group"], *a["kernel"])]
+        return shapes + [(a["num_output"],)] if a["bias_term"] else shapes
+
+    def __init__(self, a, shapes):
+        super().__init__(a, shapes)
+        self.weight = _param(shapes[0])
+        self.bias = _param(shapes[1]) if a["bias_term"] else None
+        nd = len(a["kernel"])
+        self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(nd)
+        if self._conv is None:
+            raise GraftError(f"{nd}-D convolutions are not supported")
+        self._args = (tuple(a["stride"]), tuple(a["pad"]), tuple(a["dilation"]), a["group"])
+
+    def reset_parameters(self):
+        _fill(self.weight, self.a["weight_filler"], "kaiming")
+        if self.bias is not None:
+            _fill(self.bias, self.a["bias_filler"], "0")
+
+    def forward(self, x):
+        return self._conv(x, self.weight, self.bias, *self._args)
+
+
+class Deconvolution(Convolution):
+    KIND = "conv_transpose"
+
+    @staticmethod
+    def blob_shapes(a, bottoms):
+        c = bottoms[0][1]
+        if c % a["group"] or a["num_output"] % a["group"]:
+            raise GraftError(f"{c} input channels and num_output {a['num_output']} are not divisible "
+                             f"by group {a['group']}")
+        shapes = [(c, a["num_output"] // a["group"], *a["kernel"])]
+        return shapes + [(a["num_output"],)] if a["bias_term"] else shapes
+
+    def __init__(self, a, shapes):
+        super().__init__(a, shapes)
+        nd = len(a["kernel"])
+        self._conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
+        s, p, d, g = self._args
+        self._args = (s, p, 0, g, d)  # conv_transpose: stride, padding, output_padding, groups, dilation
+
+
+class InnerProduct(CaffeLayer):
+    KIND = "linear"
+    blob_roles = ("weight", "bias")
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "inner_product_param")
+        return {"num_output": int(one(p, "num_output", 0)), "bias_term": as_bool(one(p, "bias_term", True)),
+                "axis": int(one(p, "axis", 1)), "transpose": as_bool(one(p, "transpose", False)),
+                "weight_filler": _filler(sub(p, "weight_filler")), "bias_filler": _filler(sub(p, "bias_filler"))}
+
+    @staticmethod
+    def blob_shapes(a, bottoms):
+        shape = bottoms[0]
+        axis = a["axis"] % len(shape)
+        k = int(np.prod(shape[axis:], dtype=np.int64))
+        w = (k, a["num_output"]) if a["transpose"] else (a["num_output"], k)
+        return [w, (a["num_output"],)] if a["bias_term"] else [w]
+
+    def __init__(self, a, shapes):
+        super().__init__(a, shapes)
+        w = shapes[0][::-1] if a["transpose"] else shapes[0]  # kept as [out, in], PyTorch's layout
+        self.weight = _param(w)
+        self.bias = _param(shapes[1]) if a["bias_term"] else None
+        self.axis = a["axis"]
+
+    def reset_parameters(self):
+        _fill(self.weight, self.a["weight_filler"], "kaiming")
+        if self.bias is not None:
+            _fill(self.bias, self.a["bias_filler"], "0")
+
+    def load_blobs(self, blobs):
+        w = blobs[0].T if self.a["transpose"] else blobs[0]
+        super().load_blobs([np.ascontiguousarray(w), *blobs[1:]])
+
+    def forward(self, x):
+        axis = self.axis % x.dim()
+        if axis != x.dim() - 1:
+            x = x.flatten(axis)
+        return F.linear(x, self.weight, self.bias)
+
+
+# ---------------------------------------------------------------- pooling
+
+class Pooling(CaffeLayer):
+    """MAX/AVE pooling with Caffe's output size: rounded up by default (round_mode CEIL),
+    dropping a last window that would start in the padding; AVE divides by the window
+    clipped to the padded input. PyTorch's ceil_mode/count_include_pad compute exactly
+    this when pad <= kernel/2; otherwise the general path below is used."""
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "pooling_param")
+        pool = enum(one(p, "pool"), ("MAX", "AVE", "STOCHASTIC"), "MAX")
+        if pool not in ("MAX", "AVE"):
+            raise GraftError(f"Pooling method {pool} is not supported (only MAX and AVE)")
+        glob = as_bool(one(p, "global_pooling", False))
+        kernel = [0, 0] if glob else (_spatial(p, "kernel", 2, 0) if p.get("kernel_h") is not None
+                                      else _spatial(p, "kernel_size", 2, 0))
+        if not glob and min(kernel) <= 0:
+            raise GraftError("pooling_param has no kernel_size", "give kernel_size or global_pooling: true")
+        return {"pool": pool, "global": glob, "kernel": kernel,
+                "stride": _spatial(p, "stride", 2, 1), "pad": _spatial(p, "pad", 2, 0),
+                "ceil": enum(one(p, "round_mode"), ("CEIL", "FLOOR"), "CEIL") == "CEIL"}
+
+    def __init__(self, a, shapes):
+        super().__init__(a, shapes)
+        self.k, self.s, self.p = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"])
+        self.native = all(2 * p <= k for p, k in zip(self.p, self.k))
+        self._counts: dict = {}
+
+    def out_size(self, size: int, k: int, s: int, p: int) -> int:
+        n = (math.ceil if self.a["ceil"] else math.floor)((size + 2 * p - k) / s) + 1
+        if p and (n - 1) * s >= size + p:  # the last window would start in the padding
+            n -= 1
+        return n
+
+    def forward(self, x):
+        if self.a["global"]:
+            return x.amax((-2, -1), keepdim=True) if self.a["pool"] == "MAX" else x.mean((-2, -1), keepdim=True)
+        if self.native:
+            if self.a["pool"] == "MAX":
+                return F.max_pool2d(x, self.k, self.s, self.p, ceil_mode=self.a["ceil"])
+            return F.avg_pool2d(x, self.k, self.s, self.p, ceil_mode=self.a["ceil"], count_include_pad=True)
+        return self._general(x)
+
+    def _general(self, x):
+        h, w = x.shape[-2:]
+        oh, ow = (self.out_size(n, k, s, p) for n, k, s, p in zip((h, w), self.k, self.s, self.p))
+        ph, pw = self.p
+        # pad so that exactly oh x ow windows fit (negative padding crops)
+        right = (ow - 1) * self.s[1] + self.k[1] - w - pw
+        bottom = (oh - 1) * self.s[0] + self.k[0] - h - ph
+        if self.a["pool"] == "MAX":
+            y = F.pad(x, (pw, right, ph, bottom), value=float("-inf"))
+            return F.max_pool2d(y, self.k, self.s)
+        y = F.pad(x, (pw, right, ph, bottom))
+        sums = F.avg_pool2d(y, self.k, self.s, divisor_override=1)
+        key = (h, w, x.device, x.dtype)
+        if key not in self._counts:
+            def sizes(n, o, k, s, p):
+                start = torch.arange(o) * s - p
+                return (torch.clamp(start + k, max=n + p) - start).to(torch.float64)
+            c = sizes(h, oh, self.k[0], self.s[0], ph)[:, None] * sizes(w, ow, self.k[1], self.s[1], pw)[None, :]
+            self._counts[key] = c.to(device=x.device, dtype=x.dtype)
+        return sums / self._counts[key]
+
+
+# ---------------------------------------------------------------- element-wise activations
+
+class ReLU(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        return {"negative_slope": float(one(sub(lp, "relu_param"), "negative_slope", 0.0))}
+
+    def forward(self, x):
+        s = self.a["negative_slope"]
+        return F.relu(x) if s == 0 else F.leaky_relu(x, s)
+
+
+class PReLU(CaffeLayer):
+    KIND = "prelu"
+    blob_roles = ("weight",)
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "prelu_param")
+        return {"channel_shared": as_bool(one(p, "channel_shared", False)), "filler": _filler(sub(p, "filler"))}
+
+    @staticmethod
+    def blob_shapes(a, bottoms):
+        return [()] if a["channel_shared"] else [(bottoms[0][1],)]
+
+    def __init__(self, a, shapes):
+        super().__init__(a, shapes)
+        self.weight = _param((1,) if a["channel_shared"] else shapes[0])
+
+    def reset_parameters(self):
+        _fill(self.weight, self.a["filler"], "0.25")
+
+    def load_blobs(self, blobs):
+        super().load_blobs([blobs[0].reshape(self.weight.shape)])
+
+    def forward(self, x):
+        return F.prelu(x, self.weight)
+
+
+class ELU(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        return {"alpha": float(one(sub(lp, "elu_param"), "alpha", 1.0))}
+
+    def forward(self, x):
+        return F.elu(x, self.a["alpha"])
+
+
+class Sigmoid(CaffeLayer):
+    def forward(self, x):
+        return torch.sigmoid(x)
+
+
+class TanH(CaffeLayer):
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+class AbsVal(CaffeLayer):
+    def forward(self, x):
+        return torch.abs(x)
+
+
+class BNLL(CaffeLayer):
+    def forward(self, x):  # log(1 + exp(x)), computed without overflow as Caffe does
+        return torch.clamp(x, min=0) + torch.log1p(torch.exp(-torch.abs(x)))
+
+
+class Swish(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        return {"beta": float(one(sub(lp, "swish_param"), "beta", 1.0))}
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.a["beta"] * x)
+
+
+class Power(CaffeLayer):
+    """(shift + scale * x) ^ power"""
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "power_param")
+        return {"power": float(one(p, "power", 1.0)), "scale": float(one(p, "scale", 1.0)),
+                "shift": float(one(p, "shift", 0.0))}
+
+    def forward(self, x):
+        a = self.a
+        y = x * a["scale"] if a["scale"] != 1 else x
+        y = y + a["shift"] if a["shift"] != 0 else y
+        return y if a["power"] == 1 else torch.pow(y, a["power"])
+
+
+class Exp(CaffeLayer):
+    """base ^ (shift + scale * x), base -1 meaning e."""
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "exp_param")
+        return {"base": float(one(p, "base", -1.0)), "scale": float(one(p, "scale", 1.0)),
+                "shift": float(one(p, "shift", 0.0))}
+
+    def forward(self, x):
+        a = self.a
+        log_base = 1.0 if a["base"] == -1 else math.log(a["base"])
+        outer = 1.0 if a["shift"] == 0 else math.exp(log_base * a["shift"])
+        y = torch.exp(x * (log_base * a["scale"]))
+        return y * outer if outer != 1 else y
+
+
+class Log(CaffeLayer):
+    """log_base(shift + scale * x), base -1 meaning e."""
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "log_param")
+        return {"base": float(one(p, "base", -1.0)), "scale": float(one(p, "scale", 1.0)),
+                "shift": float(one(p, "shift", 0.0))}
+
+    def forward(self, x):
+        a = self.a
+        y = torch.log(x * a["scale"] + a["shift"])
+        return y if a["base"] == -1 else y * (1.0 / math.log(a["base"]))
+
+
+class Threshold(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        return {"threshold": float(one(sub(lp, "threshold_param"), "threshold", 0.0))}
+
+    def forward(self, x):
+        return (x > self.a["threshold"]).to(x.dtype)
+
+
+class Clip(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "clip_param")
+        if "min" not in p or "max" not in p:
+            raise GraftError("clip_param needs min and max")
+        return {"min": float(one(p, "min")), "max": float(one(p, "max"))}
+
+    def forward(self, x):
+        return torch.clamp(x, self.a["min"], self.a["max"])
+
+
+class Dropout(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "dropout_param")
+        return {"ratio": float(one(p, "dropout_ratio", 0.5)), "scale_train": as_bool(one(p, "scale_train", True))}
+
+    def forward(self, x):
+        r = self.a["ratio"]
+        if self.a["scale_train"]:
+            return F.dropout(x, r, self.training)
+        # Caffe's scale_train: false keeps training activations unscaled and scales at test time
+        return F.dropout(x, r, True) * (1 - r) if self.training else x * (1 - r)
+
+
+# ---------------------------------------------------------------- normalisation
+
+class LRN(CaffeLayer):
+    """ACROSS_CHANNELS: x / (k + alpha/n * sum of squares over n channels)^beta.
+    WITHIN_CHANNEL: x / (1 + alpha/n^2 * sum over an n x n window)^beta (Caffe ignores k here)."""
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "lrn_param")
+        a = {"local_size": int(one(p, "local_size", 5)), "alpha": float(one(p, "alpha", 1.0)),
+             "beta": float(one(p, "beta", 0.75)), "k": float(one(p, "k", 1.0)),
+             "region": enum(one(p, "norm_region"), ("ACROSS_CHANNELS", "WITHIN_CHANNEL"), "ACROSS_CHANNELS")}
+        if a["local_size"] % 2 == 0:
+            raise GraftError(f"LRN local_size {a['local_size']} must be odd (Caffe refuses even sizes)")
+        return a
+
+    def forward(self, x):
+        a = self.a
+        n = a["local_size"]
+        if a["region"] == "ACROSS_CHANNELS":
+            return F.local_response_norm(x, n, a["alpha"], a["beta"], a["k"])
+        avg = F.avg_pool2d(x * x, n, 1, (n - 1) // 2, count_include_pad=True)
+        return x * torch.pow(1 + a["alpha"] * avg, -a["beta"])
+
+
+class BatchNorm(CaffeLayer):
+    """Caffe's BatchNorm: no affine part (a Scale layer follows); the caffemodel keeps
+    sums and a scale factor, folded here into running_mean/running_var. Without an explicit
+    use_global_stats the module follows train()/eval() like torch's BatchNorm."""
+    KIND = "batchnorm"
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "batch_norm_param")
+        ugs = one(p, "use_global_stats")
+        return {"use_global_stats": None if ugs is None else as_bool(ugs), "eps": float(one(p, "eps", 1e-5)),
+                "momentum": 1.0 - float(one(p, "moving_average_fraction", 0.999))}
+
+    @staticmethod
+    def blob_shapes(a, bottoms):
+        c = bottoms[0][1] if len(bottoms[0]) > 1 else 1
+        return [(c,), (c,), (1,)]
+
+    def __init__(self, a, shapes):
+        super().__init__(a, shapes)
+        self.register_buffer("running_mean", torch.empty(shapes[0]))
+        self.register_buffer("running_var", torch.empty(shapes[1]))
+        self.use_global_stats = a["use_global_stats"]
+
+    def reset_parameters(self):
+        if not self.running_mean.is_meta:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+
+    def load_blobs(self, blobs):
+        f = float(np.asarray(blobs[2]).reshape(-1)[0]) if len(blobs) > 2 else 1.0
+        f = 0.0 if f == 0 else 1.0 / f
+        self.running_mean = torch.from_numpy(np.asarray(blobs[0], dtype=np.float32) * np.float32(f))
+        self.running_var = torch.from_numpy(np.asarray(blobs[1], dtype=np.float32) * np.float32(f))
+
+    def forward(self, x):
+        batch_stats = self.training if self.use_global_stats is None else not self.use_global_stats
+        return F.batch_norm(x, self.running_mean, self.running_var, None, None, batch_stats,
+                            self.a["momentum"], self.a["eps"])
+
+
+def _broadcast_shape(x: torch.Tensor, axis: int, shape) -> tuple:
+    """Shape that lines `shape` up with x's axes starting at `axis` (Caffe's Scale/Bias)."""
+    axis = axis % x.dim() if x.dim() else 0
+    return (1,) * axis + tuple(shape) + (1,) * (x.dim() - axis - len(shape))
+
+
+class Scale(CaffeLayer):
+    """y = x * scale (+ bias), scale learned (one bottom) or given by the second bottom."""
+    KIND = "scale"
+    blob_roles = ("weight", "bias")
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "scale_param")
+        return {"axis": int(one(p, "axis", 1)), "num_axes": int(one(p, "num_axes", 1)),
+                "bias_term": as_bool(one(p, "bias_term", False)), "two_bottoms": len(all_of(lp, "bottom")) > 1,
+                "filler": _filler(sub(p, "filler")), "bias_filler": _filler(sub(p, "bias_filler"))}
+
+    @staticmethod
+    def param_shape(a, bottoms):
+        if a["two_bottoms"]:
+            return None
+        shape = bottoms[0]
+        axis = a["axis"] % len(shape) if shape else 0
+        end = len(shape) if a["num_axes"] == -1 else axis + a["num_axes"]
+        return tuple(shape[axis:end])
+
+    @classmethod
+    def blob_shapes(cls, a, bottoms):
+        ps = cls.param_shape(a, bottoms)
+        if ps is None:  # the scale is the second bottom: only the bias is learned
+            b1 = bottoms[1]
+            return [tuple(b1)] if a["bias_term"] else []
+        return [ps, ps] if a["bias_term"] else [ps]
+
+    def __init__(self, a, shapes):
+        super().__init__(a, shapes)
+        self.weight = None if a["two_bottoms"] else _param(shapes[0])
+        self.bias = _param(shapes[-1]) if a["bias_term"] else None
+        if a["two_bottoms"]:
+            self.blob_roles = ("bias",)
+
+    def reset_parameters(self):
+        if self.weight is not None:
+            _fill(self.weight, self.a["filler"], "1")
+        if self.bias is not None:
+            _fill(self.bias, self.a["bias_filler"], "0")
+
+    def forward(self, x, scale=None):
+        w = self.weight if scale is None else scale
+        y = x * w.reshape(_broadcast_shape(x, self.a["axis"], w.shape))
+        if self.bias is not None:
+            y = y + self.bias.reshape(_broadcast_shape(x, self.a["axis"], self.bias.shape))
+        return y
+
+
+class Bias(CaffeLayer):
+    KIND = "bias"
+    blob_roles = ("bias",)
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "bias_param")
+        return {"axis": int(one(p, "axis", 1)), "num_axes": int(one(p, "num_axes", 1)),
+                "two_bottoms": len(all_of(lp, "bottom")) > 1, "filler": _filler(sub(p, "filler"))}
+
+    @staticmethod
+    def blob_shapes(a, bottoms):
+        if a["two_bottoms"]:
+            return []
+        shape = bottoms[0]
+        axis = a["axis"] % len(shape) if shape else 0
+        end = len(shape) if a["num_axes"] == -1 else axis + a["num_axes"]
+        return [tuple(shape[axis:end])]
+
+    def __init__(self, a, shapes):
+        super().__init__(a, shapes)
+        self.bias = None if a["two_bottoms"] else _param(shapes[0])
+
+    def reset_parameters(self):
+        if self.bias is not None:
+            _fill(self.bias, self.a["filler"], "0")
+
+    def forward(self, x, bias=None):
+        b = self.bias if bias is None else bias
+        return x + b.reshape(_broadcast_shape(x, self.a["axis"], b.shape))
+
+
+# ---------------------------------------------------------------- blob plumbing
+
+class Eltwise(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "eltwise_param")
+        op = enum(one(p, "operation"), ("PROD", "SUM", "MAX"), "SUM")
+        coeff = [float(c) for c in all_of(p, "coeff")]
+        n = len(all_of(lp, "bottom"))
+        if coeff and len(coeff) != n:
+            raise GraftError(f"Eltwise has {len(coeff)} coeff values for {n} bottoms", "give one coeff per bottom")
+        if coeff and op != "SUM":
+            raise GraftError("Eltwise coeff is only allowed with operation SUM")
+        return {"operation": op, "coeff": coeff or None}
+
+    def forward(self, *xs):
+        op, coeff = self.a["operation"], self.a["coeff"]
+        if op == "SUM":
+            if coeff is None:
+                y = xs[0]
+                for x in xs[1:]:
+                    y = y + x
+                return y
+            y = xs[0] * coeff[0] if coeff[0] != 1 else xs[0]
+            for c, x in zip(coeff[1:], xs[1:]):
+                y = y + x * c if c != 1 else y + x
+            return y
+        y = xs[0]
+        for x in xs[1:]:
+            y = y * x if op == "PROD" else torch.maximum(y, x)
+        return y
+
+
+class Concat(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "concat_param")
+        return {"axis": int(one(p, "axis", one(p, "concat_dim", 1)))}
+
+    def forward(self, *xs):
+        return torch.cat(xs, self.a["axis"]) if len(xs) > 1 else xs[0]
+
+
+class Slice(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "slice_param")
+        return {"axis": int(one(p, "axis", one(p, "slice_dim", 1))),
+                "slice_point": [int(v) for v in all_of(p, "slice_point")], "tops": len(all_of(lp, "top"))}
+
+    def forward(self, x):
+        a = self.a
+        axis = a["axis"] % x.dim()
+        n = x.shape[axis]
+        if a["slice_point"]:
+            edges = [0, *a["slice_point"], n]
+        else:
+            if n % a["tops"]:
+                raise GraftError(f"Slice: axis size {n} does not split into {a['tops']} equal parts")
+            edges = [i * (n // a["tops"]) for i in range(a["tops"] + 1)]
+        return tuple(x.narrow(axis, lo, hi - lo) for lo, hi in zip(edges[:-1], edges[1:]))
+
+
+class Split(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        return {"tops": len(all_of(lp, "top"))}
+
+    def forward(self, x):
+        return (x,) * self.a["tops"]
+
+
+class Flatten(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "flatten_param")
+        return {"axis": int(one(p, "axis", 1)), "end_axis": int(one(p, "end_axis", -1))}
+
+    def forward(self, x):
+        return x.flatten(self.a["axis"], self.a["end_axis"])
+
+
+class Reshape(CaffeLayer):
+    """dims of `shape` replace input axes [axis, axis+num_axes); 0 copies, -1 is inferred."""
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "reshape_param")
+        dims = [int(d) for d in all_of(sub(p, "shape"), "dim")]
+        if dims.count(-1) > 1:
+            raise GraftError("Reshape shape has more than one -1")
+        return {"dims": dims, "axis": int(one(p, "axis", 0)), "num_axes": int(one(p, "num_axes", -1))}
+
+    def forward(self, x):
+        a, shape = self.a, list(x.shape)
+        start = a["axis"] if a["axis"] >= 0 else len(shape) + a["axis"] + 1
+        end = len(shape) if a["num_axes"] == -1 else start + a["num_axes"]
+        new = [shape[start + i] if d == 0 else d for i, d in enumerate(a["dims"])]
+        return x.reshape(shape[:start] + new + shape[end:])
+
+
+class Softmax(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        return {"axis": int(one(sub(lp, "softmax_param"), "axis", 1))}
+
+    def forward(self, x):
+        return F.softmax(x, self.a["axis"])
+
+
+class Crop(CaffeLayer):
+    """bottom[0] cropped to bottom[1]'s shape on the axes from `axis` on, at `offset`."""
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "crop_param")
+        return {"axis": int(one(p, "axis", 2)), "offset": [int(v) for v in all_of(p, "offset")]}
+
+    def forward(self, x, ref):
+        axis = self.a["axis"] % x.dim()
+        offs = self.a["offset"]
+        for i, d in enumerate(range(axis, x.dim())):
+            o = 0 if not offs else offs[0] if len(offs) == 1 else offs[i]
+            if o + ref.shape[d] > x.shape[d]:
+                raise GraftError(f"Crop: offset {o} + size {ref.shape[d]} exceeds axis {d} of size {x.shape[d]}")
+            x = x.narrow(d, o, ref.shape[d])
+        return x
+
+
+class ArgMax(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "argmax_param")
+        ax = one(p, "axis")
+        a = {"top_k": int(one(p, "top_k", 1)), "out_max_val": as_bool(one(p, "out_max_val", False)),
+             "axis": None if ax is None else int(ax)}
+        return a
+
+    def forward(self, x):
+        a = self.a
+        if a["axis"] is None:
+            v, i = x.flatten(1).topk(a["top_k"], 1)
+            i = i.to(x.dtype).unsqueeze(1)
+            return torch.cat([i, v.unsqueeze(1)], 1) if a["out_max_val"] else i
+        v, i = x.topk(a["top_k"], a["axis"])
+        return v if a["out_max_val"] else i.to(x.dtype)
+
+
+# Layer types with their class. Inputs, losses and Silence are handled by the graph.
+LAYERS: dict[str, type[CaffeLayer]] = {c.__name__: c for c in (
+    Convolution, Deconvolution, InnerProduct, Pooling, ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL,
+    Swish, Power, Exp, Log, Threshold, Clip, Dropout, LRN, BatchNorm, Scale, Bias, Eltwise, Concat,
+    Slice, Split, Flatten, Reshape, Softmax, Crop, ArgMax)}
+
+DATA_LAYERS = ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData",
+               "AnnotatedData", "VideoData")
+LOSS_LAYERS = ("SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
+               "MultinomialLogisticLoss", "ContrastiveLoss", "MultiBoxLoss", "SmoothL1Loss")
+METRIC_LAYERS = ("Accuracy",)
+SINK_LAYERS = ("Silence", "HDF5Output")
+
+# Legacy V1 `layers { type: ENUM }` -> the V2 type string (caffe.proto V1LayerParameter.LayerType).
+V1_TYPES = {
+    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DATA": "Data",
+    "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN", "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
+    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold", "NONE": "None",
+}
+V1_TYPE_NUMBERS = {0: "NONE", 35: "ABSVAL", 1: "ACCURACY", 30: "ARGMAX", 2: "BNLL", 3: "CONCAT",
+                   37: "CONTRASTIVE_LOSS", 4: "CONVOLUTION", 5: "DATA", 39: "DECONVOLUTION", 6: "DROPOUT",
+                   32: "DUMMY_DATA", 7: "EUCLIDEAN_LOSS", 25: "ELTWISE", 38: "EXP", 8: "FLATTEN",
+                   9: "HDF5_DATA", 10: "HDF5_OUTPUT", 28: "HINGE_LOSS", 11: "IM2COL", 12: "IMAGE_DATA",
+                   13: "INFOGAIN_LOSS", 14: "INNER_PRODUCT", 15: "LRN", 29: "MEMORY_DATA",
+                   16: "MULTINOMIAL_LOGISTIC_LOSS", 34: "MVN", 17: "POOLING", 26: "POWER", 18: "RELU",
+                   19: "SIGMOID", 27: "SIGMOID_CROSS_ENTROPY_LOSS", 36: "SILENCE", 20: "SOFTMAX",
+                   21: "SOFTMAX_LOSS", 22: "SPLIT", 33: "SLICE", 23: "TANH", 24: "WINDOW_DATA", 31: "THRESHOLD"}
+
+
+def v2_type(t: Any) -> str:
+    """A layer's type as the V2 string, whether written as V2 text or a V1 enum (name or number)."""
+    if isinstance(t, int) and not isinstance(t, bool):
+        t = V1_TYPE_NUMBERS.get(t, str(t))
+    t = str(t)
+    return V1_TYPES.get(t, t)
