@@ -252,7 +252,7 @@ class Normalization(nn.Module):
         else:
             self.register_buffer("mean", torch.zeros(shape))
             self.register_buffer("variance", torch.ones(shape))
-            self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+            self.register_buffer("count", torch.zeros(1, dtype=torch.int64))  # Keras keeps it as a (1,) weight
 
     def forward(self, x):
         m, v = self.mean, self.variance

@@ -1,0 +1,239 @@
+"""Keras models converted to torch modules reproduce Keras's own outputs (fixtures, and a model built here)."""
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import graftkit
+from graftkit.errors import GraftError
+from graftkit.nets import keras as nk
+
+from conftest import cases, fixture, rel_err, run_graft
+
+TARGET_RTOL = 1e-5
+
+
+def _run(net, x_nhwc: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))).numpy()
+
+
+def seed_cnn_input(images_u8: np.ndarray) -> np.ndarray:
+    """The fixtures README's preprocessing, NHWC: pad 2 px to 32x32, /255, 3 channels."""
+    x = np.pad(images_u8, ((0, 0), (2, 2), (2, 2))).astype(np.float32) / 255.0
+    return np.repeat(x[..., None], 3, axis=-1)
+
+
+def _model_files(case: dict) -> list:
+    paths = [fixture(m) for m in case["model"]]
+    if all(p.name.endswith(".weights.h5") for p in paths):
+        # A bare weights file has no architecture: pair it with the model it was saved from.
+        paths = [fixture(case["model"][0].replace(".weights.h5", ".keras")), *paths]
+    return paths
+
+
+@pytest.mark.parametrize("case", cases("keras"), ids=lambda c: c["id"])
+def test_manifest_case_matches_keras(case):
+    net = graftkit.convert(_model_files(case))
+    (in_name, in_rel), = case["input"].items()
+    (out_name, out_rel), = case["expected"].items()
+    x = np.load(fixture(in_rel))
+    if x.dtype == np.uint8:
+        x = seed_cnn_input(x)
+    expected = np.load(fixture(out_rel))
+    got = _run(net, x)
+    err = rel_err(got, expected)
+    assert err < min(case["rtol"], TARGET_RTOL), (case["id"], err)
+    if "labels" in case:  # the seed CNN: Keras's accuracy on its 1,000 images is 0.845
+        labels = np.load(fixture(case["labels"]))
+        assert float((got.argmax(1) == labels).mean()) == 0.845
+        assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
+def test_metadata_and_package_round_trip(tmp_path):
+    net = graftkit.convert(fixture("keras/layout_zoo.keras"))
+    meta = net.graftkit_meta
+    assert meta["spec"]["converter"] == "keras" and meta["spec"]["config"]["class_name"] == "Functional"
+    assert meta["preprocessing"]["input_size"] == [3, 33, 32]
+    assert meta["extra"]["outputs"] == ["head"]
+    assert "stem_conv.weight" in net.state_dict() and net.stem_conv.weight.shape == (16, 3, 3, 3)
+    out = tmp_path / "zoo.safetensors"
+    graftkit.save(net, out)
+    again = graftkit.load(out)  # rebuilt from the spec alone
+    x = np.load(fixture("keras/layout_zoo.input_nhwc.npy"))
+    assert np.array_equal(_run(net, x), _run(again, x))
+
+
+def test_weights_file_must_come_with_its_architecture():
+    with pytest.raises(GraftError, match="no architecture|model file"):
+        graftkit.convert(fixture("keras/layout_zoo.weights.h5"))
+
+
+# ---------------------------------------------------------------- a model built here, with Keras as the oracle
+
+@pytest.fixture(scope="module")
+def keras():
+    return pytest.importorskip("keras")
+
+
+def build_layer_zoo(keras):
+    """Layer types the fixtures do not cover, on an odd-sized input so `same` padding is asymmetric."""
+    L = keras.layers
+    rng = np.random.default_rng(0)
+    inp = keras.Input((15, 14, 3), name="img")
+    x = L.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inp)
+    norm = L.Normalization(axis=-1, name="norm")
+    norm.adapt(rng.uniform(-1, 1, (16, 15, 14, 3)).astype("float32") * np.array([1, 2, 3], "float32"))
+    x = norm(x)
+    x = L.ZeroPadding2D(((1, 2), (0, 1)), name="zpad")(x)                                  # 18x15
+    c1 = L.Conv2D(8, 3, strides=2, padding="same", activation="hard_sigmoid", name="c1")(x)  # 9x8
+    c2 = L.Conv2D(8, (2, 3), strides=2, padding="same", use_bias=False, name="c2")(x)
+    c2 = L.BatchNormalization(scale=False, epsilon=1e-2, name="bn_noscale")(c2)
+    c2 = L.LeakyReLU(negative_slope=0.1, name="lrelu")(c2)
+    c3 = L.Conv2D(8, 3, padding="same", dilation_rate=2, groups=2, activation="gelu", name="c3")(c1)
+    c3 = L.PReLU(shared_axes=[1, 2], name="prelu")(c3)
+    m = L.Multiply(name="mul")([c1, c2])
+    s = L.Subtract(name="sub")([m, c3])
+    av = L.Average(name="avg")([s, c1])
+    mx = L.Maximum(name="max")([av, c3])
+    cat = L.Concatenate(name="cat")([mx, s])                                                 # 9x8x16
+    # Symmetric `same` padding here: Keras's torch backend pads asymmetric average pooling by replicating
+    # edges, unlike TensorFlow and Keras's documentation (see test_same_average_pooling_excludes_padding).
+    ap = L.AveragePooling2D(3, strides=1, padding="same", name="apool")(cat)                 # 9x8
+    up = L.UpSampling2D(2, name="up")(ap)                                                    # 18x16
+    crop = L.Cropping2D(((1, 8), (0, 8)), name="crop")(up)                                   # 9x8
+    add = L.Add(name="add")([crop, cat])
+    add = L.SpatialDropout2D(0.3, name="sdrop")(add)
+    dt = L.Conv2DTranspose(4, 3, strides=2, padding="same", activation="elu", name="deconv")(add)  # 18x16
+    dw = L.DepthwiseConv2D(3, depth_multiplier=2, strides=2, padding="same", activation="relu6", name="dw")(dt)
+    mp = L.MaxPooling2D(2, strides=1, padding="same", name="mpool")(dw)
+    sep = L.SeparableConv2D(6, 3, depth_multiplier=2, activation="swish", name="sep")(mp)    # 7x6x6
+    inner = keras.Sequential([L.Conv2D(4, 1, name="inner_conv"),
+                              L.ReLU(max_value=3.0, negative_slope=0.1, threshold=0.5, name="inner_relu")],
+                             name="inner")
+    nested = inner(sep)                                                                      # 7x6x4
+    gmp = L.GlobalMaxPooling2D(keepdims=True, name="gmp")(nested)
+    flat = L.Flatten(name="flat")(gmp)
+    dn = L.Dense(5, activation="tanh", name="dense_nd")(nested)                              # 7x6x5
+    pm = L.Permute((2, 1, 3), name="perm")(dn)
+    rs = L.Reshape((21, 10), name="reshape")(pm)
+    rs = L.ELU(alpha=0.5, name="elu")(rs)
+    joined = L.Concatenate(axis=-1, name="join")([flat, L.Flatten(name="flat2")(rs)])
+    joined = L.Dropout(0.5, name="drop")(joined)
+    probs = L.Dense(3, activation="softmax", name="probs")(joined)
+    heat = L.Softmax(axis=-1, name="heat")(L.Activation("sigmoid", name="sig")(nested))
+    model = keras.Model(inp, [probs, heat], name="layer_zoo")
+    for layer in model.layers:  # non-trivial BatchNorm statistics and PReLU slopes
+        if isinstance(layer, L.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.5, layer.moving_mean.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape).astype("float32"))
+        if isinstance(layer, L.PReLU):
+            layer.alpha.assign(rng.uniform(0, 0.5, layer.alpha.shape).astype("float32"))
+    x = rng.uniform(0, 255, (2, 15, 14, 3)).astype("float32")
+    return model, x
+
+
+@pytest.fixture(scope="module")
+def layer_zoo(keras, tmp_path_factory):
+    model, x = build_layer_zoo(keras)
+    expected = [keras.ops.convert_to_numpy(t) for t in model(x, training=False)]
+    d = tmp_path_factory.mktemp("keras_zoo")
+    model.save(d / "zoo.keras")
+    model.save(d / "zoo.h5")
+    model.save_weights(d / "zoo.weights.h5")
+    return d, x, expected
+
+
+@pytest.mark.parametrize("files", [["zoo.keras"], ["zoo.h5"], ["zoo.h5", "zoo.weights.h5"]])
+def test_layers_built_here_match_keras(layer_zoo, files):
+    d, x, (probs, heat) = layer_zoo
+    net = graftkit.convert([d / f for f in files])
+    with torch.no_grad():
+        out = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    assert set(out) == {"probs", "heat"}                 # several outputs: a dict by Keras layer name
+    assert rel_err(out["probs"].numpy(), probs) < TARGET_RTOL
+    assert rel_err(out["heat"].numpy(), heat.transpose(0, 3, 1, 2)) < TARGET_RTOL  # returned NCHW
+    pre = net.graftkit_meta["preprocessing"]
+    assert [p["op"] for p in pre["in_model"]] == ["rescaling", "normalization"]
+    assert pre["in_model"][0]["offset"] == -1.0 and pre["input_size"] == [3, 15, 14]
+
+
+def test_same_average_pooling_excludes_padding():
+    """TensorFlow's (and Keras's documented) `same` AVG pooling, odd padding after: mean of the real values."""
+    x = torch.arange(2 * 3 * 5 * 4, dtype=torch.float32).reshape(2, 3, 5, 4).sin()
+    pool = nk.Pool("avg", 2, (3, 2), (2, 2), "same")
+    got = pool(x)
+    a = x.numpy()
+    expected = np.zeros((2, 3, 3, 2), np.float32)
+    for i in range(3):          # H: 5 -> 3, total pad 2 -> (1, 1); W: 4 -> 2, total pad 0
+        for j in range(2):
+            h0, w0 = i * 2 - 1, j * 2
+            win = a[:, :, max(h0, 0):min(h0 + 3, 5), max(w0, 0):min(w0 + 2, 4)]
+            expected[:, :, i, j] = win.mean(axis=(2, 3))
+    assert np.allclose(got.numpy(), expected, atol=1e-6)
+    pool = nk.Pool("avg", 2, (2, 2), (2, 2), "same")  # H: 5 -> 3, total pad 1 -> (0, 1): the last row alone
+    got = pool(x).numpy()
+    assert np.allclose(got[:, :, 2, 0], a[:, :, 4, 0:2].mean(axis=2), atol=1e-6)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+@pytest.fixture(scope="module")
+def custom_model_file(keras, tmp_path_factory):
+    @keras.saving.register_keras_serializable(package="graftkit_tests")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    inp = keras.Input((4, 4, 3), name="x")
+    y = keras.layers.Conv2D(2, 1, name="conv")(inp)
+    y = Twice(name="twice_a")(y)
+    y = Twice(name="twice_b")(y)
+    model = keras.Model(inp, y)
+    path = tmp_path_factory.mktemp("keras_custom") / "custom.keras"
+    model.save(path)
+    return path
+
+
+def test_custom_layer_is_one_clear_error(custom_model_file, tmp_path):
+    with pytest.raises(GraftError) as e:
+        graftkit.convert(custom_model_file)
+    msg = str(e.value)
+    assert "Twice" in msg and "twice_a" in msg and "twice_b" in msg and "graft transplant" in msg
+    out = tmp_path / "out.safetensors"
+    r = run_graft("convert", custom_model_file, "-o", out)
+    if "No such command" not in r.stderr:  # the convert command may land later than this converter
+        assert r.returncode == 2 and "Twice" in r.stderr and "Traceback" not in r.stderr
+        assert not out.exists()
+
+
+def test_custom_layer_is_refused_before_reading_weights(custom_model_file, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("weights were read before the custom layer was refused")
+    monkeypatch.setattr(nk.kfile, "read_with_config", boom)
+    with pytest.raises(GraftError, match="Twice"):
+        graftkit.convert(custom_model_file)
+
+
+@pytest.mark.parametrize("name", ["layout_zoo.keras", "layout_zoo.h5"])
+def test_truncated_files_are_one_clear_error(tmp_path, name):
+    data = fixture(f"keras/{name}").read_bytes()
+    bad = tmp_path / name
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GraftError, match="truncated or corrupt"):
+        graftkit.convert(bad)
+
+
+def test_archive_member_outside_the_archive_is_refused(tmp_path):
+    src = zipfile.ZipFile(fixture("keras/layout_zoo.keras"))
+    bad = tmp_path / "evil.keras"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n in src.namelist():
+            z.writestr(n, src.read(n))
+        z.writestr("../escape.txt", b"x")
+    with pytest.raises(GraftError, match="outside the archive"):
+        graftkit.convert(bad)
+    assert not (tmp_path.parent / "escape.txt").exists()
