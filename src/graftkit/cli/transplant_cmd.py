@@ -1,6 +1,75 @@
-"""graft commands: (to be filled by its issue)."""
+"""`graft transplant SRC --into TARGET -o OUT.safetensors`: graft weights, report every tensor."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from .common import err, print_json
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def transplant(
+        src: str = typer.Argument(..., help="weights: any readable checkpoint file, a built-in name, a spec "
+                                            "(timm:NAME, torchvision:NAME, file.py:fn) or a graftkit package"),
+        into: str = typer.Option(..., "--into", help="target network: timm:NAME[?k=v], torchvision:NAME, "
+                                                     "file.py:factory, a built-in name or a package"),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help="the package to write (.safetensors)"),
+        rule: List[str] = typer.Option([], "--rule", help="rename source tensors: 'REGEX=>REPLACEMENT' (repeatable)"),
+        policy: str = typer.Option("skip", "--policy", help="shape clashes: skip|classes|channels|widen|slice"),
+        strict: bool = typer.Option(False, "--strict", help="fail if any target tensor is left at initialisation"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="report only, write nothing"),
+        json_: bool = typer.Option(False, "--json", help="print the report as JSON"),
+        trust: bool = typer.Option(False, "--trust", help="allow unpickling arbitrary objects (only for files you made)"),
+        seed: int = typer.Option(0, "--seed", help="random seed of the widen policy"),
+    ) -> None:
+        """Copy every source tensor that fits into TARGET (by name, normalised name, rules, then structure)."""
+        from ..errors import GraftError
+        from ..meta import meta_of
+        from ..package import save
+        from ..transplant import source_tensors, transplant as graft
+
+        if output is None and not dry_run:
+            raise GraftError("no output file given", "add -o OUT.safetensors, or --dry-run to only see the report")
+        if output is not None and output.is_dir():
+            raise GraftError(f"{output}: is a folder", "name the .safetensors file to write")
+        tensors, src_classes = source_tensors(src, trust=trust)
+        module, report = graft(tensors, into, rules=rule, policy=policy, strict=strict,
+                               source_class_names=src_classes, trust=trust, seed=seed)
+        report.source = src
+        if json_:
+            print_json(report.to_json())
+        else:
+            report.table(console=err)
+        if dry_run:
+            return
+        tmeta = meta_of(module)
+        source_meta = tensors.meta.get("graftkit") or {}
+        classes = tmeta.get("classes") or _source_classes_if_head_copied(report, src_classes)
+        save(module, output, spec=tmeta.get("spec") or into, classes=classes,
+             preprocessing=tmeta.get("preprocessing") or source_meta.get("preprocessing"),
+             provenance={"sources": [_provenance(src)], "transplant": {"rules": rule, "policy": policy}},
+             report=report.to_json())
+        err.print(f"wrote {output}")
+
+
+def _source_classes_if_head_copied(report, classes):
+    """The source's class names carry over only when the classifier itself was copied whole."""
+    if not classes or not report.entries:
+        return None
+    head = [e for e in report.entries if len(e.shape) == 2 and e.shape[0] == len(classes)]
+    return classes if head and all(e.status == "copied" for e in head) else None
+
+
+def _provenance(src: str) -> dict:
+    path = Path(src)
+    if not path.is_file():
+        return {"ref": src}
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"file": str(path.resolve()), "sha256": h.hexdigest(), "bytes": path.stat().st_size}

@@ -189,7 +189,7 @@ def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
     if rules:
         for rx, repl, text in rules:
             if not any(rx.search(s) for s in src_names):
-                raise GraftError(f"rule {text!r} matches no source tensor name",
+                raise GraftError(f"rule '{text}' matches no source tensor name",
                                  f"source names look like {', '.join(src_names[:3])}")
         by_tgt_norm: dict[str, list[str]] = {}
         for t, n in tgt_norm.items():
