@@ -1,0 +1,76 @@
+"""What a run leaves for people: log.csv, TensorBoard events, curves.png, summary.json.
+
+All files are rewritten whole and atomically from the run's history, so a
+resumed run's logs are exactly those of an uninterrupted one (TensorBoard
+events after the resume point are purged on reopening).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_open, atomic_path
+
+COLUMNS = ("epoch", "iteration", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds")
+
+
+def write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    with atomic_open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+
+
+def write_json(path: Path, doc: Any) -> None:
+    with atomic_open(path, "w") as f:
+        json.dump(doc, f, indent=2, default=str)
+        f.write("\n")
+
+
+def plot_curves(path: Path, history: list[dict[str, Any]], title: str = "") -> None:
+    """Loss and accuracy per epoch, train and validation, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
+    if any(r.get("val_loss") is not None for r in history):
+        a.plot(ep, [r.get("val_loss") for r in history], "o-", label="validation")
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.set_title("loss"), a.legend(), a.grid(alpha=.3)
+    b.plot(ep, [r.get("train_top1") for r in history], "o-", label="train top-1")
+    if any(r.get("val_top1") is not None for r in history):
+        b.plot(ep, [r.get("val_top1") for r in history], "o-", label="validation top-1")
+        b.plot(ep, [r.get("val_top5") for r in history], "--", label="validation top-5")
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.set_ylim(0, 1), b.set_title("accuracy"), b.legend()
+    b.grid(alpha=.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+class Board:
+    """TensorBoard scalars per iteration and per epoch (torch.utils.tensorboard)."""
+
+    def __init__(self, folder: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+        self.w = SummaryWriter(str(folder), purge_step=purge_step)
+
+    def step(self, it: int, loss: float, lr: float) -> None:
+        self.w.add_scalar("train/loss_iter", loss, it)
+        self.w.add_scalar("train/lr", lr, it)
+
+    def epoch(self, row: dict[str, Any], it: int) -> None:
+        for k in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
+            if row.get(k) is not None:
+                self.w.add_scalar(k.replace("_", "/", 1), row[k], it)
+        self.w.flush()
+
+    def close(self) -> None:
+        self.w.close()
