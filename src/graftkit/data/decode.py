@@ -1,0 +1,103 @@
+"""Image bytes -> uint8 pixels, fast and predictable.
+
+- JPEG: when the wanted size is much smaller than the image, Pillow's `Image.draft`
+  asks libjpeg to decode at 1/2, 1/4 or 1/8 scale in the DCT domain, which skips
+  most of the decoding work (the image is never made smaller than `min_side`).
+- EXIF orientation is applied, so a photo taken sideways comes out upright.
+- Modes are converted once, the same way everywhere: CMYK/YCbCr/palette/16-bit/
+  grayscale -> RGB (or L), transparency composited onto white (not dropped to
+  black), and only the first frame of an animated GIF/WebP is used.
+
+Everything returns numpy uint8 HxWxC arrays (C = 3 or 1); float conversion and
+normalisation happen at the very end of the pipeline (see transforms.py).
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from ..errors import GraftError
+
+Image.MAX_IMAGE_PIXELS = 200_000_000  # refuse decompression bombs beyond ~200 Mpx
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently gray pixels
+
+
+class DecodeError(GraftError):
+    """An image that cannot be decoded (corrupt, truncated, not an image)."""
+
+
+def _open(src) -> Image.Image:
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return Image.open(io.BytesIO(src))
+    return Image.open(src)
+
+
+def to_mode(img: Image.Image, mode: str = "RGB") -> Image.Image:
+    """Convert any Pillow image to RGB or L; alpha is composited onto white, 16-bit scaled to 8-bit."""
+    if img.mode == mode:
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+        a = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
+        img = Image.fromarray((a >> 8 if a.max() > 255 else a).astype(np.uint8), "L")
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert(mode)
+
+
+def decode(src, min_side: int | None = None, mode: str = "RGB", exif: bool = True) -> np.ndarray:
+    """Decode `src` (bytes or a path) to an HxWxC uint8 array.
+
+    min_side: the smallest shorter side the caller needs; JPEGs are DCT-downscaled
+    (1/2..1/8) as far as that allows. Raises DecodeError for anything unreadable.
+    """
+    try:
+        with _open(src) as img:
+            if min_side and img.format == "JPEG":
+                w, h = img.size
+                scale = min(w, h) / float(min_side)
+                if scale >= 2:
+                    img.draft(img.mode if img.mode in ("RGB", "L") else None,
+                              (max(1, int(w / scale)), max(1, int(h / scale))))
+            if exif and img.format in ("JPEG", "TIFF", "WEBP", "PNG", "MPO") and _has_orientation(img):
+                img = ImageOps.exif_transpose(img)
+            img = to_mode(img, mode)
+            a = np.asarray(img)
+    except GraftError:
+        raise
+    except Exception as e:  # Pillow raises many types for bad data: all mean "not decodable"
+        where = src if isinstance(src, (str, os.PathLike)) else f"{len(src)}-byte image"
+        raise DecodeError(f"{where}: cannot decode image ({type(e).__name__}: {e})",
+                          "re-export the file or remove it from the list") from None
+    if a.ndim == 2:
+        a = a[:, :, None]
+    return a
+
+
+def _has_orientation(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) not in (1, 0, None)
+    except Exception:
+        return False
+
+
+def probe(path_or_bytes) -> dict:
+    """What a file is, without decoding the pixels: format, size, mode, frames, EXIF orientation."""
+    with _open(path_or_bytes) as img:
+        info = {"format": img.format, "size": img.size, "mode": img.mode,
+                "frames": getattr(img, "n_frames", 1), "orientation": 1}
+        try:
+            info["orientation"] = int(img.getexif().get(0x0112, 1) or 1)
+        except Exception:
+            pass
+        info["transparency"] = "transparency" in img.info
+    return info
