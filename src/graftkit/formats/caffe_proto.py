@@ -702,3 +702,47 @@ def v2_type(layer: dict) -> str:
     """The V2 type string of a decoded layer, V2 (`type: "Convolution"`) or V1 (`type: CONVOLUTION`)."""
     t = layer.get("type", "")
     return V1_TYPE_NAMES.get(t, t) if isinstance(t, str) else str(t)
+
+
+def protobuf_classes() -> dict[str, type]:
+    """Google protobuf message classes built at run time from this schema (message name -> class).
+
+    graftkit itself never needs them; the tests and the benchmark use them as an
+    independent reference decoder (requires the `protobuf` package).
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    types = {"double": F.TYPE_DOUBLE, "float": F.TYPE_FLOAT, "int64": F.TYPE_INT64, "uint64": F.TYPE_UINT64,
+             "int32": F.TYPE_INT32, "fixed64": F.TYPE_FIXED64, "fixed32": F.TYPE_FIXED32, "bool": F.TYPE_BOOL,
+             "string": F.TYPE_STRING, "bytes": F.TYPE_BYTES, "uint32": F.TYPE_UINT32,
+             "sfixed32": F.TYPE_SFIXED32, "sfixed64": F.TYPE_SFIXED64, "sint32": F.TYPE_SINT32,
+             "sint64": F.TYPE_SINT64}
+    fdp = descriptor_pb2.FileDescriptorProto(name="graftkit_caffe.proto", package="caffe", syntax="proto2")
+
+    def add_enum(container, e: Enum, short: str) -> None:
+        ed = container.add(name=short)
+        for k, v in e.values.items():
+            ed.value.add(name=k, number=v)
+
+    for e in ENUMS.values():
+        add_enum(fdp.enum_type, e, e.name)
+    for msg in MESSAGES.values():
+        md = fdp.message_type.add(name=msg.name)
+        for short, e in msg.enums.items():
+            add_enum(md.enum_type, e, short)
+        for f in msg.fields.values():
+            fd = md.field.add(name=f.name, number=f.number,
+                              label=F.LABEL_REPEATED if f.repeated else F.LABEL_OPTIONAL)
+            if f.message is not None:
+                fd.type, fd.type_name = F.TYPE_MESSAGE, f".caffe.{f.message.name}"
+            elif f.enum is not None:
+                fd.type, fd.type_name = F.TYPE_ENUM, f".caffe.{f.enum.name}"
+            else:
+                fd.type = types[f.type]
+            if f.packed:
+                fd.options.packed = True
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"caffe.{name}"))
+            for name in MESSAGES}
