@@ -112,7 +112,7 @@ def build_units(ts: TensorSet, only: set[str] | None = None) -> list[Unit]:
     """Units in source order; `only` restricts them to those tensor names (unmatched ones)."""
     units: list[Unit] = []
     current: Unit | None = None
-    for layer, recs in ts.layers().items():
+    for layer, recs in _sublayers(ts):
         kind = _guess_kind(recs)
         fam = _family(kind)
         recs = [r for r in recs if only is None or r.name in only]
@@ -135,6 +135,19 @@ def build_units(ts: TensorSet, only: set[str] | None = None) -> list[Unit]:
         units.append(unit)
         current = unit if part == "main" else None
     return units
+
+
+def _sublayers(ts: TensorSet):
+    """(layer, records) in source order; a layer holding several weights (Keras SeparableConv2D:
+    depthwise + pointwise) is split by tensor-name prefix into one entry per weight."""
+    for layer, recs in ts.layers().items():
+        if sum(r.role == "weight" for r in recs) <= 1:
+            yield layer, recs
+            continue
+        parts: dict[str, list[TensorRecord]] = {}
+        for r in recs:
+            parts.setdefault(r.name.rpartition(".")[0] or r.name, []).append(r)
+        yield from parts.items()
 
 
 def _norm_fits(unit: Unit, recs: list[TensorRecord], kind: str) -> bool:
