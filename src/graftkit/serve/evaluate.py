@@ -88,13 +88,36 @@ class ConfusionCounter:
         }
 
 
+class _EachOnce(torch.utils.data.Dataset):
+    """An ImageDataset scored image by image: an undecodable image is left out and named, not
+    replaced by its neighbour (the substitution that keeps training going would count that one twice)."""
+
+    def __init__(self, dataset):
+        self.dataset, self.classes = dataset, dataset.classes
+        c, (h, w) = dataset.transform.channels, dataset.transform.size
+        self.blank = torch.zeros(c, h, w)
+        self.skipped: list[str] = []
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        from ..data.decode import DecodeError
+        try:
+            image = self.dataset.decode(i)
+        except DecodeError as e:
+            self.skipped.append(f"{self.dataset.name(i)}: {e}")
+            return self.blank, -1
+        return self.dataset.transform(image), int(self.dataset.targets[i])
+
+
 def _open_data(data: Any, model: nn.Module):
     """A dataset of (image tensor, label) with a `classes` list, preprocessed as the model wants."""
     if hasattr(data, "classes") and hasattr(data, "__getitem__"):
         return data
-    from .preprocess import eval_transform
-    from .. import data as gdata  # the data layer: folders, .lst, RecordIO packs
-    return gdata.open_dataset(data, transform=eval_transform(preprocessing_of(model)))
+    from ..data.dataset import ImageDataset
+    from ..data.transforms import eval_pipeline
+    return _EachOnce(ImageDataset.open(data, eval_pipeline(preprocessing_of(model))))
 
 
 def evaluate(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 64,
@@ -116,13 +139,20 @@ def evaluate(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int
     counter = ConfusionCounter(dataset.classes, mapping, n_out)
     net = MainOutput(model).to(device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    n_skipped = 0
     with make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
         task = bar.add_task("evaluate", total=len(dataset), rate="")
         for images, labels in loader:
-            counter.update(net(images.to(device)), labels)
+            keep = labels >= 0
+            n_skipped += int((~keep).sum())
+            if keep.any():
+                counter.update(net(images[keep].to(device)), labels[keep])
             speed = bar.tasks[0].speed
             bar.update(task, advance=len(labels), rate=f"{speed:.1f} img/s" if speed else "")
     result = counter.result()
+    if n_skipped:  # undecodable images: named (when read in this process) and left out of every metric
+        result["skipped"] = n_skipped
+        result["skipped_files"] = list(getattr(dataset, "skipped", []))
     if out_dir is not None:
         write_report(result, out_dir)
     return result

@@ -64,10 +64,14 @@ def fetch_image(url: str, *, timeout: float = DEFAULT_TIMEOUT, max_bytes: int = 
         image = Image.open(io.BytesIO(data))
         image.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        head = data[:64].lstrip().lower()
-        what = "an HTML page" if head.startswith((b"<!doctype html", b"<html")) else f"{len(data)} bytes"
-        raise GraftError(f"{url}: not an image (got {what})", "give the URL of the image file itself") from None
+        raise not_an_image(url, data) from None
     return image
+
+
+def not_an_image(url: str, data: bytes) -> GraftError:
+    head = data[:256].lstrip().lower()
+    what = "an HTML page" if head.startswith((b"<!doctype html", b"<html")) else f"{len(data)} bytes"
+    return GraftError(f"{url}: not an image (got {what})", "give the URL of the image file itself")
 
 
 def _too_large(url: str, max_bytes: int) -> GraftError:

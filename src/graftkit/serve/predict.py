@@ -7,11 +7,10 @@ from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import GraftError
 from ..progress import make_progress
-from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_image, is_url
+from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_bytes, is_url, not_an_image
 from .inference import MainOutput, classes_of, preprocessing_of
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -39,17 +38,22 @@ def expand_inputs(refs: Iterable[str | os.PathLike]) -> list[str]:
     return found
 
 
-def load_image(ref: str, *, timeout: float = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
-    if is_url(ref):
-        return fetch_image(ref, timeout=timeout, max_bytes=max_bytes)
+def load_pixels(ref: str, *, channels: int = 3, min_side: int | None = None, timeout: float = DEFAULT_TIMEOUT,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+    """The uint8 CHW pixels of a file or URL, decoded the way the data layer decodes training images."""
+    from ..data.decode import DecodeError, decode
+    mode = "L" if channels == 1 else "RGB"
+    if not is_url(ref):
+        try:
+            return torch.from_numpy(decode(ref, min_side=min_side, mode=mode)).permute(2, 0, 1)
+        except DecodeError:
+            raise GraftError(f"{ref}: not an image that can be decoded",
+                             "pass JPEG, PNG, BMP, GIF, WebP or TIFF files") from None
+    data = fetch_bytes(ref, timeout=timeout, max_bytes=max_bytes)
     try:
-        with Image.open(ref) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise GraftError(f"{ref}: not an image Pillow can read", "pass JPEG, PNG, BMP, GIF, WebP or TIFF files") from None
-    except OSError as e:
-        raise GraftError(f"{ref}: cannot read the image ({e})", "the file may be truncated or corrupt") from None
+        return torch.from_numpy(decode(data, min_side=min_side, mode=mode)).permute(2, 0, 1)
+    except DecodeError:
+        raise not_an_image(ref, data) from None
 
 
 def rank(probs: torch.Tensor, classes: list[str] | None, k: int) -> list[list[dict[str, Any]]]:
@@ -74,13 +78,13 @@ def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.Path
     with strict=False an image that cannot be had gives {"input", "error"} instead of raising.
     """
     from ..models import resolve
-    from .preprocess import eval_transform
+    from ..data.transforms import eval_pipeline
     if top_k < 1:
         raise GraftError(f"top-k must be at least 1, not {top_k}")
     model = resolve(model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     refs = expand_inputs(inputs)
-    transform = eval_transform(preprocessing_of(model))
+    pipeline = eval_pipeline(preprocessing_of(model))
     classes = classes_of(model)
     net = MainOutput(model).to(device).eval()
     results: list[dict[str, Any]] = []
@@ -92,7 +96,9 @@ def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.Path
                 entry: dict[str, Any] = {"input": ref}
                 results.append(entry)
                 try:
-                    tensors.append(transform(load_image(ref, timeout=timeout, max_bytes=max_bytes)))
+                    pixels = load_pixels(ref, channels=pipeline.channels, min_side=pipeline.min_side,
+                                         timeout=timeout, max_bytes=max_bytes)
+                    tensors.append(pipeline(pixels))
                     slots.append(entry)
                 except GraftError as e:
                     if strict:
