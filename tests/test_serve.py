@@ -153,6 +153,43 @@ def test_evaluate_writes_metrics_and_confusion_png(pkg, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(tmp_path / "out" / "confusion.png").size[0] > 100
 
 
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for name, n in (("blue", 2), ("green", 3), ("red", 1)):
+        for i in range(n):
+            solid(root / name / f"{i}.png", COLOURS[name])
+    solid(root / "green" / "x_wrong.png", COLOURS["red"])  # a red image filed under green
+    (root / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # undecodable: left out
+    return root
+
+
+def test_cli_evaluate_folder_json_and_plot(capsys, pkg, folder, tmp_path):
+    code, out, err = run_cli(capsys, "evaluate", pkg, folder, "--json", "-o", tmp_path / "ev", "--batch-size", "3")
+    assert code == 0, err
+    r = json.loads(out)
+    # folders sort blue, green, red; the model's order is red, green, blue: matched by name
+    assert r["classes"] == ["blue", "green", "red"]
+    assert r["confusion"] == [[2, 0, 0], [0, 3, 1], [0, 0, 1]]
+    assert r["n"] == 7 and r["top1"] == pytest.approx(6 / 7) and r["skipped"] == 1
+    assert "broken.png" in r["skipped_files"][0]
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["confusion"] == r["confusion"]
+    assert (tmp_path / "ev" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_evaluate_table(capsys, pkg, folder):
+    code, out, err = run_cli(capsys, "evaluate", pkg, folder)
+    assert code == 0, err
+    assert "top-1 85.71%" in out and "green" in out
+
+
+def test_cli_evaluate_class_mismatch(capsys, tmp_path, folder):
+    other = make_package(tmp_path, classes=["cyan", "magenta", "yellow"])
+    code, _, err = run_cli(capsys, "evaluate", other, folder)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "classes the model does not know: 'blue', 'green', 'red'" in err
+
+
 # ---------------------------------------------------------------- predict
 
 @pytest.fixture(scope="module")
@@ -193,7 +230,7 @@ def test_cli_predict_json(capsys, pkg, images):
     (["predict", "no_such_model_xyz", "x.png"], "model 'no_such_model_xyz' is not understood"),
     (["predict", "{pkg}", "{missing}"], "no such file, folder or http(s) URL"),
     (["predict", "{pkg}", "{text}"], "not an image"),
-    (["evaluate", "{pkg}", "{missing}"], "no such"),
+    (["evaluate", "{pkg}", "{missing}"], "missing.png: not a folder"),
 ])
 def test_bad_inputs_give_one_line_and_exit_2(capsys, pkg, images, tmp_path, args, message):
     fill = {"pkg": pkg, "missing": tmp_path / "missing.png", "text": images / "a" / "notes.txt"}
