@@ -416,3 +416,20 @@ def test_cli_efficientnet_lite0_pip_weights_into_timm(tmp_path, capsys):
     meta = net.graftkit_meta
     assert meta["spec"] == "timm:efficientnet_lite0" and meta["report"]["summary"]["copied"] == 296
     assert meta["provenance"]["sources"][0]["sha256"] == __import__("hashlib").sha256(pth.read_bytes()).hexdigest()
+
+
+def test_cli_policy_classes_keeps_the_named_imagenet_classes(tmp_path, capsys, monkeypatch):
+    # A 2-class head cut out of the built-in ImageNet classifier, rows chosen by class name.
+    import graftkit
+    from skimage import data
+    monkeypatch.setenv("GRAFTKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "two.safetensors"
+    code, stdout, stderr = cli(capsys, "transplant", "lite0", "--into", "timm:efficientnet_lite0?num_classes=2",
+                               "--classes", "espresso,Egyptian cat", "--policy", "classes", "-o", out, "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    head = [p for p in doc["parameters"] if p["target"].startswith("classifier.")]
+    assert {p["status"] for p in head} == {"adapted"} and "2 of 2" in head[0]["reason"]
+    net = graftkit.load(out)
+    assert net.graftkit_meta["classes"] == ["espresso", "Egyptian cat"]
+    assert classify(net, data.coffee()) == 0 and classify(net, data.chelsea()) == 1

@@ -24,6 +24,9 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="report only, write nothing"),
         json_: bool = typer.Option(False, "--json", help="print the report as JSON"),
         trust: bool = typer.Option(False, "--trust", help="allow unpickling arbitrary objects (only for files you made)"),
+        classes: Optional[str] = typer.Option(None, "--classes",
+                                              help="the target's class names: a text file (one per line) or "
+                                                   "a comma-separated list; --policy classes copies their rows"),
         seed: int = typer.Option(0, "--seed", help="random seed of the widen policy"),
     ) -> None:
         """Copy every source tensor that fits into TARGET (by name, normalised name, rules, then structure)."""
@@ -36,8 +39,9 @@ def register(app: typer.Typer) -> None:
             raise GraftError("no output file given", "add -o OUT.safetensors, or --dry-run to only see the report")
         if output is not None and output.is_dir():
             raise GraftError(f"{output}: is a folder", "name the .safetensors file to write")
+        target_classes = _class_names(classes) if classes else None
         tensors, src_classes = source_tensors(src, trust=trust)
-        module, report = graft(tensors, into, rules=rule, policy=policy, strict=strict,
+        module, report = graft(tensors, into, rules=rule, policy=policy, strict=strict, class_names=target_classes,
                                source_class_names=src_classes, trust=trust, seed=seed)
         report.source = src
         if json_:
@@ -48,12 +52,27 @@ def register(app: typer.Typer) -> None:
             return
         tmeta = meta_of(module)
         source_meta = tensors.meta.get("graftkit") or {}
-        classes = tmeta.get("classes") or _source_classes_if_head_copied(report, src_classes)
-        save(module, output, spec=tmeta.get("spec") or into, classes=classes,
+        names = target_classes or tmeta.get("classes") or _source_classes_if_head_copied(report, src_classes)
+        save(module, output, spec=tmeta.get("spec") or into, classes=names,
              preprocessing=tmeta.get("preprocessing") or source_meta.get("preprocessing"),
              provenance={"sources": [_provenance(src)], "transplant": {"rules": rule, "policy": policy}},
              report=report.to_json())
         err.print(f"wrote {output}")
+
+
+def _class_names(value: str) -> list[str]:
+    """--classes: a file with one name per line, or names separated by commas."""
+    from ..errors import GraftError
+    path = Path(value)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise GraftError(f"--classes {value!r} names no class", "give a file with one name per line or 'a,b,c'")
+    if len(set(names)) != len(names):
+        raise GraftError(f"--classes {value!r} names a class twice", "class names must be unique")
+    return names
 
 
 def _source_classes_if_head_copied(report, classes):
