@@ -1,6 +1,61 @@
-"""graft commands: (to be filled by its issue)."""
+"""`graft convert MODEL_FILES... -o OUT.safetensors`: a foreign network as a graftkit package."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from .common import err, human_count, print_json, print_table
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def convert(
+        files: List[Path] = typer.Argument(..., help="the network's files: deploy.prototxt [weights.caffemodel] "
+                                                     "[mean.binaryproto], model.keras / .h5, NAME-symbol.json "
+                                                     "[NAME-0000.params], or model.onnx"),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help="the package to write (.safetensors)"),
+        phase: Optional[str] = typer.Option(None, "--phase", help="Caffe: which layers to keep, train or test "
+                                                                  "(default test)"),
+        json_: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    ) -> None:
+        """Convert a Caffe, Keras, MXNet or ONNX network into a runnable PyTorch module, saved as a package."""
+        from ..errors import GraftError
+        from ..nets.convert import convert as do_convert, summarize
+        from ..package import save
+
+        if output is None:
+            raise GraftError("no output file given", "add -o OUT.safetensors")
+        if output.is_dir():
+            raise GraftError(f"{output}: is a folder", "name the .safetensors file to write")
+        kwargs = {}
+        if phase is not None:
+            if phase.lower() not in ("train", "test"):
+                raise GraftError(f"--phase {phase!r} is not train or test")
+            kwargs["phase"] = phase.upper()
+        module = do_convert(files, **kwargs)
+        save(module, output)
+        s = summarize(module)
+        s["output"] = str(output)
+        if json_:
+            print_json(s)
+            return
+        print_table(f"{', '.join(f.name for f in files)} -> {output}", ["", ""], [
+            ("converter", s["converter"]),
+            ("layers", s["layers"]),
+            ("parameters", f"{human_count(s['parameters'])} in {s['tensors']} tensors"),
+            ("inputs", ", ".join(f"{i['name']} {i['shape'] or ''}".strip() for i in s["inputs"])),
+            ("outputs", ", ".join(s["outputs"])),
+            *([("train outputs", ", ".join(s["train_outputs"]))] if s["train_outputs"] != s["outputs"] else []),
+            ("preprocessing", _describe(s["preprocessing"])),
+        ])
+        err.print(f"wrote {output}")
+
+
+def _describe(pre: dict | None) -> str:
+    if not pre:
+        return "none recorded"
+    parts = [f"{k}={v}" for k, v in pre.items() if k != "notes" and v is not None]
+    return "; ".join(parts + list(pre.get("notes") or []))
+

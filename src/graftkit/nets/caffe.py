@@ -254,9 +254,8 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
                          "add `input: \"data\"` with `input_shape { dim: ... }`")
 
     shapes: dict[str, torch.Tensor | None] = {}
-    with torch.device("meta"):
-        for i in inputs:
-            shapes[i["name"]] = torch.empty(i["shape"]) if i["shape"] else None
+    for i in inputs:
+        shapes[i["name"]] = torch.empty(i["shape"], device="meta") if i["shape"] else None
     produced = set(shapes)
     taken: set[str] = set()
     glayers, modules, checked, losses = [], [], {}, []
@@ -299,17 +298,19 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
                                                         "(input_shapes={'data': [1, 3, 224, 224]})")
         with torch.device("meta"):
             mod = cls(attrs, [tuple(s) for s in pshapes])
-            if known:
-                try:
-                    outs = mod(*metas)
-                except GraftError as e:
-                    raise GraftError(f"layer {name!r} ({t}): {e}") from None
-                except (RuntimeError, ValueError, IndexError) as e:
-                    raise GraftError(f"layer {name!r} ({t}) cannot run on inputs of shape "
-                                     f"{[list(m.shape) for m in metas]}: {str(e).splitlines()[0]}") from None
-                outs = outs if isinstance(outs, tuple) else (outs,)
-            else:
-                outs = (None,) * len(tops)
+        if not known:
+            outs = (None,) * len(tops)
+        elif cls.SAME_SHAPE and len(metas) == 1:
+            outs = (metas[0],)
+        else:  # run the layer on meta tensors: shapes without computing anything
+            try:
+                outs = mod(*metas)
+            except GraftError as e:
+                raise GraftError(f"layer {name!r} ({t}): {e}") from None
+            except (RuntimeError, ValueError, IndexError) as e:
+                raise GraftError(f"layer {name!r} ({t}) cannot run on inputs of shape "
+                                 f"{[list(m.shape) for m in metas]}: {str(e).splitlines()[0]}") from None
+            outs = outs if isinstance(outs, tuple) else (outs,)
         if len(outs) != len(tops):
             raise GraftError(f"layer {name!r} ({t}) has {len(tops)} tops but computes {len(outs)} blobs")
         for top, o in zip(tops, outs):
@@ -358,7 +359,7 @@ def _outputs(graph: dict) -> dict:
 class CaffeNet(nn.Module):
     """A Caffe net as a torch module; see the module docstring."""
     RESERVED = {"graph", "inputs", "outputs", "train_outputs", "loss_weights", "layer_names", "run", "layer",
-                "blobs", "data_inputs"}
+                "blobs", "data_inputs", "input_shapes"}
 
     def __init__(self, graph: dict, modules: Sequence[nn.Module] | None = None):
         super().__init__()
@@ -367,15 +368,21 @@ class CaffeNet(nn.Module):
                              "upgrade graftkit")
         self.graph = graph
         self.layer_names: dict[str, str] = {}  # Caffe layer name -> submodule name
+        self._stateless: list[nn.Module] = []
         for n, L in enumerate(graph["layers"]):
             if modules is not None:
                 mod = modules[n]
             else:
                 mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]])
                 mod.reset_parameters()
-            self.add_module(L["module"], mod)
+            if mod.STATEFUL or next(mod.parameters(), None) is not None or next(mod.buffers(), None) is not None:
+                self.add_module(L["module"], mod)
+            else:  # stateless layers stay plain attributes: fewer submodules make loading faster
+                object.__setattr__(self, L["module"], mod)
+                self._stateless.append(mod)
             self.layer_names[L["name"]] = L["module"]
         self.inputs = [i["name"] for i in graph["inputs"]]
+        self.input_shapes = {i["name"]: i["shape"] for i in graph["inputs"]}
         self.data_inputs = [i["name"] for i in graph["inputs"] if not i["label"]] or self.inputs[:1]
         self.outputs = list(graph["outputs"])
         self.train_outputs = list(graph["train_outputs"])
@@ -387,6 +394,12 @@ class CaffeNet(nn.Module):
         self._steps = [(L["module"], tuple(blobs[b] for b in L["bottoms"]), tuple(blobs[t] for t in L["tops"]))
                        for L in graph["layers"]]
         self._plans: dict[tuple[str, ...], tuple] = {}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for mod in self._stateless:
+            mod.training = mode
+        return self
 
     def layer(self, caffe_name: str) -> nn.Module:
         """The submodule of a Caffe layer, by its Caffe name."""
@@ -501,7 +514,7 @@ def _preprocessing(layers: list[dict], graph: dict, prototxt: Path | None, mean_
         notes.append("mean image reduced to per-channel means")
     if not mean:
         mean = [0.0] * channels
-        if src is None:
+        if not tp:
             notes.append("the prototxt gives no transform_param: mean unknown (zeros); pass a train_val prototxt "
                          "or the mean .binaryproto")
     scale = float(one(tp, "scale", 1.0))
@@ -562,6 +575,25 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
                                           "caffe_name": graph["name"]},
                               report=report, extra={"caffe_layer_names": dict(net_mod.layer_names)}))
     return net_mod.eval()
+
+
+def caffe_blobs(net: CaffeNet) -> list[tuple[str, str, list[np.ndarray]]]:
+    """The net's parameters as Caffe blobs, (layer name, type, [arrays in Caffe's shapes]), ready for
+    formats.caffe.write_caffemodel: graftkit writes back what it reads."""
+    out = []
+    for L in net.graph["layers"]:
+        if not L["shapes"]:
+            continue
+        mod = getattr(net, L["module"])
+        if L["type"] == "BatchNorm":
+            arrays = [mod.running_mean, mod.running_var, torch.ones(1)]
+        else:
+            arrays = [getattr(mod, role) for role in mod.blob_roles if getattr(mod, role, None) is not None]
+            if L["type"] == "InnerProduct" and L["attrs"]["transpose"]:
+                arrays[0] = arrays[0].t()
+        out.append((L["name"], L["type"], [a.detach().cpu().float().contiguous().numpy().reshape(s)
+                                           for a, s in zip(arrays, L["shapes"])]))
+    return out
 
 
 def build_from_spec(spec: dict) -> CaffeNet:

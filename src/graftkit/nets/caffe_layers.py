@@ -135,6 +135,8 @@ def _as_tensor(a: np.ndarray) -> torch.Tensor:
 class CaffeLayer(nn.Module):
     """Base: a layer without parameters."""
     KIND = "other"
+    SAME_SHAPE = False  # one bottom, one top of the same shape (lets shape inference skip the layer)
+    STATEFUL = False    # registered as a submodule even without parameters (behaves differently in training)
     blob_roles: tuple[str, ...] = ()
 
     @staticmethod
@@ -342,6 +344,8 @@ class Pooling(CaffeLayer):
 # ---------------------------------------------------------------- element-wise activations
 
 class ReLU(CaffeLayer):
+    SAME_SHAPE = True
+
     @staticmethod
     def attrs(lp):
         return {"negative_slope": float(one(sub(lp, "relu_param"), "negative_slope", 0.0))}
@@ -352,6 +356,7 @@ class ReLU(CaffeLayer):
 
 
 class PReLU(CaffeLayer):
+    SAME_SHAPE = True
     KIND = "prelu"
     blob_roles = ("weight",)
 
@@ -379,6 +384,8 @@ class PReLU(CaffeLayer):
 
 
 class ELU(CaffeLayer):
+    SAME_SHAPE = True
+
     @staticmethod
     def attrs(lp):
         return {"alpha": float(one(sub(lp, "elu_param"), "alpha", 1.0))}
@@ -388,26 +395,36 @@ class ELU(CaffeLayer):
 
 
 class Sigmoid(CaffeLayer):
+    SAME_SHAPE = True
+
     def forward(self, x):
         return torch.sigmoid(x)
 
 
 class TanH(CaffeLayer):
+    SAME_SHAPE = True
+
     def forward(self, x):
         return torch.tanh(x)
 
 
 class AbsVal(CaffeLayer):
+    SAME_SHAPE = True
+
     def forward(self, x):
         return torch.abs(x)
 
 
 class BNLL(CaffeLayer):
+    SAME_SHAPE = True
+
     def forward(self, x):  # log(1 + exp(x)), computed without overflow as Caffe does
         return torch.clamp(x, min=0) + torch.log1p(torch.exp(-torch.abs(x)))
 
 
 class Swish(CaffeLayer):
+    SAME_SHAPE = True
+
     @staticmethod
     def attrs(lp):
         return {"beta": float(one(sub(lp, "swish_param"), "beta", 1.0))}
@@ -418,6 +435,7 @@ class Swish(CaffeLayer):
 
 class Power(CaffeLayer):
     """(shift + scale * x) ^ power"""
+    SAME_SHAPE = True
 
     @staticmethod
     def attrs(lp):
@@ -434,6 +452,7 @@ class Power(CaffeLayer):
 
 class Exp(CaffeLayer):
     """base ^ (shift + scale * x), base -1 meaning e."""
+    SAME_SHAPE = True
 
     @staticmethod
     def attrs(lp):
@@ -451,6 +470,7 @@ class Exp(CaffeLayer):
 
 class Log(CaffeLayer):
     """log_base(shift + scale * x), base -1 meaning e."""
+    SAME_SHAPE = True
 
     @staticmethod
     def attrs(lp):
@@ -465,6 +485,8 @@ class Log(CaffeLayer):
 
 
 class Threshold(CaffeLayer):
+    SAME_SHAPE = True
+
     @staticmethod
     def attrs(lp):
         return {"threshold": float(one(sub(lp, "threshold_param"), "threshold", 0.0))}
@@ -474,6 +496,8 @@ class Threshold(CaffeLayer):
 
 
 class Clip(CaffeLayer):
+    SAME_SHAPE = True
+
     @staticmethod
     def attrs(lp):
         p = sub(lp, "clip_param")
@@ -486,6 +510,9 @@ class Clip(CaffeLayer):
 
 
 class Dropout(CaffeLayer):
+    SAME_SHAPE = True
+    STATEFUL = True
+
     @staticmethod
     def attrs(lp):
         p = sub(lp, "dropout_param")
@@ -504,6 +531,7 @@ class Dropout(CaffeLayer):
 class LRN(CaffeLayer):
     """ACROSS_CHANNELS: x / (k + alpha/n * sum of squares over n channels)^beta.
     WITHIN_CHANNEL: x / (1 + alpha/n^2 * sum over an n x n window)^beta (Caffe ignores k here)."""
+    SAME_SHAPE = True
 
     @staticmethod
     def attrs(lp):
@@ -528,6 +556,7 @@ class BatchNorm(CaffeLayer):
     """Caffe's BatchNorm: no affine part (a Scale layer follows); the caffemodel keeps
     sums and a scale factor, folded here into running_mean/running_var. Without an explicit
     use_global_stats the module follows train()/eval() like torch's BatchNorm."""
+    SAME_SHAPE = True
     KIND = "batchnorm"
 
     @staticmethod
@@ -755,6 +784,8 @@ class Reshape(CaffeLayer):
 
 
 class Softmax(CaffeLayer):
+    SAME_SHAPE = True
+
     @staticmethod
     def attrs(lp):
         return {"axis": int(one(sub(lp, "softmax_param"), "axis", 1))}
