@@ -194,6 +194,31 @@ def test_batchnorm_scale_factor_folded_like_opencv(tmp_path, factor):
         assert not ts["bn.running_mean"].any() and not ts["bn.running_var"].any()
 
 
+@pytest.mark.parametrize("name", ["googlenet.train_val.prototxt", "cifar10_quick_v1.prototxt"])
+def test_encoder_output_is_what_google_protobuf_decodes(name):
+    net = caffe_prototxt.parse(fixture(f"caffe/{name}"))
+    net["layer" if "layer" in net else "layers"][0]["blobs"] = [
+        {"shape": {"dim": [2, 3]}, "data": np.arange(6, dtype=np.float32)},
+        {"num": -1, "double_data": np.array([0.1, -2.5])}]
+    data = protowire.encode(net, NET)
+    ref = caffe_proto.protobuf_classes()["NetParameter"].FromString(data)
+    assert _pb_dict(ref) == _plain(net)
+    assert _plain(protowire.decode(data, NET)) == _plain(net)
+
+
+def test_a_layer_listed_for_several_phases_is_read_once(tmp_path):
+    net = {"layer": [
+        {"name": "fc", "type": "InnerProduct", "include": [{"phase": "TRAIN"}],
+         "blobs": [caffe._blob(np.ones((2, 3))), caffe._blob(np.zeros(2))]},
+        {"name": "fc", "type": "InnerProduct", "include": [{"phase": "TEST"}],
+         "blobs": [caffe._blob(np.ones((2, 3))), caffe._blob(np.zeros(2))]},
+        {"name": "scale", "type": "Scale", "blobs": [caffe._blob(np.full(3, 2.0))]}]}
+    ts = formats.read(caffe.write_caffemodel(tmp_path / "phases.caffemodel", net))
+    assert list(ts) == ["fc.weight", "fc.bias", "scale.weight"]
+    assert ts.record("scale.weight").position == 2 and ts.record("scale.weight").kind == "scale"
+    assert ts.graph["layer"][1]["blobs"][0] == {"shape": {"dim": [2, 3]}}   # the graph keeps shapes, not data
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 def test_truncated_caffemodel_fails_clearly(tmp_path):

@@ -41,6 +41,8 @@ _INT_RANGES = {"int32": (-2**31, 2**31 - 1), "sint32": (-2**31, 2**31 - 1), "sfi
                "int64": (-2**63, 2**63 - 1), "sint64": (-2**63, 2**63 - 1), "sfixed64": (-2**63, 2**63 - 1),
                "uint64": (0, 2**64 - 1), "fixed64": (0, 2**64 - 1)}
 _FLT_MAX = 3.4028234663852886e38
+_INTEGER = re.compile(r"-?(0[xX][0-9a-fA-F]+|\d+)")
+_DECIMAL = re.compile(r"-?\d+")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v", "\\": "\\",
             "'": "'", '"': '"', "?": "?"}
 
@@ -202,7 +204,7 @@ class _Parser:
                                f"use one of {', '.join(f.enum.values)}")
                 self.i += 1
                 return val
-            if kind == "num" and re.fullmatch(r"-?\d+", val):
+            if kind == "num" and _DECIMAL.fullmatch(val):
                 self.i += 1
                 n = int(val)
                 if n not in f.enum.names:
@@ -258,7 +260,7 @@ class _Parser:
 
     def _int(self, f: Field) -> int:
         kind, val, pos = self._peek()
-        if kind != "num" or not re.fullmatch(r"-?(0[xX][0-9a-fA-F]+|\d+)", val):
+        if kind != "num" or not _INTEGER.fullmatch(val):
             self._expected(f"an integer for '{f.name}'")
         self.i += 1
         body = val.lstrip("-")
@@ -279,6 +281,8 @@ class _Parser:
     def _unescape(self, raw: str, pos: int) -> bytes:
         """The bytes a quoted string stands for (escapes give raw bytes, as in protobuf)."""
         body, out, k = raw[1:-1], bytearray(), 0
+        if "\\" not in body:
+            return body.encode("utf-8")
         while k < len(body):
             c = body[k]
             if c != "\\":
