@@ -378,7 +378,7 @@ def _load(path: Path, config_override: dict | None) -> TensorSet:
             raise GraftError(f"{path}: an HDF5 file but not a Keras model or weights file",
                              "give a file written by Keras model.save() or save_weights()")
     if not use:
-        meta["kinds_inferred"] = "no model config in the file: layer kinds inferred from names and shapes"
+        meta["kinds_inferred"] = "from names and shapes (no model config in the file)"
     return TensorSet(_records(layers), format="keras", source=str(path), meta=meta, graph=use)
 
 
