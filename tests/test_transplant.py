@@ -433,3 +433,49 @@ def test_cli_policy_classes_keeps_the_named_imagenet_classes(tmp_path, capsys, m
     net = graftkit.load(out)
     assert net.graftkit_meta["classes"] == ["espresso", "Egyptian cat"]
     assert classify(net, data.coffee()) == 0 and classify(net, data.chelsea()) == 1
+
+
+# ---------------------------------------------------------------- structure on real architectures
+
+def _random_bn_stats(net):
+    g = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net.eval()
+
+
+def test_torchvision_mobilenet_v2_into_timm_by_structure():
+    # No name in common (features.1.conv.0.0 vs blocks.0.0.conv_dw): all by structure, same function.
+    import torchvision
+    torch.manual_seed(0)
+    src = _random_bn_stats(torchvision.models.mobilenet_v2())
+    net, report = transplant(src, "timm:mobilenetv2_100", strict=True)
+    assert report.summary()["by_pass"] == {"structure": 314} and not report.unused
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (net.eval()(x) - src(x)).abs().max().item() < 1e-5
+
+
+def test_resnet_with_shortcuts_stored_first_and_anonymous_names():
+    # torchvision resnet18, every block's downsample stored BEFORE its body, layers renamed layer_000...
+    import torchvision
+    torch.manual_seed(0)
+    src = _random_bn_stats(torchvision.models.resnet18())
+    state = src.state_dict()
+    modules = list(dict.fromkeys(k.rpartition(".")[0] for k in state))
+    order = []
+    for m in modules:
+        if "downsample" in m:
+            continue
+        if m.count(".") == 2 and m.endswith(".conv1"):
+            order += [d for d in modules if d.startswith(m.rpartition(".")[0] + ".downsample")]
+        order.append(m)
+    renamed = {f"layer_{i:03d}.{k.rpartition('.')[2]}": v for i, m in enumerate(order)
+               for k, v in state.items() if k.rpartition(".")[0] == m}
+    net, report = transplant(renamed, "timm:resnet18", strict=True)
+    assert status(report, "layer2.0.downsample.0.weight").source == "layer_010.weight"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (net.eval()(x) - src(x)).abs().max().item() < 1e-5
