@@ -156,9 +156,54 @@ def test_layers_built_here_match_keras(layer_zoo, files):
     assert set(out) == {"probs", "heat"}                 # several outputs: a dict by Keras layer name
     assert rel_err(out["probs"].numpy(), probs) < TARGET_RTOL
     assert rel_err(out["heat"].numpy(), heat.transpose(0, 3, 1, 2)) < TARGET_RTOL  # returned NCHW
+    if files == ["zoo.keras"]:  # a package rebuilds the same function from its spec alone
+        graftkit.save(net, d / "zoo.safetensors")
+        with torch.no_grad():
+            again = graftkit.load(d / "zoo.safetensors")(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+        assert torch.equal(again["probs"], out["probs"]) and torch.equal(again["heat"], out["heat"])
     pre = net.graftkit_meta["preprocessing"]
     assert [p["op"] for p in pre["in_model"]] == ["rescaling", "normalization"]
     assert pre["in_model"][0]["offset"] == -1.0 and pre["input_size"] == [3, 15, 14]
+
+
+def test_graph_features_match_keras(keras, tmp_path):
+    """Two inputs, a shared layer called twice, a nested Functional model, valid Conv2DTranspose,
+    BatchNorm without gamma/beta, unshared PReLU, Normalization on a vector, and Conv1D/pooling 1-D."""
+    L = keras.layers
+    rng = np.random.default_rng(3)
+    a_in, b_in = keras.Input((7, 6, 2), name="a"), keras.Input((7, 6, 2), name="b")
+    shared = L.Conv2D(3, 3, padding="same", name="shared")
+    x = L.Add(name="sum")([shared(a_in), shared(b_in)])
+    t_in = keras.Input((7, 6, 3))
+    t = L.Conv2DTranspose(4, 3, strides=2, name="tconv")(t_in)                          # valid: 15x13
+    t = L.BatchNormalization(scale=False, center=False, name="bn_plain")(t)
+    t = L.PReLU(name="prelu_full")(t)
+    sub = keras.Model(t_in, t, name="sub")
+    y = sub(x)
+    y = L.Reshape((15 * 13, 4), name="seq")(y)
+    y = L.Conv1D(3, 4, strides=2, padding="same", name="c1d")(y)
+    y = L.MaxPooling1D(3, padding="same", name="mp1d")(y)
+    v = L.GlobalAveragePooling1D(name="gap1d")(y)
+    norm = L.Normalization(name="vnorm")
+    norm.adapt(rng.normal(size=(9, 3)).astype("float32"))
+    out = L.Dense(2, name="out")(norm(v))
+    model = keras.Model([a_in, b_in], [out, y])
+    for w in model.weights:
+        if w.dtype == "float32":
+            w.assign(rng.uniform(0.2, 1.0, w.shape).astype("float32"))
+    xa, xb = (rng.normal(size=(2, 7, 6, 2)).astype("float32") for _ in range(2))
+    expected = [keras.ops.convert_to_numpy(t) for t in model([xa, xb], training=False)]
+    model.save(tmp_path / "g.keras")
+    net = graftkit.convert(tmp_path / "g.keras")
+    nchw = [torch.from_numpy(v.transpose(0, 3, 1, 2).copy()) for v in (xa, xb)]
+    with torch.no_grad():
+        out = net(*nchw)
+        by_name = net({"a": nchw[0], "b": nchw[1]})
+    assert list(out) == ["out", "mp1d"]
+    assert rel_err(out["out"].numpy(), expected[0]) < TARGET_RTOL
+    assert rel_err(out["mp1d"].numpy(), expected[1].transpose(0, 2, 1)) < TARGET_RTOL  # (N, C, L)
+    assert torch.equal(by_name["out"], out["out"])
+    assert "sub.tconv.weight" in net.state_dict() and "shared.weight" in net.state_dict()
 
 
 def test_same_average_pooling_excludes_padding():

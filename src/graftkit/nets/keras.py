@@ -264,6 +264,23 @@ class Normalization(nn.Module):
 
 # ---------------------------------------------------------------- parameter-free layers
 
+class Rescaling(nn.Module):
+    """x * scale + offset; per-channel when given as lists. Constants from the config, so not in the state."""
+
+    def __init__(self, scale, offset):
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32), persistent=False)
+
+    def forward(self, x):
+        s, o = self.scale, self.offset
+        if s.ndim == 1 and x.ndim >= 3:
+            s = channel_view(s, x.ndim)
+        if o.ndim == 1 and x.ndim >= 3:
+            o = channel_view(o, x.ndim)
+        return x * s + o
+
+
 class Pool(nn.Module):
     def __init__(self, kind, nd, size, strides, padding):
         super().__init__()
@@ -462,17 +479,7 @@ def build_layer(cls: str, cfg: dict, name: str, shapes: list[tuple], keras_major
         dims = list(cfg["dims"])
         return Lambda(lambda x: from_keras(to_keras(x).permute(0, *dims))), (shape[0], *[shape[d] for d in dims])
     if cls == "Rescaling":
-        scale, offset = cfg.get("scale", 1.0), cfg.get("offset", 0.0)
-        sc, of = torch.as_tensor(scale, dtype=torch.float32), torch.as_tensor(offset, dtype=torch.float32)
-
-        def rescale(x):
-            s, o = sc.to(x.device), of.to(x.device)
-            if s.ndim == 1 and x.ndim >= 3:
-                s = channel_view(s, x.ndim)
-            if o.ndim == 1 and x.ndim >= 3:
-                o = channel_view(o, x.ndim)
-            return x * s + o
-        return Lambda(rescale), shape
+        return Rescaling(cfg.get("scale", 1.0), cfg.get("offset", 0.0)), shape
     if cls == "Normalization":
         axis = cfg.get("axis", -1)
         axes = axis if isinstance(axis, (list, tuple)) else ([] if axis is None else [axis])
