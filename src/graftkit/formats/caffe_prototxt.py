@@ -48,9 +48,11 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v
 
 
 def parse(text_or_path: str | os.PathLike, message_name: str = "NetParameter") -> dict[str, Any]:
-    """Parse a prototxt file (a path) or prototxt text (a str holding `{`, `:` or a newline)."""
-    if isinstance(text_or_path, os.PathLike) or (
-            isinstance(text_or_path, str) and not any(c in text_or_path for c in "{:\n")):
+    """Parse a prototxt file (a path, or a one-line str naming a file) or prototxt text (any other str)."""
+    if isinstance(text_or_path, os.PathLike):
+        return parse_file(text_or_path, message_name)
+    one_line = "\n" not in text_or_path and 0 < len(text_or_path.strip()) < 4096
+    if one_line and (os.path.isfile(text_or_path) or not any(c in text_or_path for c in "{:")):
         return parse_file(text_or_path, message_name)
     return parse_text(text_or_path, message_name)
 
