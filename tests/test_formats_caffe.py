@@ -106,6 +106,17 @@ def test_v1_and_v2_cifar10_quick_give_identical_tensors():
     assert [lp["type"] for lp in up if lp.get("blobs")] == ["Convolution"] * 3 + ["InnerProduct"] * 2
 
 
+def test_v1_prototxt_upgrades_to_the_v2_one():
+    v1 = caffe.v2_layers(caffe_prototxt.parse(fixture("caffe/cifar10_quick_v1.prototxt")))
+    v2 = [lp for lp in caffe.v2_layers(caffe_prototxt.parse(fixture("caffe/cifar10_quick.prototxt")))
+          if lp["type"] != "Input"]   # V1 declares its input with `input:`/`input_dim:` instead
+    assert v1 == [{k: v for k, v in lp.items() if k != "param"} for lp in v2]   # the V1 file sets no blobs_lr
+    legacy = caffe_prototxt.parse_text('layers { name: "c" type: CONVOLUTION blobs_lr: 1 blobs_lr: 2 '
+                                       'weight_decay: 1 weight_decay: 0 param: "shared_w" }')
+    assert caffe.v2_layers(legacy) == [{"name": "c", "type": "Convolution", "param": [
+        {"name": "shared_w", "lr_mult": 1.0, "decay_mult": 1.0}, {"lr_mult": 2.0, "decay_mult": 0.0}]}]
+
+
 def test_decoding_agrees_with_google_protobuf():
     classes = caffe_proto.protobuf_classes()
     for name in ("mtcnn_det2.caffemodel", "cifar10_quick_v1.caffemodel"):
