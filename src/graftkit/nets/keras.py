@@ -74,6 +74,12 @@ def same_pad(x: torch.Tensor, kernel, strides, dilation=None, value: float = 0.0
     return F.pad(x, pads, value=value) if any(pads) else x
 
 
+def nchw_shape(shape) -> list:
+    """A Keras (channels-last) shape in our layout."""
+    shape = list(shape)
+    return [shape[0], shape[-1], *shape[1:-1]] if len(shape) >= 3 else shape
+
+
 def _tuple(v, n: int) -> tuple:
     if v is None:
         return None
@@ -582,8 +588,13 @@ class KerasNet(nn.Module):
             self._build_sequential(config, layers, input_shapes, shapes, modules)
         else:
             self._build_functional(config, layers, input_shapes, shapes, modules)
-        self.input_shapes = [shapes[r] for r in self.inputs]
-        self.output_shapes = [shapes[r] for r in self.outputs]
+        self.keras_input_shapes = [shapes[r] for r in self.input_refs]
+        self.keras_output_shapes = [shapes[r] for r in self.output_refs]
+        # What nets.convert.summarize and users read: names, and input shapes in our (NCHW) layout.
+        self.inputs = [r[0] for r in self.input_refs]
+        self.outputs = list(self.output_names)
+        self.train_outputs = list(self.output_names)  # Keras graphs have no training-only heads
+        self.input_shapes = {r[0]: nchw_shape(s) for r, s in zip(self.input_refs, self.keras_input_shapes)}
 
     # Sequential: a chain; the input is the InputLayer or the recorded build shape.
     def _build_sequential(self, config, layers, input_shapes, shapes, modules):
@@ -601,23 +612,23 @@ class KerasNet(nn.Module):
         else:
             raise GraftError("the Keras Sequential model is empty")
         in_name = layer_name(first) if first is not None else "input"
-        self.inputs = [(in_name, 0, 0)]
+        self.input_refs = [(in_name, 0, 0)]
         shapes[(in_name, 0, 0)] = shape
         prev = (in_name, 0, 0)
         for layer in body:
             name = layer_name(layer)
             self._add_step(layer, name, [prev], False, shapes, modules)
             prev = (name, 0, 0)
-        self.outputs = [prev]
+        self.output_refs = [prev]
         self.output_names = [prev[0]]
 
     def _build_functional(self, config, layers, input_shapes, shapes, modules):
         cfg = config.get("config", {})
-        self.inputs = _io_list(cfg.get("input_layers"))
-        self.outputs = _io_list(cfg.get("output_layers"))
-        self.output_names = [o[0] for o in self.outputs]
+        self.input_refs = _io_list(cfg.get("input_layers"))
+        self.output_refs = _io_list(cfg.get("output_layers"))
+        self.output_names = [o[0] for o in self.output_refs]
         by_name = {layer_name(lyr): lyr for lyr in layers}
-        for i, ref in enumerate(self.inputs):
+        for i, ref in enumerate(self.input_refs):
             shapes[ref] = tuple(input_shapes[i]) if input_shapes else _input_shape(by_name[ref[0]])
         # Nodes in dependency order (config order is topological except for shared layers).
         pending = []
@@ -650,7 +661,7 @@ class KerasNet(nn.Module):
             attr = module_name(name)
             if cls in kfile.MODEL_CLASSES or kfile.is_model(layer):
                 mod = KerasNet(layer, str(self.keras_major), in_shapes)
-                out_shapes = mod.output_shapes
+                out_shapes = mod.keras_output_shapes
             else:
                 mod, out = build_layer(cls, layer.get("config") or {}, name, in_shapes, self.keras_major)
                 out_shapes = [out]
@@ -662,7 +673,7 @@ class KerasNet(nn.Module):
 
     def _shape_again(self, attr, cls, layer, name, in_shapes):
         if isinstance(getattr(self, attr), KerasNet):
-            return KerasNet(layer, str(self.keras_major), in_shapes).output_shapes
+            return KerasNet(layer, str(self.keras_major), in_shapes).keras_output_shapes
         return [build_layer(cls, layer.get("config") or {}, name, in_shapes, self.keras_major)[1]]
 
     def forward(self, *args, **kwargs):
@@ -670,14 +681,14 @@ class KerasNet(nn.Module):
             kwargs, args = args[0], ()
         if kwargs:
             try:
-                args = tuple(kwargs[r[0]] for r in self.inputs)
+                args = tuple(kwargs[r[0]] for r in self.input_refs)
             except KeyError as e:
-                raise GraftError(f"missing model input {e}", f"the inputs are {[r[0] for r in self.inputs]}") \
+                raise GraftError(f"missing model input {e}", f"the inputs are {[r[0] for r in self.input_refs]}") \
                     from None
-        if len(args) != len(self.inputs):
-            raise GraftError(f"the model takes {len(self.inputs)} input(s) ({[r[0] for r in self.inputs]}), "
+        if len(args) != len(self.input_refs):
+            raise GraftError(f"the model takes {len(self.input_refs)} input(s) ({[r[0] for r in self.input_refs]}), "
                              f"got {len(args)}")
-        values = dict(zip(self.inputs, args))
+        values = dict(zip(self.input_refs, args))
         for name, attr, refs, as_list, node_index in self.steps:
             xs = [values[r] for r in refs]
             y = getattr(self, attr)(*xs) if isinstance(getattr(self, attr), KerasNet) else \
@@ -686,7 +697,7 @@ class KerasNet(nn.Module):
                 y = list(y.values())
             for ti, t in enumerate(y if isinstance(y, (list, tuple)) else [y]):
                 values[(name, node_index, ti)] = t
-        outs = [values[r] for r in self.outputs]
+        outs = [values[r] for r in self.output_refs]
         if len(outs) == 1:
             return outs[0]
         return dict(zip(self.output_names, outs))
@@ -730,7 +741,7 @@ def preprocessing_of(config: dict, net: KerasNet) -> dict[str, Any]:
         elif info["class_name"] == "Normalization":
             in_model.append({"layer": name, "op": "normalization", "mean": c.get("mean"),
                              "variance": c.get("variance"), "from_weights": c.get("mean") is None})
-    shape = net.input_shapes[0] if net.input_shapes else None
+    shape = net.keras_input_shapes[0] if net.keras_input_shapes else None
     pre: dict[str, Any] = {"layout": "NCHW", "source_layout": "NHWC", "in_model": in_model}
     if shape and len(shape) == 4:
         pre["input_size"] = [shape[3], shape[1], shape[2]]
@@ -778,5 +789,5 @@ def convert(paths: list[Path], **kwargs) -> nn.Module:
     meta = make_meta(spec, preprocessing=preprocessing_of(config, net),
                      provenance={"sources": [str(p) for p in paths], "converter": "keras",
                                  "keras_version": version},
-                     extra={"inputs": [r[0] for r in net.inputs], "outputs": net.output_names})
+                     extra={"inputs": [r[0] for r in net.input_refs], "outputs": net.output_names})
     return attach(net, meta)
