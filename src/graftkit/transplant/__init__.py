@@ -235,7 +235,7 @@ def _eps_notes(src: TensorSet, module: nn.Module, pairs) -> list[str]:
         if not t.endswith("running_var"):
             continue
         rec = src.record(s)
-        eps = rec.meta.get("eps", src.meta.get("bn_eps", src.meta.get("eps")))
+        eps = rec.meta.get("eps", src.meta.get("batchnorm_eps", src.meta.get("bn_eps")))
         m = mods.get(t.rpartition(".")[0])
         if eps is None or m is None or not hasattr(m, "eps"):
             continue

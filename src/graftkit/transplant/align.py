@@ -29,19 +29,25 @@ def _score(a: Unit, b: Unit) -> int:
 def needleman_wunsch(src: list[Unit], tgt: list[Unit]) -> list[tuple[int, int]]:
     """Index pairs (i, j) of the best order-preserving alignment (gaps free, mismatches of family forbidden)."""
     n, m = len(src), len(tgt)
+    skeys = [(u.family, u.key()) for u in src]
+    tkeys = [(u.family, u.key()) for u in tgt]
+
+    def score(i: int, j: int) -> int:
+        (fa, ka), (fb, kb) = skeys[i], tkeys[j]
+        return 0 if fa != fb else (EXACT if ka == kb else SIMILAR)
+
     best = [[0] * (m + 1) for _ in range(n + 1)]
     for i in range(n - 1, -1, -1):
         row, below = best[i], best[i + 1]
-        si = src[i]
         for j in range(m - 1, -1, -1):
-            s = _score(si, tgt[j])
+            s = score(i, j)
             v = below[j] if below[j] >= row[j + 1] else row[j + 1]
             if s and below[j + 1] + s > v:
                 v = below[j + 1] + s
             row[j] = v
     pairs, i, j = [], 0, 0
     while i < n and j < m:
-        s = _score(src[i], tgt[j])
+        s = score(i, j)
         if s and best[i][j] == best[i + 1][j + 1] + s:
             pairs.append((i, j))
             i, j = i + 1, j + 1

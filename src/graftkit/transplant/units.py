@@ -28,11 +28,14 @@ class Unit:
     layers: list[str] = field(default_factory=list)
 
     def key(self) -> tuple:
-        """What must agree for two units to be the same layer: family, main weight shape, norm width."""
+        """What must agree for two units to be the same layer: family, main weight shape, norm width
+        (a bias present on one side only does not matter); for other layers every shape."""
+        if self.family not in ("conv", "linear", "conv_transpose", "embedding", "norm"):
+            return (self.family, tuple(sorted(self.shapes.values())))
         main = self.shapes.get(("main", "weight"))
         norm = next((s for (part, role), s in self.shapes.items()
                      if part == "norm" and role in ("weight", "running_mean", "running_var", "bias")), None)
-        return (self.family, main, norm, self.shapes.get(("prelu", "weight")))
+        return (self.family, main, norm)
 
     @property
     def label(self) -> str:
