@@ -1,6 +1,7 @@
 """Keras models converted to torch modules reproduce Keras's own outputs (fixtures, and a model built here)."""
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
@@ -65,6 +66,50 @@ def test_metadata_and_package_round_trip(tmp_path):
     again = graftkit.load(out)  # rebuilt from the spec alone
     x = np.load(fixture("keras/layout_zoo.input_nhwc.npy"))
     assert np.array_equal(_run(net, x), _run(again, x))
+
+
+def keras2_style_h5(src, dst) -> None:
+    """Rewrite a Keras 3 legacy .h5 the way Keras 2 (tf.keras) wrote it: `batch_input_shape`, list-style
+    inbound nodes, `name:0` variable names, `depthwise_kernel` for DepthwiseConv2D."""
+    import h5py
+    with h5py.File(src, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            cfg = layer["config"]
+            if "batch_shape" in cfg:
+                cfg["batch_input_shape"] = cfg.pop("batch_shape")
+            layer["inbound_nodes"] = [[[*ref, {}] for ref in nk._node_inputs(node)[0]]
+                                      for node in layer["inbound_nodes"]]
+        for key in ("input_layers", "output_layers"):
+            config["config"][key] = [config["config"][key]]
+        root = f["model_weights"]
+        with h5py.File(dst, "w") as g:
+            g.attrs["keras_version"], g.attrs["backend"] = "2.13.1", "tensorflow"
+            g.attrs["model_config"] = json.dumps(config)
+            out = g.create_group("model_weights")
+            out.attrs["layer_names"] = root.attrs["layer_names"]
+            for lname in root.attrs["layer_names"]:
+                lname = lname.decode() if isinstance(lname, bytes) else lname
+                grp, names = out.create_group(lname), []
+                for wn in root[lname].attrs["weight_names"]:
+                    wn = wn.decode() if isinstance(wn, bytes) else wn
+                    new = f"{lname}/{wn.split('/')[-1]}:0"
+                    if lname.startswith("dw1") and new.endswith("/kernel:0"):
+                        new = new.replace("/kernel:0", "/depthwise_kernel:0")
+                    grp[new] = root[lname][wn][()]
+                    names.append(new.encode())
+                grp.attrs["weight_names"] = names
+
+
+def test_keras2_style_h5_converts(tmp_path):
+    path = tmp_path / "zoo_k2.h5"
+    keras2_style_h5(fixture("keras/layout_zoo.h5"), path)
+    ours = graftkit.read(path)
+    ref = graftkit.read(fixture("keras/layout_zoo.keras"))
+    assert list(ours) == list(ref) and all(torch.equal(ours[k], ref[k]) for k in ref)
+    net = graftkit.convert(path)
+    got = _run(net, np.load(fixture("keras/layout_zoo.input_nhwc.npy")))
+    assert rel_err(got, np.load(fixture("keras/layout_zoo.output.npy"))) < TARGET_RTOL
 
 
 def test_weights_file_must_come_with_its_architecture():
