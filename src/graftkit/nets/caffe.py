@@ -258,7 +258,7 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
         shapes[i["name"]] = torch.empty(i["shape"], device="meta") if i["shape"] else None
     produced = set(shapes)
     taken: set[str] = set()
-    glayers, modules, checked, losses = [], [], {}, []
+    glayers, modules, checked, losses, silenced = [], [], {}, [], []
     for lp in layers:
         t, name = lp["type"], lp["name"]
         bottoms, tops = [str(b) for b in all_of(lp, "bottom")], [str(x) for x in all_of(lp, "top")]
@@ -269,11 +269,13 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
                 raise GraftError(f"layer {name!r} ({t}) reads blob {b!r}, which no earlier layer produces",
                                  "check the bottom names and the phase (include/exclude rules)")
         if t in LOSS_LAYERS or t in METRIC_LAYERS:
-            weights = [float(w) for w in all_of(lp, "loss_weight")]
+            # caffe.proto floats are float32: 0.3 is read as 0.30000001; keep the value the author wrote
+            weights = [float(str(np.float32(w))) for w in all_of(lp, "loss_weight")]
             losses.append({"name": name, "type": t, "bottoms": bottoms,
                            "loss_weight": weights[0] if weights else (1.0 if t in LOSS_LAYERS else 0.0)})
             continue
         if t in SINK_LAYERS:
+            silenced.extend(b for b in bottoms if b not in silenced)
             continue
         cls = LAYERS[t]
         try:
@@ -322,7 +324,7 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
 
     graph = {"version": GRAPH_VERSION, "name": str(one(net, "name", "") or ""), "phase": phase,
              "inputs": [{"name": i["name"], "shape": i["shape"], "label": i["label"]} for i in inputs],
-             "layers": glayers, "losses": losses}
+             "layers": glayers, "losses": losses, "silenced": silenced}
     graph.update(_outputs(graph))
     graph["blob_shapes"] = {k: (list(v.shape) if v is not None else None) for k, v in shapes.items()}
     return graph, modules, checked
@@ -339,7 +341,7 @@ def _outputs(graph: dict) -> dict:
         for t in L["tops"]:
             available[t] = None
             order.setdefault(t, n)
-    natural = [b for b in available if b not in input_names]
+    natural = [b for b in available if b not in input_names and b not in graph["silenced"]]
     loss_weights: dict[str, float] = {}
     for loss in graph["losses"]:
         if loss["type"] not in LOSS_LAYERS:
