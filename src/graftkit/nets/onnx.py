@@ -1,0 +1,228 @@
+"""ONNX models -> torch modules, through onnx2torch, checked against onnxruntime.
+
+onnx2torch does the op-by-op conversion into a torch.fx GraphModule. It falls
+short on things exporters commonly emit, which we normalise first:
+  - weights reached through `Identity` nodes (torch.onnx.export deduplicates equal
+    initializers, e.g. the zero biases of a fresh network, that way) and `Constant`
+    nodes: onnx2torch requires Conv/Gemm weights and Clip bounds to be initializers,
+    so both are folded into initializers;
+  - omitted optional inputs written as '' (e.g. Clip without max): dropped when trailing.
+An op onnx2torch does not know is refused by name, with the nodes using it,
+before anything is built. The converted module returns a dict by output name
+when the graph has several outputs. `convert(..., verify=True)` runs onnxruntime
+and the module on the same random input and refuses a mismatch.
+
+For packages the spec stores the graph with the large float initializers'
+data removed (dims kept); `build_from_spec` zero-fills them, converts, and the
+package's state_dict supplies the weights.
+"""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import GraftError
+from ..formats.onnx_file import load_model
+from ..meta import attach, make_meta
+
+STRIP_ABOVE = 64  # float initializers with more elements than this leave the spec (the state_dict has them)
+
+
+def claims(paths: list[Path]) -> bool:
+    return any(Path(p).suffix.lower() == ".onnx" for p in paths)
+
+
+def normalise(model) -> Any:
+    """Fold Identity-of-initializer and Constant nodes into initializers; drop trailing '' inputs."""
+    import onnx
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    changed = True
+    while changed:
+        changed = False
+        keep = []
+        for n in g.node:
+            out = n.output[0] if n.output else ""
+            source = None
+            if n.op_type == "Constant" and out not in outputs and len(n.attribute) == 1:
+                a = n.attribute[0]
+                value = onnx.helper.get_attribute_value(a)
+                if a.name == "value":
+                    source = value
+                elif a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+                    dtype = np.float32 if "float" in a.name else np.int64
+                    source = onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype))
+            elif n.op_type == "Identity" and n.input and n.input[0] in inits and out not in outputs:
+                source = inits[n.input[0]]
+            if source is None:
+                keep.append(n)
+                continue
+            t = onnx.TensorProto()
+            t.CopyFrom(source)
+            t.name = out
+            g.initializer.append(t)
+            inits[out] = t
+            changed = True
+        if changed:
+            del g.node[:]
+            g.node.extend(keep)
+    for n in g.node:
+        ins = list(n.input)
+        while ins and ins[-1] == "":
+            ins.pop()
+        if len(ins) != len(n.input):
+            del n.input[:]
+            n.input.extend(ins)
+    return model
+
+
+def check_ops(model, where: str) -> None:
+    """Refuse ops onnx2torch cannot convert, naming them and the nodes that use them."""
+    from onnx2torch.node_converters.registry import get_converter
+    opsets = {o.domain: o.version for o in model.opset_import}
+    unknown: dict[str, list[str]] = {}
+    for i, n in enumerate(model.graph.node):
+        domain = n.domain if n.domain not in ("", "ai.onnx") else ""
+        try:
+            get_converter(operation_type=n.op_type, version=opsets.get(n.domain, opsets.get("", 1)), domain=domain)
+        except NotImplementedError:
+            key = n.op_type if not domain else f"{domain}.{n.op_type}"
+            unknown.setdefault(key, []).append(n.name or f"#{i}")
+    if unknown:
+        listing = "; ".join(f"{op} (used by {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+                            for op, names in unknown.items())
+        raise GraftError(f"{where}: unsupported ONNX op(s) at opset {opsets.get('', '?')}: {listing}",
+                         "re-export with a different opset, or replace these ops")
+
+
+def _outputs_as_dict(gm, names: list[str]):
+    """Make a multi-output GraphModule return {output name: tensor}."""
+    if len(names) < 2:
+        return gm
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    values = out.args[0]
+    if not isinstance(values, (tuple, list)) or len(values) != len(names):
+        return gm
+    out.args = ({name: v for name, v in zip(names, values)},)
+    gm.recompile()
+    return gm
+
+
+def to_module(model, where: str) -> nn.Module:
+    from onnx2torch import convert as o2t
+    model = normalise(model)
+    check_ops(model, where)
+    try:
+        gm = o2t(model)
+    except NotImplementedError as e:
+        raise GraftError(f"{where}: onnx2torch cannot convert this model ({e})",
+                         "re-export with a different opset, or simplify the graph") from None
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise GraftError(f"{where}: the ONNX graph could not be converted ({type(e).__name__}: {e})",
+                         "check the model with onnx.checker, or re-export it") from None
+    names = [o.name for o in model.graph.output]
+    gm = _outputs_as_dict(gm, names)
+    gm.input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    gm.output_names = names
+    return gm
+
+
+def graph_spec(model) -> str:
+    """The model without its large float weights (dims kept), base64, for the package spec."""
+    import onnx
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for t in skeleton.graph.initializer:
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                           onnx.TensorProto.BFLOAT16) and n > STRIP_ABOVE:
+            t.ClearField("raw_data")
+            t.ClearField("float_data")
+            t.ClearField("double_data")
+            t.ClearField("int32_data")
+            t.doc_string = "graftkit:stripped"
+    return base64.b64encode(skeleton.SerializeToString()).decode("ascii")
+
+
+def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+    import onnx
+    try:
+        model = onnx.ModelProto()
+        model.ParseFromString(base64.b64decode(spec["graph"]))
+    except Exception as e:  # noqa: BLE001 - any decode failure means a damaged package
+        raise GraftError(f"the package's ONNX spec is damaged ({e})") from None
+    for t in model.graph.initializer:
+        if t.doc_string == "graftkit:stripped":
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+            t.raw_data = np.zeros(tuple(t.dims), dtype=dtype).tobytes()
+            t.doc_string = ""
+    # onnx2torch copies real arrays into its modules: build on the CPU even inside a meta-device context.
+    with torch.device("cpu"):
+        return to_module(model, "package ONNX graph")
+
+
+def _random_inputs(model) -> dict[str, np.ndarray] | None:
+    """A random input per graph input with a static shape (batch dims set to 1); None if any is unknown."""
+    import onnx
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    rng = np.random.default_rng(0)
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (1 if k == 0 else 0) for k, d in enumerate(tt.shape.dim)]
+        if any(d <= 0 for d in dims):
+            return None
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if not np.issubdtype(dtype, np.floating):
+            return None
+        feeds[i.name] = rng.standard_normal(dims).astype(dtype)
+    return feeds
+
+
+def verify(net: nn.Module, model, path: Path) -> float | None:
+    """Max relative error of `net` against onnxruntime on a random input (None when shapes are dynamic)."""
+    import onnxruntime as ort
+    feeds = _random_inputs(model)
+    if feeds is None:
+        return None
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, feeds)
+    with torch.no_grad():
+        ours = net(*[torch.from_numpy(v) for v in feeds.values()])
+    if not isinstance(ours, dict):
+        ours = {net.output_names[0]: ours} if torch.is_tensor(ours) else dict(zip(net.output_names, ours))
+    worst = 0.0
+    for name, exp in zip(net.output_names, expected):
+        got = ours[name].detach().numpy().astype(np.float64)
+        scale = max(float(np.abs(exp).max()), 1e-12)
+        worst = max(worst, float(np.abs(got - exp).max()) / scale)
+    if worst > 1e-4:
+        raise GraftError(f"{path}: the converted network differs from onnxruntime (relative error {worst:.2e})",
+                         "this model uses an op onnx2torch converts inexactly; please report it")
+    return worst
+
+
+def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True, **kwargs) -> nn.Module:
+    path = next(Path(p) for p in paths if Path(p).suffix.lower() == ".onnx")
+    model = load_model(path)
+    net = to_module(model, str(path))
+    spec = {"converter": "onnx", "graph": graph_spec(model), "inputs": net.input_names,
+            "outputs": net.output_names}
+    prov = {"source": [str(path)], "framework": "onnx",
+            "producer": f"{model.producer_name} {model.producer_version}".strip()}
+    net.eval()
+    if verify_with_onnxruntime:
+        err = verify(net, model, path)
+        if err is not None:
+            prov["onnxruntime_max_rel_err"] = err
+    return attach(net, make_meta(spec, provenance=prov))
+
+
