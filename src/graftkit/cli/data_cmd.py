@@ -53,5 +53,132 @@ def index_cmd(source: Path = typer.Argument(..., metavar="ROOT", help="folder of
               + ", ".join(f"{i}={c}" for i, c in enumerate(classes[:20])) + (" ..." if len(classes) > 20 else ""))
 
 
+@data.command("check")
+def check_cmd(source: Path = typer.Argument(..., metavar="LIST|ROOT", help="a .lst / .csv list or a folder of class sub-folders"),
+              json_: bool = typer.Option(False, "--json", help="print JSON"),
+              fix: Optional[Path] = typer.Option(None, "--fix", metavar="OUT.lst",
+                                                 help="write a clean list (problems dropped, labels 0..K-1)"),
+              root: Optional[Path] = typer.Option(None, "--root", help="folder the list's paths are relative to"),
+              min_size: int = typer.Option(32, "--min-size", help="warn about images with a side below this"),
+              imbalance: float = typer.Option(3.0, "--imbalance", help="warn when the largest class is this many times the smallest"),
+              workers: int = typer.Option(2, "--workers", help="parallel processes"),
+              strict: bool = typer.Option(False, "--strict", help="exit 1 on warnings too")) -> None:
+    """Report unreadable, corrupt, odd and duplicate images and label problems (exit 1 if any error).
+
+    Nothing is modified; --fix writes a new clean list beside your files."""
+    from ..data.check import ERROR, WARNING, check, fix as fix_list
+    report = check(source, root, min_size=min_size, imbalance=imbalance, workers=workers)
+    fixed = fix_list(report, fix) if fix else None
+    if json_:
+        doc = report.to_json()
+        if fixed:
+            doc["fixed"] = {"list": str(fixed[0]), "images": fixed[1]}
+        print_json(doc)
+    else:
+        if report.problems:
+            print_table(f"{report.source}: problems", ["severity", "problem", "file", "what happens"],
+                        [(p.severity, p.kind, p.path or "-", p.message) for p in report.problems])
+        counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+        out.print(f"{report.images} images in {len(report.counts)} classes ({counts}): "
+                  f"{len(report.errors)} errors, {len(report.warnings)} warnings")
+        if fixed:
+            out.print(f"clean list: {fixed[0]} ({fixed[1]} images)")
+    if report.errors or (strict and report.warnings):
+        raise typer.Exit(1)
+
+
+@data.command("split")
+def split_cmd(source: Path = typer.Argument(..., metavar="LIST", help="a .lst list"),
+              train: float = typer.Option(0.8, "--train", help="fraction for training"),
+              val: float = typer.Option(0.1, "--val", help="fraction for validation"),
+              test: float = typer.Option(0.1, "--test", help="fraction for testing"),
+              seed: int = typer.Option(0, "--seed", help="random seed"),
+              output: Optional[Path] = typer.Option(None, "-o", "--output", help="NAME: writes NAME_train.lst, ... (default: the list's name)"),
+              root: Optional[Path] = typer.Option(None, "--root", help="folder the list's paths are relative to"),
+              json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Stratified split; identical images (same content) never land in two splits."""
+    from ..data.lists import read_lst
+    from ..data.split import split_list
+    written = split_list(source, {"train": train, "val": val, "test": test}, seed, output, root)
+    summary = {k: {"list": str(p), "images": len(read_lst(p))} for k, p in written.items()}
+    if json_:
+        print_json(summary)
+    else:
+        for k, v in summary.items():
+            out.print(f"{k}: {v['images']} images -> {v['list']}")
+
+
+@data.command("pack")
+def pack_cmd(source: Path = typer.Argument(..., metavar="LIST", help="a .lst list (from `graft data index`)"),
+             output: Path = typer.Option(..., "-o", "--output", help="PREFIX: writes PREFIX.rec + PREFIX.idx (or shards)"),
+             root: Optional[Path] = typer.Option(None, "--root", help="folder the list's paths are relative to"),
+             shard_size: int = typer.Option(0, "--shard-size", help="records per shard (0: one file)"),
+             resize: int = typer.Option(0, "--resize", help="shorter side in pixels (0: keep)"),
+             center_crop: bool = typer.Option(False, "--center-crop", help="crop the centre square first"),
+             quality: int = typer.Option(95, "--quality", help="JPEG quality 1-100 (PNG: compression 0-9)"),
+             encoding: str = typer.Option(".jpg", "--encoding", help=".jpg or .png"),
+             pass_through: bool = typer.Option(False, "--pass-through", help="store the files' bytes unchanged"),
+             pack_label: bool = typer.Option(False, "--pack-label", help="store all labels of multi-label lists"),
+             color: int = typer.Option(1, "--color", help="1: colour, 0: grayscale"),
+             workers: int = typer.Option(2, "--workers", help="parallel processes"),
+             json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Pack a list into MXNet-compatible RecordIO; unusable images are skipped and listed with the reason."""
+    from ..data.pack import PackOptions, pack
+    enc = encoding if encoding.startswith(".") else "." + encoding
+    opts = PackOptions(resize=resize, center_crop=center_crop, quality=quality, encoding=enc,
+                       pass_through=pass_through, pack_label=pack_label, color=color)
+    report = pack(source, output, root=root, options=opts, shard_size=shard_size, workers=workers)
+    if json_:
+        print_json(report.to_json())
+        return
+    if report.skipped:
+        print_table("skipped", ["index", "file", "reason"], [(s["index"], s["path"], s["reason"]) for s in report.skipped])
+    rate = report.records / report.seconds if report.seconds else 0
+    out.print(f"packed {report.records} images ({report.bytes / 1e6:.1f} MB, {rate:.0f} img/s) into "
+              f"{', '.join(report.shards)}; skipped {len(report.skipped)}")
+
+
+@data.command("inspect")
+def inspect_cmd(pack: Path = typer.Argument(..., metavar="PACK", help="a .rec file or pack prefix"),
+                json_: bool = typer.Option(False, "--json", help="print JSON"),
+                no_decode: bool = typer.Option(False, "--no-decode", help="do not decode the images")) -> None:
+    """One line per record: key, flag, labels, id, id2, payload length and SHA-256, decoded size."""
+    from ..data.pack_info import inspect_records
+    rows = list(inspect_records(pack, decode_images=not no_decode))
+    if json_:
+        print_json({"pack": str(pack), "records": rows})
+        return
+    print_table(str(pack), ["shard", "key", "flag", "labels", "id", "id2", "bytes", "sha256", "decoded"],
+                [(r["shard"], r["key"], r["flag"], ",".join(f"{v:g}" for v in r["labels"]), r["id"], r["id2"],
+                  r["length"], r["sha256"][:16], "x".join(map(str, r["decoded"])) if r.get("decoded") else r.get("error") or "-")
+                 for r in rows], justify={"bytes": "right"})
+    out.print(f"{len(rows)} records")
+
+
+@data.command("stats")
+def stats_cmd(source: Path = typer.Argument(..., metavar="LIST|PACK|ROOT", help="a list, pack or folder"),
+              root: Optional[Path] = typer.Option(None, "--root", help="folder the list's paths are relative to"),
+              binaryproto: Optional[Path] = typer.Option(None, "--binaryproto", help="also write a Caffe mean image here"),
+              mean_size: int = typer.Option(256, "--mean-size", help="height and width of the Caffe mean image"),
+              workers: int = typer.Option(2, "--workers", help="parallel processes"),
+              json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Per-channel mean and std of your images (RGB; 0..255 and 0..1), optionally a Caffe mean .binaryproto."""
+    from ..data.stats import compute_stats, write_binaryproto
+    st = compute_stats(source, root=root, mean_size=(mean_size, mean_size) if binaryproto else None, workers=workers)
+    mean_image = st.pop("mean_image")
+    if binaryproto:
+        write_binaryproto(binaryproto, mean_image)
+        st["binaryproto"] = str(binaryproto)
+    if json_:
+        print_json(st)
+        return
+    fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"  # noqa: E731
+    out.print(f"{st['images']} images ({st['skipped']} skipped), {st['pixels']} pixels per channel")
+    out.print(f"mean RGB 0..255: {fmt(st['mean'])}  std: {fmt(st['std'])}")
+    out.print(f"mean RGB 0..1:   {fmt(st['mean01'])}  std: {fmt(st['std01'])}")
+    if binaryproto:
+        out.print(f"Caffe mean image (BGR, {mean_size}x{mean_size}) written to {binaryproto}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data, name="data")

@@ -78,12 +78,15 @@ class _FileSource:
         p = self.paths[i]
         if p is None:
             raise DecodeError(f"{self.rel[i]}: list entry points outside the root {self.root}",
-                              "list only files below the root")
+                              "list only files below the root", "list entry points outside the root folder")
         try:
             with open(p, "rb") as f:
-                return f.read()
+                data = f.read()
         except OSError as e:
-            raise DecodeError(f"{p}: cannot read ({e.strerror})", "check the file") from None
+            raise DecodeError(f"{p}: cannot read ({e.strerror})", "check the file", f"cannot read ({e.strerror})") from None
+        if not data:
+            raise DecodeError(f"{p}: zero-byte file", "remove it from the data", "zero-byte file")
+        return data
 
     def name(self, i):
         return self.rel[i]
@@ -171,8 +174,9 @@ class ImageDataset(Dataset):
     """(image tensor, label) pairs from folders, lists, RecordIO packs or arrays. See the module docstring."""
 
     def __init__(self, source, transform: Callable | None = None, classes: Sequence[str] | None = None,
-                 seed: int = 0, description: str = ""):
+                 seed: int = 0, description: str = "", substitute: bool = True):
         self._src = source
+        self.substitute = substitute  # False: an undecodable sample comes back as (None, label)
         self.transform = transform
         n = len(source)
         if n == 0:
@@ -288,7 +292,9 @@ class ImageDataset(Dataset):
             except DecodeError as e:
                 if not self._failed[j]:
                     self._failed[j] = 1
-                    log.warning("skipping %s", e)
+                    log.warning("skipping %s: %s", self.name(j), getattr(e, "reason", e))
+                if not self.substitute:
+                    return None, int(self.targets[i])
         else:
             raise GraftError(f"{self.description}: {MAX_SUBSTITUTES} images in a row from {self.name(i)} "
                              "cannot be decoded", "run `graft data check` on the data")

@@ -17,7 +17,7 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import GraftError
 
@@ -26,7 +26,20 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never s
 
 
 class DecodeError(GraftError):
-    """An image that cannot be decoded (corrupt, truncated, not an image)."""
+    """An image that cannot be decoded (corrupt, truncated, not an image); `reason` is the short why."""
+
+    def __init__(self, message: str, hint: str | None = None, reason: str | None = None):
+        super().__init__(message, hint)
+        self.reason = reason or message
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    if isinstance(e, UnidentifiedImageError):
+        return "not a recognisable image (corrupt, or a format Pillow cannot read)"
+    if "truncated" in text.lower() or isinstance(e, EOFError):
+        return f"truncated: the image data ends early ({text})"
+    return f"corrupt image data ({type(e).__name__}: {text})"
 
 
 def _open(src) -> Image.Image:
@@ -76,8 +89,8 @@ def decode(src, min_side: int | None = None, mode: str = "RGB", exif: bool = Tru
         raise
     except Exception as e:  # Pillow raises many types for bad data: all mean "not decodable"
         where = src if isinstance(src, (str, os.PathLike)) else f"{len(src)}-byte image"
-        raise DecodeError(f"{where}: cannot decode image ({type(e).__name__}: {e})",
-                          "re-export the file or remove it from the list") from None
+        reason = _reason(e)
+        raise DecodeError(f"{where}: {reason}", "re-export the file or remove it from the list", reason) from None
     if a.ndim == 2:
         a = a[:, :, None]
     return a

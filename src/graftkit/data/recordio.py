@@ -167,13 +167,13 @@ class RecordReader:
             cand = self.rec.with_suffix(".idx")
             idx = cand if cand.is_file() else None
         self.idx = Path(idx) if idx else None
+        self._mm = None
         if self.idx is not None:
             pairs = read_idx(self.idx)
         else:
             pairs = list(self._scan())
         self.keys = [k for k, _ in pairs]
         self.offsets = [o for _, o in pairs]
-        self._mm = None
 
     def _buf(self):
         if self._mm is None:

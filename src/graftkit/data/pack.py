@@ -1,0 +1,185 @@
+"""List -> RecordIO pack (`PREFIX.rec/.idx`, or shards `PREFIX-00000.rec/.idx`, ...), like im2rec.
+
+Each list entry becomes one image record (IRHeader id = the entry's index, id2 = 0,
+key = the index, label = the first label, or all labels with `pack_label`), in list
+order, with the image optionally centre-cropped to a square, resized so its shorter
+side is `resize` (antialiased, im2rec's integer size arithmetic) and re-encoded as
+JPEG or PNG - or stored as the file's own bytes (`pass_through`). Workers decode and
+encode in parallel; the parent writes. Images that cannot be used (unreadable,
+corrupt, truncated, empty, outside the root) are skipped and reported with the reason.
+Outputs are atomic: all shards and `PREFIX.classes.json` appear together when the
+pack is complete, and shards of an older pack with the same prefix are removed.
+"""
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import GraftError
+from ..progress import track
+from .decode import DecodeError, decode
+from .lists import Entry, ImageList, classes_path, open_list, resolve_in_root, save_classes
+from .recordio import RecordWriter, pack_header
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    resize: int = 0            # shorter side in pixels (0: keep)
+    center_crop: bool = False  # crop the centre square first (im2rec --center-crop)
+    quality: int = 95          # JPEG quality 1-100; for PNG a compression level 0-9 (else 3)
+    encoding: str = ".jpg"     # .jpg or .png
+    pass_through: bool = False  # store the file's bytes unchanged (checked to decode)
+    pack_label: bool = False   # store every label of multi-label entries (IRHeader flag = count)
+    color: int = 1             # 1: RGB, 0: grayscale
+
+
+@dataclass
+class PackReport:
+    prefix: str
+    shards: list[str] = field(default_factory=list)
+    records: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    skipped: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"prefix": self.prefix, "shards": self.shards, "records": self.records, "bytes": self.bytes,
+                "seconds": round(self.seconds, 3), "images_per_s": round(self.records / self.seconds, 1) if self.seconds else None,
+                "skipped": self.skipped}
+
+
+def _resize_size(w: int, h: int, short: int) -> tuple[int, int]:
+    """im2rec's arithmetic: the shorter side becomes `short`, the longer one scales by integer division."""
+    if h > w:
+        return short, h * short // w
+    return w * short // h, short
+
+
+def encode_image(data: bytes, opts: PackOptions) -> bytes:
+    """The image bytes stored for one file (raises DecodeError if it cannot be used)."""
+    if opts.pass_through:
+        decode(data, opts.resize or None)  # must decode: a pack never holds unusable images
+        return data
+    arr = decode(data, opts.resize or None, "L" if opts.color == 0 else "RGB")
+    img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    w, h = img.size
+    if opts.center_crop and w != h:
+        m = min(w, h)
+        left, top = (w - m) // 2, (h - m) // 2
+        img = img.crop((left, top, left + m, top + m))
+        w, h = img.size
+    if opts.resize and min(w, h) != opts.resize:
+        img = img.resize(_resize_size(w, h, opts.resize), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    buf = io.BytesIO()
+    if opts.encoding == ".png":
+        img.save(buf, "PNG", compress_level=opts.quality if 0 <= opts.quality <= 9 else 3)
+    else:
+        img.save(buf, "JPEG", quality=opts.quality)
+    return buf.getvalue()
+
+
+def _work(job):
+    """Worker: (position, path or reason, entry, options) -> (position, payload or None, reason)."""
+    pos, path, entry, opts = job
+    if path is None:
+        return pos, None, "points outside the root folder"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return pos, None, f"cannot read ({e.strerror})"
+    if not data:
+        return pos, None, "zero-byte file"
+    try:
+        img = encode_image(data, opts)
+    except DecodeError as e:
+        return pos, None, e.reason
+    labels = entry.labels if opts.pack_label else entry.labels[:1]
+    return pos, pack_header(labels, entry.index, 0) + img, ""
+
+
+def shard_paths(prefix: Path, n_shards: int) -> list[Path]:
+    if n_shards <= 1:
+        return [prefix.with_name(prefix.name + ".rec")]
+    return [prefix.with_name(f"{prefix.name}-{i:05d}.rec") for i in range(n_shards)]
+
+
+def _old_shards(prefix: Path) -> list[Path]:
+    from .dataset import find_shards
+    old = find_shards(prefix)
+    single = prefix.with_name(prefix.name + ".rec")
+    if single.exists() and single not in old:
+        old.append(single)
+    return old
+
+
+def pack(source: str | os.PathLike | ImageList, prefix: str | os.PathLike, *, root=None,
+         options: PackOptions | None = None, shard_size: int = 0, workers: int = 2,
+         progress: bool | None = None) -> PackReport:
+    """Pack a list (`.lst` path or ImageList) into RecordIO; see the module docstring."""
+    opts = options or PackOptions()
+    if opts.encoding not in (".jpg", ".jpeg", ".png"):
+        raise GraftError(f"encoding {opts.encoding!r} is not supported", "use .jpg or .png")
+    if not opts.pass_through and opts.encoding != ".png" and not 1 <= opts.quality <= 100:
+        raise GraftError(f"JPEG quality {opts.quality} is outside 1..100", "use e.g. --quality 95")
+    if opts.resize < 0 or shard_size < 0:
+        raise GraftError("--resize and --shard-size must not be negative", "use 0 to turn them off")
+    lst = source if isinstance(source, ImageList) else open_list(source, root)
+    if not lst.entries:
+        raise GraftError(f"{lst.source}: the list is empty", "index some images first with `graft data index`")
+    prefix = Path(str(prefix)[:-4] if str(prefix).endswith(".rec") else prefix)
+    entries: list[Entry] = lst.entries
+    jobs = [(i, resolve_in_root(lst.root, e.path), e, opts) for i, e in enumerate(entries)]
+    n_shards = max(1, -(-len(entries) // shard_size)) if shard_size else 1
+    paths = shard_paths(prefix, n_shards)
+    report = PackReport(str(prefix), [str(p) for p in paths])
+    t0 = time.perf_counter()
+    writers: list[RecordWriter] = []
+    ok = False
+    workers = max(1, int(workers))
+    pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) \
+        if workers > 1 else None
+    try:
+        results = pool.imap(_work, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8) or 1))) \
+            if pool else map(_work, jobs)
+        written = 0
+        for pos, payload, reason in track(results, f"packing {prefix.name}", total=len(jobs), unit="img",
+                                          disable=None if progress is None else not progress):
+            if payload is None:
+                report.skipped.append({"index": entries[pos].index, "path": entries[pos].path, "reason": reason})
+                continue
+            shard = written // shard_size if shard_size else 0
+            while len(writers) <= shard:
+                writers.append(RecordWriter(paths[len(writers)]))
+            writers[shard].write(entries[pos].index, payload)
+            report.bytes += len(payload)
+            written += 1
+        report.records = written
+        if written == 0:
+            raise GraftError(f"{lst.source}: none of the {len(entries)} images could be packed "
+                             f"(first problem: {report.skipped[0]['path']}: {report.skipped[0]['reason']})",
+                             "run `graft data check` on the list")
+        report.shards = [str(p) for p in paths[:len(writers)]]
+        ok = True
+    finally:
+        if pool:
+            pool.terminate() if not ok else pool.close()
+            pool.join()
+        stale = _old_shards(prefix) if ok else []
+        for w in writers:
+            w.close(ok)
+    for old in stale:
+        if str(old) not in report.shards:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".idx").unlink(missing_ok=True)
+    # same file name as a list NAME.lst's map: keep its root so the list stays usable
+    save_classes(classes_path(prefix.with_name(prefix.name + ".rec")), lst.classes, lst.root,
+                 shards=[Path(s).name for s in report.shards], records=report.records, skipped=report.skipped)
+    report.seconds = time.perf_counter() - t0
+    return report
