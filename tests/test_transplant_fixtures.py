@@ -210,3 +210,47 @@ def test_caffe_lenet_blobs_into_handwritten_lenet():
                                                   for r in ("weight", "bias")}
     out = run(net, np.load(fixture(case["input"]["data"])))
     assert rel_err(out, np.load(fixture(case["expected"]["ip2"]))) < case["rtol"]
+
+
+def test_caffe_mobilenet_batchnorm_scale_and_1x1_classifier_into_timm(tmp_path):
+    """Caffe MobileNet (BatchNorm and Scale as separate layers, fc7 a 1x1 convolution) into timm's
+    mobilenetv1_100, checked against OpenCV's Caffe importer on seeded random weights written at test time."""
+    cv2 = pytest.importorskip("cv2")
+    import timm
+    from graftkit.formats import caffe, caffe_prototxt
+    prototxt = fixture("caffe/mobilenet.deploy.prototxt")
+    layers = [(l["name"], l["type"]) for l in caffe_prototxt.parse(prototxt)["layer"]
+              if l["type"] in ("Convolution", "BatchNorm", "Scale")]
+    # Seeded weights in Caffe's own shapes, written in the prototxt's layer order.
+    torch.manual_seed(0)
+    ref = timm.create_model("mobilenetv1_100", act_layer="relu")
+    modules = [m for m in ref.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    blobs, mods = [], iter(modules)
+    g = np.random.default_rng(0)
+    for name, ltype in layers:
+        if ltype == "Convolution":
+            m = next(mods)
+            w = m.weight.detach().numpy()
+            blobs.append((name, ltype, [w.reshape(*w.shape, *([1, 1] if w.ndim == 2 else []))]
+                          + ([m.bias.detach().numpy()] if m.bias is not None else [])))
+        elif ltype == "BatchNorm":
+            m = next(mods)
+            c = m.num_features
+            factor = np.float32(2.0)   # Caffe stores sums: mean = blob0 / factor, var = blob1 / factor
+            blobs.append((name, ltype, [g.normal(0, 0.1, c).astype(np.float32) * factor,
+                                        g.uniform(0.5, 1.5, c).astype(np.float32) * factor, np.array([factor])]))
+        else:
+            c = blobs[-1][2][0].shape[0]
+            blobs.append((name, ltype, [g.uniform(0.5, 1.5, c).astype(np.float32),
+                                        g.normal(0, 0.1, c).astype(np.float32)]))
+    weights = caffe.write_caffemodel(tmp_path / "mobilenet.caffemodel", blobs)
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    cvnet = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+    cvnet.setInput(x)
+    expected = cvnet.forward("fc7").reshape(1, -1)
+    net, report = transplant(graftkit.read(weights), "timm:mobilenetv1_100?act_layer=relu", strict=True)
+    assert not report.unused and report.summary()["by_pass"] == {"structure": 137}
+    bn = {e.target: e.source for e in report.entries}
+    assert bn["bn1.weight"] == "conv1/scale.weight" and bn["bn1.running_var"] == "conv1/bn.running_var"
+    assert "1x1 convolution as dense" in next(e.reason for e in report.entries if e.target == "classifier.weight")
+    assert rel_err(run(net, x), expected) < 1e-4

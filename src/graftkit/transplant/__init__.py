@@ -26,7 +26,7 @@ from .adapt import adapt_tensor, check_policy, clash, widen
 from .align import align
 from .names import convention, normalise
 from .report import Entry, Report, Unused
-from .units import build_units, records_from_module
+from .units import build_units, records_from_module, shape_str
 
 __all__ = ["transplant", "Report", "source_tensors", "parse_rule"]
 
@@ -73,6 +73,9 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
                 t.copy_(value)
             elif tuple(s.shape) == tuple(t.shape):
                 t.copy_(s.to(t.dtype) if s.dtype != t.dtype else s)
+            elif _same_but_unit_dims(s, t):
+                t.copy_(s.reshape(t.shape))
+                entry.reason = f"reshaped {shape_str(s.shape)} -> {shape_str(t.shape)} (1x1 convolution as dense)"
             else:
                 value, reason = (None, clash(t, s)) if policy in ("skip", "widen") else adapt_tensor(
                     policy, t, s, target_classes=tgt_classes, source_classes=src_classes)
@@ -95,6 +98,11 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
                          f"first {first.target}: {first.reason}",
                          "fix the names with --rule, choose a --policy, or drop --strict")
     return module, report
+
+
+def _same_but_unit_dims(s: torch.Tensor, t: torch.Tensor) -> bool:
+    """The same values in another view: a 1x1 convolution kernel against a dense weight."""
+    return s.numel() == t.numel() and [d for d in s.shape if d != 1] == [d for d in t.shape if d != 1]
 
 
 def parse_rule(rule: str) -> tuple[re.Pattern, str, str]:
@@ -239,7 +247,7 @@ def _eps_notes(src: TensorSet, module: nn.Module, pairs) -> list[str]:
         m = mods.get(t.rpartition(".")[0])
         if eps is None or m is None or not hasattr(m, "eps"):
             continue
-        if abs(float(eps) - float(m.eps)) > 1e-12:
+        if abs(float(eps) - float(m.eps)) > 1e-6 * max(float(eps), float(m.eps)):
             notes.setdefault((float(eps), float(m.eps)), []).append(t.rpartition(".")[0])
     return [f"source BatchNorm eps {a:g} differs from the target's {b:g} in {len(v)} layers ({v[0]}, ...): "
             f"set the target's eps to {a:g} to reproduce the source exactly" for (a, b), v in notes.items()]

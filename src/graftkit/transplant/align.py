@@ -21,7 +21,7 @@ WINDOW = 6
 
 
 def _score(a: Unit, b: Unit) -> int:
-    if a.family != b.family:
+    if a.match_family != b.match_family:
         return 0
     return EXACT if a.key() == b.key() else SIMILAR
 
@@ -29,8 +29,8 @@ def _score(a: Unit, b: Unit) -> int:
 def needleman_wunsch(src: list[Unit], tgt: list[Unit]) -> list[tuple[int, int]]:
     """Index pairs (i, j) of the best order-preserving alignment (gaps free, mismatches of family forbidden)."""
     n, m = len(src), len(tgt)
-    skeys = [(u.family, u.key()) for u in src]
-    tkeys = [(u.family, u.key()) for u in tgt]
+    skeys = [(u.match_family, u.key()) for u in src]
+    tkeys = [(u.match_family, u.key()) for u in tgt]
 
     def score(i: int, j: int) -> int:
         (fa, ka), (fb, kb) = skeys[i], tkeys[j]

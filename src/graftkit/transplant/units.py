@@ -33,9 +33,20 @@ class Unit:
         if self.family not in ("conv", "linear", "conv_transpose", "embedding", "norm"):
             return (self.family, tuple(sorted(self.shapes.values())))
         main = self.shapes.get(("main", "weight"))
+        if self.match_family == "dense":
+            main = main[:2]
         norm = next((s for (part, role), s in self.shapes.items()
                      if part == "norm" and role in ("weight", "running_mean", "running_var", "bias")), None)
-        return (self.family, main, norm)
+        return (self.match_family, main, norm)
+
+    @property
+    def match_family(self) -> str:
+        """The family compared in alignment: a 1x1 convolution is a dense layer (Caffe's and
+        MXNet's classifiers are often 1x1 convolutions where PyTorch has nn.Linear)."""
+        w = self.shapes.get(("main", "weight"))
+        if self.family in ("conv", "linear") and w and len(w) >= 2 and all(d == 1 for d in w[2:]):
+            return "dense"
+        return self.family
 
     @property
     def label(self) -> str:
