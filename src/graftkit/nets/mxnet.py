@@ -177,9 +177,12 @@ class MXNetNet(nn.Module):
         self.params = {n["name"] for n in nodes if n["op"] == "null" and n["name"] in shapes}
         labels = {nodes[inp[0]]["name"] for n in nodes if n["op"] in LABEL_OPS
                   for inp in n["inputs"][LABEL_OPS[n["op"]]:]}
-        self.input_names = [n["name"] for n in nodes if n["op"] == "null" and n["name"] not in self.params
+        self.inputs = [n["name"] for n in nodes if n["op"] == "null" and n["name"] not in self.params
                             and n["name"] not in labels]
-        self.output_names = [self._entry_name(h) for h in graph.get("heads", [])]
+        self.outputs = [self._entry_name(h) for h in graph.get("heads", [])]
+        self.train_outputs = self.outputs
+        shape_attr = {n["name"]: (n.get("attrs") or {}).get("__shape__") for n in nodes}
+        self.input_shapes = {n: list(_tuple(shape_attr[n])) if shape_attr.get(n) else None for n in self.inputs}
         self.mod_of: dict[int, str] = {}
         for i, node in enumerate(nodes):
             m = self._make(node, shapes)
@@ -256,16 +259,16 @@ class MXNetNet(nn.Module):
         if len(args) == 1 and isinstance(args[0], dict):
             kwargs = {**args[0], **kwargs}
         elif args:
-            kwargs = {**dict(zip(self.input_names, args)), **kwargs}
+            kwargs = {**dict(zip(self.inputs, args)), **kwargs}
         out = self.run(kwargs)
         return next(iter(out.values())) if len(out) == 1 else out
 
     def run(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> dict[str, torch.Tensor]:
         nodes = self.graph["nodes"]
-        missing = [n for n in self.input_names if n not in inputs]
+        missing = [n for n in self.inputs if n not in inputs]
         if missing:
-            raise GraftError(f"missing network input(s) {missing}", f"the inputs are {self.input_names}")
-        wanted = outputs or self.output_names
+            raise GraftError(f"missing network input(s) {missing}", f"the inputs are {self.inputs}")
+        wanted = outputs or self.outputs
         values: dict[tuple[int, int], torch.Tensor] = {}
         by_name = {n["name"]: i for i, n in enumerate(nodes)}
         unknown = [w for w in wanted if w.split(":")[0] not in by_name]
@@ -465,5 +468,5 @@ def convert(paths: list[Path], **kwargs) -> nn.Module:
             m.weight.data.fill_(1.0)
     net.eval()
     spec = {"converter": "mxnet", "symbol": json.dumps(graph), "shapes": shapes,
-            "inputs": net.input_names, "outputs": net.output_names}
-    return attach(net, make_meta(spec, provenance={"source": [str(sym), str(params)], "framework": "mxnet"}))
+            "inputs": net.inputs, "outputs": net.outputs}
+    return attach(net, make_meta(spec, provenance={"sources": [str(sym), str(params)], "converter": "mxnet"}))

@@ -9,7 +9,7 @@ short on things exporters commonly emit, which we normalise first:
   - omitted optional inputs written as '' (e.g. Clip without max): dropped when trailing.
 An op onnx2torch does not know is refused by name, with the nodes using it,
 before anything is built. The converted module returns a dict by output name
-when the graph has several outputs. `convert(..., verify=True)` runs onnxruntime
+when the graph has several outputs. `convert(..., verify_with_onnxruntime=True)` (the default) runs onnxruntime
 and the module on the same random input and refuses a mismatch.
 
 For packages the spec stores the graph with the large float initializers'
@@ -128,8 +128,12 @@ def to_module(model, where: str) -> nn.Module:
                          "check the model with onnx.checker, or re-export it") from None
     names = [o.name for o in model.graph.output]
     gm = _outputs_as_dict(gm, names)
-    gm.input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    gm.output_names = names
+    inits = {t.name for t in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in inits]
+    gm.inputs = [i.name for i in graph_inputs]
+    gm.input_shapes = {i.name: [d.dim_value if d.HasField("dim_value") else None
+                                for d in i.type.tensor_type.shape.dim] for i in graph_inputs}
+    gm.outputs = gm.train_outputs = names
     return gm
 
 
@@ -198,9 +202,9 @@ def verify(net: nn.Module, model, path: Path) -> float | None:
     with torch.no_grad():
         ours = net(*[torch.from_numpy(v) for v in feeds.values()])
     if not isinstance(ours, dict):
-        ours = {net.output_names[0]: ours} if torch.is_tensor(ours) else dict(zip(net.output_names, ours))
+        ours = {net.outputs[0]: ours} if torch.is_tensor(ours) else dict(zip(net.outputs, ours))
     worst = 0.0
-    for name, exp in zip(net.output_names, expected):
+    for name, exp in zip(net.outputs, expected):
         got = ours[name].detach().numpy().astype(np.float64)
         scale = max(float(np.abs(exp).max()), 1e-12)
         worst = max(worst, float(np.abs(got - exp).max()) / scale)
@@ -214,9 +218,9 @@ def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True, **kwargs
     path = next(Path(p) for p in paths if Path(p).suffix.lower() == ".onnx")
     model = load_model(path)
     net = to_module(model, str(path))
-    spec = {"converter": "onnx", "graph": graph_spec(model), "inputs": net.input_names,
-            "outputs": net.output_names}
-    prov = {"source": [str(path)], "framework": "onnx",
+    spec = {"converter": "onnx", "graph": graph_spec(model), "inputs": net.inputs,
+            "outputs": net.outputs}
+    prov = {"sources": [str(path)], "converter": "onnx",
             "producer": f"{model.producer_name} {model.producer_version}".strip()}
     net.eval()
     if verify_with_onnxruntime:
