@@ -279,3 +279,26 @@ def test_pooling_conventions(pool_type, full, include_pad):
         ours = mxnet_net.Pool(attrs)(torch.from_numpy(x)).numpy()
         ref = _mxnet_pool_reference(x, k, s, p, pool_type, full, include_pad)
         assert ours.shape == ref.shape and np.allclose(ours, ref, atol=1e-6), (k, s, p)
+
+
+def test_wrong_input_size_is_a_clear_error():
+    case = next(c for c in MXNET if "vgg" in c["id"])
+    net = graftkit.convert([fixture(p) for p in case["model"]])
+    with pytest.raises(GraftError, match="node 'fc7' \\(FullyConnected\\) cannot take input of shape"):
+        net(torch.zeros(1, 3, 40, 40))
+
+
+def test_sparse_arrays_are_densified(tmp_path):
+    """row_sparse (stype 1): storage shape, then shape, context, type, aux index type/shape, data, indices."""
+    rows = np.array([1, 3], dtype=np.int64)
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body = (struct.pack("<Ii", 0xF993FAC9, 1) + struct.pack("<i2q", 2, 2, 3) + struct.pack("<i2q", 2, 4, 3)
+            + struct.pack("<iii", 1, 0, 0) + struct.pack("<i", 6) + struct.pack("<iq", 1, 2)
+            + data.tobytes() + rows.tobytes())
+    name = b"arg:emb_weight"
+    path = tmp_path / "sparse.params"
+    path.write_bytes(struct.pack("<QQQ", 0x112, 0, 1) + body + struct.pack("<QQ", 1, len(name)) + name)
+    dense = graftkit.read(path)["emb.weight"]
+    expected = np.zeros((4, 3), dtype=np.float32)
+    expected[rows] = data
+    assert np.array_equal(dense.numpy(), expected)

@@ -281,7 +281,15 @@ class MXNetNet(nn.Module):
                     values[(i, 0)] = inputs[node["name"]]
                 continue
             xs = [values.get((src, out)) for src, out, *_ in node["inputs"]]
-            values[(i, 0)] = self._run_node(i, node, xs)
+            try:
+                values[(i, 0)] = self._run_node(i, node, xs)
+            except RuntimeError as e:
+                # Shapes that do not fit (a wrong input size, or .params from another symbol) are the
+                # user's to fix: say which node and which shapes.
+                shapes = [list(x.shape) for x in xs if torch.is_tensor(x)]
+                raise GraftError(f"MXNet node {node['name']!r} ({node['op']}) cannot take input of shape "
+                                 f"{shapes}: {str(e).splitlines()[0]}",
+                                 "check the input size, and that the .params file belongs to this symbol") from None
         result = {}
         for w in wanted:
             name, _, out = w.partition(":")
