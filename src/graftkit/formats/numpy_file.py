@@ -53,7 +53,9 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 def _load_arrays(path: Path, trust: bool) -> dict[str, np.ndarray]:
     try:
-        if path.suffix.lower() == ".npy" or open(path, "rb").read(6) == b"\x93NUMPY":
+        with open(path, "rb") as f:
+            single = f.read(6) == b"\x93NUMPY"
+        if single or path.suffix.lower() == ".npy":
             return {path.stem: np.load(path, allow_pickle=trust)}
         arrays = {}
         with np.load(path, allow_pickle=trust) as z:
