@@ -212,13 +212,16 @@ def test_layers_built_here_match_keras(layer_zoo, files):
 
 
 def test_graph_features_match_keras(keras, tmp_path):
-    """Two inputs, a shared layer called twice, a nested Functional model, valid Conv2DTranspose,
-    BatchNorm without gamma/beta, unshared PReLU, Normalization on a vector, and Conv1D/pooling 1-D."""
+    """Two inputs, a shared layer called twice, LayerNormalization, Keras operations with constants, a nested
+    Functional model, valid Conv2DTranspose, BatchNorm without gamma/beta, unshared PReLU, Normalization on a
+    vector, and Conv1D/pooling 1-D."""
     L = keras.layers
     rng = np.random.default_rng(3)
     a_in, b_in = keras.Input((7, 6, 2), name="a"), keras.Input((7, 6, 2), name="b")
     shared = L.Conv2D(3, 3, padding="same", name="shared")
     x = L.Add(name="sum")([shared(a_in), shared(b_in)])
+    x = L.LayerNormalization(name="ln")(x)
+    x = keras.ops.relu6(x * 2.0 + 3.0) / 6.0  # Keras operations on symbolic tensors (MobileNetV3's hard sigmoid)
     t_in = keras.Input((7, 6, 3))
     t = L.Conv2DTranspose(4, 3, strides=2, name="tconv")(t_in)                          # valid: 15x13
     t = L.BatchNormalization(scale=False, center=False, name="bn_plain")(t)

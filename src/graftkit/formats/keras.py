@@ -121,7 +121,7 @@ def flatten_config(model: dict | None) -> dict[str, dict]:
                 save = f"{save_prefix}layers/{base}" + (f"_{used[base]}" if used[base] else "")
             full = prefix + name
             out[full] = {"class_name": cls, "config": layer.get("config") or {}, "position": len(out),
-                         "save_path": save}
+                         "save_path": save, "module": layer.get("module") or ""}
             if is_model(layer):
                 walk(layer, full + ".", (save or "") + "/")
 

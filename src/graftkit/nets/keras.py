@@ -36,7 +36,7 @@ SUPPORTED = IDENTITY | MERGE | {
     "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
     "ZeroPadding2D", "Cropping2D", "UpSampling2D", "Flatten", "Reshape", "Permute", "Rescaling",
-    "Normalization", *kfile.MODEL_CLASSES}
+    "Normalization", "LayerNormalization", *kfile.MODEL_CLASSES}
 
 
 # ---------------------------------------------------------------- layout helpers
@@ -342,6 +342,80 @@ class Merge(nn.Module):
         return y / len(xs) if self.kind == "Average" else y
 
 
+class LayerNorm(nn.Module):
+    """Keras LayerNormalization over the channel (last Keras) axis: biased variance, eps inside the sqrt."""
+
+    def __init__(self, c, eps, scale, center):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(c)) if scale else None
+        self.bias = nn.Parameter(torch.zeros(c)) if center else None
+
+    def forward(self, x):
+        dim = 1 if x.ndim >= 3 else -1
+        mean = x.mean(dim=dim, keepdim=True)
+        var = (x - mean).square().mean(dim=dim, keepdim=True)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * channel_view(self.weight, x.ndim)
+        if self.bias is not None:
+            y = y + channel_view(self.bias, x.ndim)
+        return y
+
+
+# Keras 3 operations called on symbolic tensors (`x + 3.0` in a functional model) are saved as graph nodes
+# whose module is keras.src.ops.*: the element-wise ones, with tensors or number constants as arguments.
+OPS = {"Add": torch.add, "Subtract": torch.sub, "Multiply": torch.mul, "Divide": torch.div,
+       "TrueDivide": torch.div, "Maximum": torch.maximum, "Minimum": torch.minimum, "Power": torch.pow,
+       "Negative": torch.neg, "Abs": torch.abs, "Absolute": torch.abs, "Sqrt": torch.sqrt, "Exp": torch.exp,
+       "Square": torch.square, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": F.relu, "Relu6": F.relu6,
+       "Silu": F.silu, "Swish": F.silu, "HardSigmoid": lambda x: F.relu6(x + 3) / 6}
+TENSOR = object()  # placeholder for a tensor argument in an op's argument template
+
+
+def is_op(layer: dict) -> bool:
+    return str(layer.get("module") or "").startswith("keras.src.ops")
+
+
+class Op(nn.Module):
+    """A Keras operation node: fn(*args) with the graph's tensors put in place of the placeholders."""
+
+    def __init__(self, name: str, template: list):
+        super().__init__()
+        self.op_name, self.template = name, template
+
+    def forward(self, xs):
+        it = iter(xs)
+        args = [next(it) if a is TENSOR else a for a in self.template]
+        return OPS[self.op_name](*args)
+
+
+def op_template(node: dict, name: str, cls: str) -> list:
+    args = []
+    for a in node.get("args", []):
+        if isinstance(a, dict) and a.get("class_name") == "__keras_tensor__":
+            args.append(TENSOR)
+        elif isinstance(a, (int, float)) and not isinstance(a, bool):
+            args.append(float(a))
+        else:
+            raise GraftError(f"Keras operation {name} ({cls}) has an argument graftkit cannot replay: {a!r:.60}",
+                             "transplant the weights with `graft transplant`")
+    if node.get("kwargs"):
+        raise GraftError(f"Keras operation {name} ({cls}) uses keyword arguments {sorted(node['kwargs'])}, "
+                         "which graftkit does not replay", "transplant the weights with `graft transplant`")
+    return args
+
+
+def broadcast_shape(shapes: list[tuple]) -> tuple:
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    out = []
+    for dims in zip(*padded):
+        known = [d for d in dims if d not in (None, 1)]
+        out.append(known[0] if known else (None if None in dims else 1))
+    return tuple(out)
+
+
 # ---------------------------------------------------------------- one layer: module + output shape
 
 def _conv_len(n, k, s, d, padding):
@@ -405,6 +479,14 @@ def build_layer(cls: str, cfg: dict, name: str, shapes: list[tuple], keras_major
                          cfg.get("scale", True), cfg.get("center", True)), shape
     if cls == "Activation":
         return Act(act), shape
+    if cls == "LayerNormalization":
+        axis = cfg.get("axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        if not isinstance(axis, int) or axis % rank != rank - 1 or cfg.get("rms_scaling"):
+            raise GraftError(f"Keras layer {name}: LayerNormalization over axis {axis} is not supported",
+                             "graftkit converts LayerNormalization over the last axis")
+        return LayerNorm(shape[-1], float(cfg.get("epsilon", 1e-3)), cfg.get("scale", True),
+                         cfg.get("center", True)), shape
     if cls == "ReLU":
         ns, mv, th = float(cfg.get("negative_slope") or 0.0), cfg.get("max_value"), float(cfg.get("threshold") or 0.0)
         return Lambda(lambda x: keras_relu(x, ns, mv, th)), shape
@@ -548,7 +630,10 @@ def unsupported_layers(config: dict) -> dict[str, list[str]]:
     bad: dict[str, list[str]] = {}
     for name, info in kfile.flatten_config(config).items():
         cls = info["class_name"]
-        if cls not in SUPPORTED:
+        if str(info.get("module", "")).startswith("keras.src.ops"):
+            if cls not in OPS:
+                bad.setdefault(f"operation {cls}", []).append(name)
+        elif cls not in SUPPORTED:
             bad.setdefault(cls, []).append(name)
     return bad
 
@@ -637,6 +722,8 @@ class KerasNet(nn.Module):
                 continue
             for ni, node in enumerate(layer.get("inbound_nodes") or []):
                 refs, as_list = _node_inputs(node)
+                if is_op(layer):  # the call's arguments, constants included
+                    as_list = op_template(node, layer_name(layer), layer.get("class_name", ""))
                 pending.append((layer, ni, refs, as_list))
         while pending:
             rest = []
@@ -654,7 +741,11 @@ class KerasNet(nn.Module):
     def _add_step(self, layer, name, refs, as_list, shapes, modules, node_index=0):
         cls = layer.get("class_name", "")
         in_shapes = [shapes[r] for r in refs]
-        if name in modules:  # a shared layer called again: same module, new node
+        if isinstance(as_list, list):  # a Keras operation: one module per call, arguments fixed
+            attr = module_name(name if node_index == 0 else f"{name}_{node_index}")
+            self.add_module(attr, Op(cls, as_list))
+            out_shapes = [broadcast_shape(in_shapes)]
+        elif name in modules:  # a shared layer called again: same module, new node
             attr, _ = modules[name]
             out_shapes = self._shape_again(attr, cls, layer, name, in_shapes)
         else:
@@ -691,8 +782,11 @@ class KerasNet(nn.Module):
         values = dict(zip(self.input_refs, args))
         for name, attr, refs, as_list, node_index in self.steps:
             xs = [values[r] for r in refs]
-            y = getattr(self, attr)(*xs) if isinstance(getattr(self, attr), KerasNet) else \
-                getattr(self, attr)(xs if as_list else xs[0])
+            mod = getattr(self, attr)
+            if isinstance(mod, KerasNet):
+                y = mod(*xs)
+            else:
+                y = mod(xs if isinstance(mod, Op) or as_list else xs[0])
             if isinstance(y, dict):
                 y = list(y.values())
             for ti, t in enumerate(y if isinstance(y, (list, tuple)) else [y]):
