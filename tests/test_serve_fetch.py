@@ -50,6 +50,16 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/huge.png":  # no Content-Length: the size limit must hold while streaming
             self.close_connection = True
             self._send(_png(COLOURS["blue"]) + b"\0" * (3 * 2**20), "image/png", length=False)
+        elif self.path == "/to-ftp.png":
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1/x.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/to-green.png":
+            self.send_response(301)
+            self.send_header("Location", "/green.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/declared.png":
             self._send(b"\0" * (2 * 2**20), "image/png")
         else:
@@ -82,10 +92,15 @@ def test_fetch_image(server):
     ("/huge.png", "larger than the 1 MiB limit"),
     ("/declared.png", "larger than the 1 MiB limit"),
     ("/missing.png", "HTTP 404"),
+    ("/to-ftp.png", "redirected to ftp://127.0.0.1/x.png, which is not an http(s) URL"),
 ])
 def test_fetch_refuses_with_one_sentence(server, path, message):
     with pytest.raises(GraftError, match=message.replace("(", r"\(").replace(")", r"\)")):
         fetch_image(server + path, timeout=5, max_bytes=2**20)
+
+
+def test_fetch_follows_http_redirects(server):
+    assert fetch_image(f"{server}/to-green.png").size == (16, 16)
 
 
 def test_fetch_times_out(server):

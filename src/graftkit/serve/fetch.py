@@ -22,6 +22,18 @@ DEFAULT_MAX_BYTES = 20 * 2**20   # 20 MiB: larger than any photo worth classifyi
 _CHUNK = 64 * 1024
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s): urllib would also follow one to ftp://."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not is_url(newurl):
+            raise GraftError(f"{req.full_url}: redirected to {newurl}, which is not an http(s) URL")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 def is_url(ref: str) -> bool:
     return urlparse(str(ref)).scheme in ("http", "https")
 
@@ -33,7 +45,7 @@ def fetch_bytes(url: str, *, timeout: float = DEFAULT_TIMEOUT, max_bytes: int = 
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"User-Agent": "graftkit", "Accept": "image/*"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
                 raise _too_large(url, max_bytes)
