@@ -254,6 +254,15 @@ def test_graph_features_match_keras(keras, tmp_path):
     assert "sub.tconv.weight" in net.state_dict() and "shared.weight" in net.state_dict()
 
 
+def test_keras_axes_map_to_channels_first():
+    x = torch.randn(2, 5, 3, 4)  # ours: N, C, H, W  <->  Keras: N, H, W, C
+    k = x.permute(0, 2, 3, 1)
+    for axis in (-1, 1, 2, 3, -3):
+        ours = torch.cat([x, x * 2], dim=nk.our_axis(axis, 4))
+        assert torch.equal(ours.permute(0, 2, 3, 1), torch.cat([k, k * 2], dim=axis))
+    assert nk.our_axis(-1, 2) == 1 and nk.our_axis(1, 3) == 2 and nk.our_axis(2, 3) == 1
+
+
 def test_same_average_pooling_excludes_padding():
     """TensorFlow's (and Keras's documented) `same` AVG pooling, odd padding after: mean of the real values."""
     x = torch.arange(2 * 3 * 5 * 4, dtype=torch.float32).reshape(2, 3, 5, 4).sin()
@@ -311,6 +320,18 @@ def test_custom_layer_is_refused_before_reading_weights(custom_model_file, tmp_p
         graftkit.convert(custom_model_file)
 
 
+def test_malformed_config_is_one_clear_error(tmp_path):
+    src = zipfile.ZipFile(fixture("keras/layout_zoo.keras"))
+    config = json.loads(src.read("config.json"))
+    del config["config"]["layers"][1]["config"]["filters"]  # stem_conv loses its filter count
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n in src.namelist():
+            z.writestr(n, json.dumps(config) if n == "config.json" else src.read(n))
+    with pytest.raises(GraftError, match="malformed"):
+        graftkit.convert(bad)
+
+
 @pytest.mark.parametrize("name", ["layout_zoo.keras", "layout_zoo.h5"])
 def test_truncated_files_are_one_clear_error(tmp_path, name):
     data = fixture(f"keras/{name}").read_bytes()
@@ -330,3 +351,27 @@ def test_archive_member_outside_the_archive_is_refused(tmp_path):
     with pytest.raises(GraftError, match="outside the archive"):
         graftkit.convert(bad)
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+# ---------------------------------------------------------------- Keras Applications (slow: Keras builds them)
+
+APPLICATIONS = {"MobileNetV2": dict(alpha=0.35), "MobileNetV3Small": {}, "ResNet50": {}, "EfficientNetB0": {},
+                "Xception": {}, "InceptionV3": {}, "DenseNet121": {}, "VGG16": {}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(APPLICATIONS))
+def test_keras_applications_match_keras(keras, tmp_path, arch):
+    size = {"Xception": 71, "InceptionV3": 75}.get(arch, 64)
+    model = getattr(keras.applications, arch)(weights=None, input_shape=(size, size, 3), classes=5,
+                                               **APPLICATIONS[arch])
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # BatchNorm statistics that matter
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape).astype("float32"))
+    x = rng.uniform(0, 255, (2, size, size, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    model.save(tmp_path / "app.keras")
+    got = _run(graftkit.convert(tmp_path / "app.keras"), x)
+    assert rel_err(got, expected) < TARGET_RTOL

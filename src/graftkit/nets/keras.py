@@ -816,12 +816,23 @@ def check_supported(config: dict, source: str) -> None:
                          "weights with `graft transplant`")
 
 
+def build_net(config: dict, keras_version: str, source: str) -> KerasNet:
+    """KerasNet(config), with a malformed config reported as one GraftError naming the file."""
+    try:
+        return KerasNet(config, keras_version)
+    except GraftError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise GraftError(f"{source}: the Keras model config is malformed or of an unknown kind "
+                         f"({type(e).__name__}: {str(e)[:80]})", "re-save the model with Keras") from None
+
+
 def build_from_spec(spec: dict) -> nn.Module:
     config = spec.get("config")
     if not isinstance(config, dict):
         raise GraftError("the package's Keras spec has no model config", "re-convert the model")
     check_supported(config, "package")
-    return KerasNet(config, spec.get("keras_version", "3"))
+    return build_net(config, spec.get("keras_version", "3"), "package")
 
 
 def preprocessing_of(config: dict, net: KerasNet) -> dict[str, Any]:
@@ -864,7 +875,7 @@ def convert(paths: list[Path], **kwargs) -> nn.Module:
     paths = [Path(p) for p in paths]
     arch, config, version, weights_file = _split(paths)
     check_supported(config, str(arch))
-    net = KerasNet(config, version)
+    net = build_net(config, version, str(arch))
     tensors = kfile.read_with_config(weights_file, config)
     state = net.state_dict()
     missing = [k for k in state if k not in tensors]
