@@ -407,9 +407,11 @@ def test_cli_efficientnet_lite0_pip_weights_into_timm(tmp_path, capsys):
     assert not doc["unused"]
     # no name matches as such: every tensor needed a normalised name or the structure
     assert all(p["source"] != p["target"] for p in doc["parameters"])
-    assert doc["summary"]["by_pass"].get("exact", 0) == 0 and doc["summary"]["by_pass"]["structure"] > 250
-    e = next(p for p in doc["parameters"] if p["target"] == "blocks.5.3.conv_dw.weight")
-    assert e["source"] == "_blocks.14._depthwise_conv.weight" and e["matched_by"] == "structure"
+    assert doc["summary"]["by_pass"] == {"normalised": 296}      # EfficientNet-PyTorch -> timm spelling
+    pairs = {p["target"]: p["source"] for p in doc["parameters"]}
+    assert pairs["blocks.5.3.conv_dw.weight"] == "_blocks.14._depthwise_conv.weight"
+    assert pairs["blocks.1.0.bn1.running_var"] == "_blocks.1._bn0.running_var"      # expansion block: bn shifts
+    assert pairs["blocks.0.0.conv_pw.weight"] == "_blocks.0._project_conv.weight"   # depthwise-separable block
     net = graftkit.load(out)
     assert classify(net, data.chelsea()) == 285
     assert classify(net, data.coffee()) == 967
@@ -479,3 +481,16 @@ def test_resnet_with_shortcuts_stored_first_and_anonymous_names():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (net.eval()(x) - src(x)).abs().max().item() < 1e-5
+
+
+def test_efficientnet_lite0_by_structure_alone():
+    # The same weights with every name replaced by a meaningless one: the structure alone maps them.
+    from graftkit.builtin import weights_file
+    from graftkit.formats import torch_file
+    from skimage import data
+    pth = torch_file.read(weights_file("lite0"))
+    layers = list(dict.fromkeys(r.layer for r in pth.records.values()))
+    anonymous = {f"t{layers.index(r.layer):03d}.{r.name.rpartition('.')[2]}": r.tensor for r in pth.records.values()}
+    net, report = transplant(anonymous, "timm:efficientnet_lite0", strict=True)
+    assert report.summary()["by_pass"] == {"structure": 296}
+    assert classify(net.eval(), data.chelsea()) == 285

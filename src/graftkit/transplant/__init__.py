@@ -24,7 +24,7 @@ from ..formats.base import TensorSet
 from ..meta import meta_of
 from .adapt import adapt_tensor, check_policy, clash, widen
 from .align import align
-from .names import convention, normalise
+from .names import conventions, normalise
 from .report import Entry, Report, Unused
 from .units import build_units, records_from_module, shape_str
 
@@ -183,9 +183,10 @@ def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
             pair(t, t, "exact")
     # 2. normalised names: a unique candidate of the same shape
     src_names = list(src)
+    spelled = conventions(src_names, list(tgt))
     by_norm: dict[str, list[str]] = {}
     for s in src_names:
-        by_norm.setdefault(normalise(convention(s, src_names)), []).append(s)
+        by_norm.setdefault(normalise(spelled.get(s, s)), []).append(s)
     tgt_norm = {t: normalise(t) for t in tgt}
     for t in tgt:
         if t in pairs:

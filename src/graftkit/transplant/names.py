@@ -29,15 +29,14 @@ _GLUED = re.compile(r"_(weight|bias|gamma|beta|moving_mean|moving_var|running_me
 # Caffe blob index as the leaf: conv1.0 (weights), conv1.1 (bias).
 _CAFFE_BLOB = re.compile(r"^(?P<layer>.+)[./](?P<i>[01])$")
 
-# EfficientNet-PyTorch (lukemelas / EfficientNet-Lite) top-level names -> timm's. Only the
-# unambiguous stem and head: block internals are matched by structure.
-_EFFICIENTNET_PYTORCH = [
-    (re.compile(r"^_conv_stem\."), "conv_stem."),
-    (re.compile(r"^_bn0\."), "bn1."),
-    (re.compile(r"^_conv_head\."), "conv_head."),
-    (re.compile(r"^_bn1\."), "bn2."),
-    (re.compile(r"^_fc\."), "classifier."),
-]
+# EfficientNet-PyTorch (lukemelas / EfficientNet-Lite) names -> timm's. The stem and head are
+# fixed; a block `_blocks.N` is the N-th `blocks.S.B` of the target, and its BatchNorms shift
+# by one when the block has an expansion convolution (`_bn0` is then timm's `bn1`).
+_EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EFFNET_BLOCK = {"_expand_conv": "conv_pw", "_depthwise_conv": "conv_dw", "_project_conv": "conv_pwl",
+                 "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+_EFFNET_NAME = re.compile(r"^_blocks\.(?P<n>\d+)\.(?P<layer>_[a-z_]+?\d?)\.(?P<leaf>[a-z_]+)$")
+_TIMM_BLOCK = re.compile(r"^(blocks\.\d+\.\d+)\.")
 
 
 def strip_wrappers(name: str) -> str:
@@ -45,13 +44,34 @@ def strip_wrappers(name: str) -> str:
     return _KERAS_SUFFIX.sub("", _PREFIXES.sub("", name))
 
 
-def convention(name: str, names_in_set) -> str:
-    """Rename EfficientNet-PyTorch stem/head tensors to timm's spelling when the set uses that convention."""
-    if any(n.startswith("_blocks.") for n in names_in_set):
-        for pattern, repl in _EFFICIENTNET_PYTORCH:
-            if pattern.search(name):
-                return pattern.sub(repl, name)
-    return name
+def conventions(source_names: list[str], target_names: list[str]) -> dict[str, str]:
+    """Source name -> the target framework's spelling, where a known convention decides it."""
+    if not any(n.startswith("_blocks.") for n in source_names):
+        return {}
+    renamed: dict[str, str] = {}
+    target_blocks = list(dict.fromkeys(m.group(1) for n in target_names if (m := _TIMM_BLOCK.match(n))))
+    source_blocks = sorted({int(m["n"]) for n in source_names if (m := _EFFNET_NAME.match(n))})
+    expanded = {int(m["n"]) for n in source_names if (m := _EFFNET_NAME.match(n)) and m["layer"] == "_expand_conv"}
+    blocks = dict(zip(source_blocks, target_blocks)) if len(source_blocks) == len(target_blocks) else {}
+    for name in source_names:
+        top, _, leaf = name.partition(".")
+        if top in _EFFNET_TOP and "." not in leaf:
+            renamed[name] = f"{_EFFNET_TOP[top]}.{leaf}"
+            continue
+        m = _EFFNET_NAME.match(name)
+        if not m or int(m["n"]) not in blocks:
+            continue
+        layer = m["layer"]
+        if layer.startswith("_bn"):
+            layer = f"bn{int(layer[3:]) + (1 if int(m['n']) in expanded else 0)}"
+        elif layer == "_project_conv" and int(m["n"]) not in expanded:
+            layer = "conv_pw"                  # timm's DepthwiseSeparableConv: conv_dw, conv_pw
+        elif layer in _EFFNET_BLOCK:
+            layer = _EFFNET_BLOCK[layer]
+        else:
+            continue
+        renamed[name] = f"{blocks[int(m['n'])]}.{layer}.{m['leaf']}"
+    return renamed
 
 
 def normalise(name: str) -> str:
