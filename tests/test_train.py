@@ -110,3 +110,87 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, workers):
     before = make_model().state_dict()
     after = weights(tmp_path / "full" / "last.safetensors")
     assert not torch.equal(before["fc.weight"][:4], after["fc.weight"])
+
+
+def test_frozen_layers_and_their_batchnorm_stats_stay_bit_identical(tmp_path):
+    ds = NoisyImages()
+    plan = small_plan(freeze=["stem"])
+    start = {k: v.clone() for k, v in make_model().state_dict().items()}
+    fit(make_model(), ds, out_dir=tmp_path, plan=plan, seed=1, quiet=True)
+    after = weights(tmp_path / "last.safetensors")
+    for k in start:
+        if k.startswith("stem."):
+            assert torch.equal(start[k], after[k]), k          # weights, BN running stats, num_batches_tracked
+    assert not torch.equal(start["block.0.weight"], after["block.0.weight"])
+    assert not torch.equal(start["block.1.running_mean"], after["block.1.running_mean"])
+
+
+def test_stop_gradient_freezes_everything_below_and_runs_it_without_autograd(tmp_path):
+    from graftkit.tune import apply
+    model, tuning = apply(make_model(), small_plan(stop_gradient="block.0"), ["a", "b", "c", "d"])
+    frozen = {p.name for p in tuning.params if p.frozen}
+    assert frozen == {"stem.0.weight", "stem.0.bias", "stem.1.weight", "stem.1.bias", "block.0.weight", "block.0.bias"}
+    seen = {}
+    model.block[1].register_forward_hook(lambda m, i, o: seen.update(grad=i[0].requires_grad) or None)
+    model.stem[0].register_forward_hook(lambda m, i, o: seen.update(stem=o.requires_grad) or None)
+    model.train()
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert seen == {"stem": False, "grad": False}             # nothing below the cut is recorded
+    assert torch.is_grad_enabled()
+    ds = NoisyImages()
+    start = {k: v.clone() for k, v in make_model().state_dict().items()}
+    fit(make_model(), ds, out_dir=tmp_path, plan=small_plan(stop_gradient="block.0"), seed=1, quiet=True)
+    after = weights(tmp_path / "last.safetensors")
+    for k in ("stem.0.weight", "stem.1.running_var", "block.0.weight"):
+        assert torch.equal(start[k], after[k]), k
+    assert not torch.equal(start["block.1.weight"], after["block.1.weight"])
+
+
+def test_auxiliary_losses_weighted_like_googlenet(tmp_path):
+    from graftkit.tune import apply
+    model, tuning = apply(make_model(aux=True), small_plan(), ["a", "b", "c", "d"])
+    model.train()
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1])
+    torch.manual_seed(0)
+    loss, main, parts = tuning.loss(model(x), y, nn.CrossEntropyLoss())
+    torch.manual_seed(0)
+    out = model(x)
+    ce = nn.functional.cross_entropy
+    expected = 0.3 * (ce(out["aux1"], y) + ce(out["aux2"], y)) + ce(out["logits"], y)
+    assert torch.allclose(loss, expected, rtol=0, atol=1e-6)
+    assert torch.equal(main, out["logits"])
+    assert set(parts) == {"main", "aux1", "aux2"}
+    # the aux heads really train, and the run completes
+    start = model.state_dict()["aux1.weight"].clone()
+    fit(make_model(aux=True), NoisyImages(), out_dir=tmp_path, plan=small_plan(epochs=1), seed=1, quiet=True)
+    assert not torch.equal(start, weights(tmp_path / "last.safetensors")["aux1.weight"])
+
+
+def test_nan_loss_is_diagnosed_and_the_last_good_checkpoint_kept(tmp_path):
+    ds = NoisyImages()
+    fit(make_model(), ds, out_dir=tmp_path, plan=small_plan(epochs=1), seed=1, quiet=True)
+    ck = (tmp_path / "checkpoint.pt").read_bytes()
+    last = (tmp_path / "last.safetensors").read_bytes()
+    with pytest.raises(GraftError, match="learning rate .* too high.*checkpoint .* intact"):
+        fit(make_model(), ds, out_dir=tmp_path, plan=small_plan(epochs=3, lr=1e12, warmup_epochs=0, optimizer="sgd",
+                                                                label_smoothing=0), seed=1, quiet=True, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == ck
+    assert (tmp_path / "last.safetensors").read_bytes() == last
+
+
+def test_labels_from_one_to_k_and_empty_classes_are_refused(tmp_path):
+    ds = NoisyImages(k=4)
+    ds.targets = [y + 1 for y in ds.targets]
+    with pytest.raises(GraftError, match=r"labels run 1..4 but there are 4 classes.*start at 1"):
+        fit(make_model(), ds, out_dir=tmp_path / "a", plan=small_plan(), quiet=True)
+    ds = NoisyImages(k=4)
+    ds.classes = ds.classes + ["empty"]
+    with pytest.raises(GraftError, match="class 'empty' has no images"):
+        fit(make_model(), ds, out_dir=tmp_path / "b", plan=small_plan(), quiet=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_run_folder_is_not_overwritten_without_resume(tmp_path):
+    fit(make_model(), NoisyImages(n=16), out_dir=tmp_path, plan=small_plan(epochs=1), quiet=True)
+    with pytest.raises(GraftError, match="already holds a training run.*--resume"):
+        fit(make_model(), NoisyImages(n=16), out_dir=tmp_path, plan=small_plan(epochs=1), quiet=True)

@@ -1,6 +1,87 @@
-"""graft commands: (to be filled by its issue)."""
+"""`graft train` (fine-tune under a plan) and `graft plan show` (the per-layer table): thin wrappers over
+graftkit.train.fit and graftkit.tune."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from .common import err, print_json, print_table
+
+
+def _plan(plan_file: Optional[Path], **flags):
+    from ..tune import Plan
+    return Plan.load(plan_file, **{k: v for k, v in flags.items() if v not in (None, [], ())})
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def train(model: str = typer.Option("lite0", "--model", "-m", help="lite0, timm:NAME, torchvision:NAME, file.py:fn or a package"),
+              train_data: Path = typer.Option(..., "--train", help="training data: class folder, .lst or RecordIO pack"),
+              val_data: Optional[Path] = typer.Option(None, "--val", help="validation data (same kinds)"),
+              out: Path = typer.Option(..., "--out", "-o", help="run folder (packages, checkpoint, logs, curves)"),
+              plan_file: Optional[Path] = typer.Option(None, "--plan", help="plan YAML (see `graft plan show`)"),
+              epochs: Optional[int] = typer.Option(None, "--epochs", help="number of epochs"),
+              max_iter: Optional[int] = typer.Option(None, "--max-iter", help="iterations instead of epochs"),
+              time_budget: Optional[float] = typer.Option(None, "--time-budget", help="seconds of training at most"),
+              seed: int = typer.Option(0, "--seed", help="random seed (same seed, same run)"),
+              resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
+              lr: Optional[float] = typer.Option(None, "--lr", help="base learning rate"),
+              batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per batch"),
+              optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd, adamw, adam, rmsprop, ..."),
+              policy: Optional[str] = typer.Option(None, "--policy", help="lr policy: fixed, step, multistep, exp, inv, poly, cosine, onecycle"),
+              freeze: List[str] = typer.Option([], "--freeze", help="freeze parameters matching this pattern (repeatable; 'body' = all but the head)"),
+              head: Optional[str] = typer.Option(None, "--head", help="auto, new, keep or keep_matching"),
+              size: Optional[int] = typer.Option(None, "--size", help="input side in pixels (default: auto)"),
+              workers: Optional[int] = typer.Option(None, "--workers", help="data loader worker processes"),
+              checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="also checkpoint every N iterations"),
+              device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)"),
+              json_: bool = typer.Option(False, "--json", help="print summary.json on stdout")) -> None:
+        """Fine-tune MODEL on your images; writes best/last packages, checkpoint, log.csv, TensorBoard events,
+        curves.png and summary.json into the run folder."""
+        from ..train import RunInterrupted, fit
+        plan = _plan(plan_file, epochs=epochs, max_iter=max_iter, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                     policy=policy, freeze=list(freeze), head=head, size=size, num_workers=workers,
+                     checkpoint_every=checkpoint_every, time_budget=time_budget)
+        try:
+            summary = fit(model, train_data, val_data, out_dir=out, plan=plan, seed=seed, resume=resume, device=device)
+        except RunInterrupted as e:
+            print(f"graft: stopped: {e}", file=sys.stderr)
+            raise typer.Exit(130)
+        if json_:
+            print_json(summary)
+        else:
+            best = summary["best"].get("val_top1")
+            err.print(f"done: {summary['epochs']} epochs, {summary['seconds']:.0f} s"
+                      + (f", best validation top-1 {best:.4f} (epoch {summary['best_epoch']})" if best is not None else "")
+                      + f"; packages in {out}/best.safetensors and {out}/last.safetensors")
+
+    plan_app = typer.Typer(no_args_is_help=True, help="Fine-tuning plans.")
+    app.add_typer(plan_app, name="plan")
+
+    @plan_app.command("show")
+    def show(model: str = typer.Option("lite0", "--model", "-m", help="model reference"),
+             plan_file: Optional[Path] = typer.Option(None, "--plan", help="plan YAML (default plan if omitted)"),
+             classes: Optional[int] = typer.Option(None, "--classes", help="K: show the plan with a new head for K classes"),
+             freeze: List[str] = typer.Option([], "--freeze", help="freeze pattern (repeatable)"),
+             json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+        """Print the per-layer table: trainable or frozen, learning rate and weight decay of every parameter."""
+        from ..models import resolve
+        from ..tune import apply
+        plan = _plan(plan_file, freeze=list(freeze))
+        module = resolve(model)
+        names = [f"class_{i}" for i in range(classes)] if classes else None
+        _, tuning = apply(module, plan, names)
+        rows = tuning.table(plan.solver.lr, plan.solver.weight_decay)
+        if json_:
+            print_json({"plan": plan.to_dict(), "summary": tuning.summary(), "parameters": rows})
+            return
+        print_table(f"plan for {model}" + (f" with a new head for {classes} classes" if classes else ""),
+                    ["parameter", "shape", "status", "lr", "weight decay", "why"],
+                    [(r["name"], "x".join(map(str, r["shape"])), r["status"], f"{r['lr']:.3g}",
+                      f"{r['weight_decay']:.3g}", r["why"]) for r in rows])
+        s = tuning.summary()
+        err.print(f"{s['trainable']:,} trainable, {s['frozen']:,} frozen, {s['unfreeze_later']:,} unfrozen later; "
+                  f"solver {plan.solver.optimizer} lr {plan.solver.lr:g} policy {plan.solver.policy}")

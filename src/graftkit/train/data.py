@@ -7,6 +7,7 @@ here, with the fix, rather than a loss stuck at 87.3365 later.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -62,6 +63,9 @@ def check_labels(labels: list[int] | None, classes: list[str], where: str) -> No
     for y in labels:
         counts[y] += 1
     empty = [classes[i] for i, c in enumerate(counts) if c == 0]
+    if counts and counts[0] == 0 and lo == 1:
+        raise GraftError(f"{where}: labels run 1..{hi}, so class {classes[0]!r} (label 0) has no images; labels "
+                         "must start at 0", "renumber the list's labels from 0 (`graft data check` reports them)")
     if empty:
         raise GraftError(f"{where}: class {empty[0]!r} has no images"
                          + (f" (and {len(empty) - 1} more empty classes)" if len(empty) > 1 else ""),
@@ -70,6 +74,8 @@ def check_labels(labels: list[int] | None, classes: list[str], where: str) -> No
 
 def open_run_data(train, val, plan: Plan, model_meta: dict[str, Any], *, classes: list[str] | None = None,
                   seed: int = 0) -> RunData:
+    if _untransformed_images(train):
+        return _open_paths(train, val, plan, model_meta, classes, seed)
     if isinstance(train, Dataset):
         classes = list(classes or getattr(train, "classes", None) or [])
         if not classes:
@@ -83,5 +89,67 @@ def open_run_data(train, val, plan: Plan, model_meta: dict[str, Any], *, classes
     return _open_paths(train, val, plan, model_meta, classes, seed)
 
 
-def _open_paths(train, val, plan, model_meta, classes, seed) -> RunData:
-    raise GraftError("graftkit.data is not available yet to open image folders")
+def _untransformed_images(ds) -> bool:
+    """A graftkit.data.ImageDataset without a transform: fit() chooses its pipelines, as for a path."""
+    from ..data import ImageDataset
+    return isinstance(ds, ImageDataset) and ds.transform is None
+
+
+def _with_transform(source, transform, classes, seed):
+    from ..data import ImageDataset
+    if isinstance(source, ImageDataset):
+        ds = copy.copy(source)
+        ds.transform = transform
+        return ds
+    return ImageDataset.open(source, transform, classes=classes, seed=seed)
+
+
+def _open_paths(train, val, plan: Plan, model_meta: dict[str, Any], classes, seed) -> RunData:
+    from ..data import ImageDataset, train_pipeline, eval_pipeline
+    probe = train if isinstance(train, ImageDataset) else ImageDataset.open(train, None, classes=classes, seed=seed)
+    if classes is not None:
+        probe.classes = list(classes)
+    classes = list(probe.classes)
+    pre = preprocessing_for(model_meta.get("preprocessing"), plan, probe)
+    augment = AUGMENT_PRESETS.get(plan.data.augment, plan.data.augment) \
+        if isinstance(plan.data.augment, str) else plan.data.augment
+    tp = train_pipeline(pre, augment=augment, normalize=False)
+    ep = eval_pipeline(pre, normalize=False)
+    train_ds = _with_transform(train, tp, classes, seed)
+    labels = [int(y) for y in train_ds.targets]
+    check_labels(labels, classes, getattr(train, "description", None) or str(train))
+    val_ds, val_labels = None, None
+    if val is not None:
+        val_ds = _with_transform(val, ep, classes, seed)
+        val_labels = [int(y) for y in val_ds.targets]
+    return RunData(train_ds, val_ds, classes, labels, val_labels, pre, tp.normalize or _normalizer(pre))
+
+
+def _normalizer(pre):
+    from ..data import Normalize
+    return Normalize(pre)
+
+
+def preprocessing_for(model_pre: dict[str, Any] | None, plan: Plan, probe) -> dict[str, Any]:
+    """The model's preprocessing at the plan's input size. `auto` keeps the model's size, except for small
+    images (under 64 px, e.g. 28x28 Fashion-MNIST), which are upsampled 4x (96..the model's size) without a
+    crop: pretrained filters expect objects of roughly ImageNet scale."""
+    from ..data.transforms import complete
+    pre = complete(model_pre)
+    c, h, w = pre["input_size"]
+    size = plan.data.size
+    small = False
+    if size == "auto":
+        sides = []
+        for i in range(0, len(probe), max(1, len(probe) // 8))[:8]:
+            try:
+                sides.append(min(probe.decode(i).shape[1:]))
+            except Exception:  # undecodable samples are the loader's business
+                continue
+        side = sorted(sides)[len(sides) // 2] if sides else h
+        small = side < 64
+        size = min(h, max(96, int(round(4 * side / 16)) * 16)) if small else h
+    size = int(size)
+    out = dict(pre, input_size=[c, size, size])
+    out["resize"] = size if small else int(round(size * pre["resize"] / max(h, 1)))
+    return out

@@ -130,10 +130,17 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
     pos.epochs = math.ceil(max_iter / ipe) if max_iter else plan.solver.epochs
     if state is not None:
         raw.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if state["plan"]["solver"]["optimizer"] == plan.solver.optimizer:
+            opt.load_state_dict(state["optimizer"])
+        else:
+            say(f"the optimizer changed from {state['plan']['solver']['optimizer']} to {plan.solver.optimizer}: "
+                "its state starts afresh")
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         pos = Position(**state["position"])
+        if not max_iter and plan.solver.epochs != state["plan"]["solver"]["epochs"]:
+            pos.epochs = plan.solver.epochs  # the user asked for a longer (or shorter) run
+            pos.stop_reason = ""
         history = list(state["history"])
         if state.get("classes") != data.classes:
             raise GraftError(f"{ckpt_path}: the checkpoint was trained on other classes than this data",
@@ -181,6 +188,8 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 say(f"epoch {epoch + 1}: unfreezing {len(thawed)} tensors")
             tuning.train_mode(raw, epoch)
             sampler.set_epoch(epoch, pos.batch)
+            if hasattr(data.train, "set_epoch"):  # the dataset's own per-epoch augmentation draws
+                data.train.set_epoch(epoch)
             task = progress.add_task(f"epoch {epoch + 1}/{pos.epochs}", total=ipe, completed=pos.batch, rate="")
             for batch in loader:
                 if batch is None:

@@ -168,6 +168,7 @@ def apply(model: nn.Module, plan: Plan, classes: list[str] | None = None) -> tup
     if classes is not None:
         model, head_report = heads.prepare(model, list(classes), plan.head)
     head = heads.find_head(model)
+    all_heads = head_report.get("heads") or ([head] if head else [])
     spec = meta_of(model).get("spec")
     model_name = spec if isinstance(spec, str) else type(model).__name__
     named = list(model.named_parameters())
@@ -206,11 +207,11 @@ def apply(model: nn.Module, plan: Plan, classes: list[str] | None = None) -> tup
     norm_params = {f"{mn}.{pn}" if mn else pn for mn, m in model.named_modules() if isinstance(m, _NORMS)
                    for pn, _ in m.named_parameters(recurse=False)}
     keys = _layer_keys(names)
-    order = list(dict.fromkeys(keys[n] for n in names if not _in_head(n, head)))
+    order = list(dict.fromkeys(keys[n] for n in names if not _in_head(n, all_heads)))
     depth = {k: i for i, k in enumerate(order)}
     infos = []
     for n, p in named:
-        role = "head" if _in_head(n, head) else "body"
+        role = "head" if _in_head(n, all_heads) else "body"
         is_bias = n.endswith("bias") or (p.ndim == 1 and n not in norm_params)
         lm = lr_user.get(n, plan.head_lr_mult if role == "head" and head_report.get("new") else 1.0)
         dm = decay_user.get(n, 1.0)
@@ -241,8 +242,8 @@ def apply(model: nn.Module, plan: Plan, classes: list[str] | None = None) -> tup
     return model, tuning
 
 
-def _in_head(name: str, head: str | None) -> bool:
-    return bool(head) and (name == head or name.startswith(head + "."))
+def _in_head(name: str, heads: list[str]) -> bool:
+    return any(name == h or name.startswith(h + ".") for h in heads)
 
 
 def _install_stop_gradient(model: nn.Module, stop: str, tuning: Tuning) -> None:

@@ -37,6 +37,13 @@ def find_head(model: nn.Module) -> str | None:
     return last
 
 
+def side_heads(model: nn.Module, head: str) -> list[str]:
+    """Auxiliary classifiers (GoogLeNet's loss1/loss2): other Linear layers with as many outputs as the head."""
+    out = getattr(model.get_submodule(head), "out_features", None)
+    return [n for n, m in model.named_modules()
+            if n != head and isinstance(m, nn.Linear) and out is not None and m.out_features == out]
+
+
 def _norm(name: str) -> set[str]:
     """Class-name synonyms, normalised: 'jersey, T-shirt' -> {'jersey', 'tshirt'}."""
     return {re.sub(r"[^a-z0-9]", "", part.lower()) for part in re.split(r"[,/]", name) if part.strip()}
@@ -61,10 +68,12 @@ def prepare(model: nn.Module, classes: list[str], mode: str = "auto") -> tuple[n
                              "use head: new (or keep_matching) to make a head for your classes")
         meta["classes"] = list(classes)
         setattr(model, META_ATTR, meta)
-        return model, {"mode": "keep", "head": head, "new": False, "kept_rows": [], "spec": meta.get("spec")}
+        return model, {"mode": "keep", "head": head, "heads": [head], "new": False, "kept_rows": [],
+                       "spec": meta.get("spec")}
     if not isinstance(layer, nn.Linear):
         raise GraftError(f"the head {head!r} is a {type(layer).__name__}, graftkit replaces only Linear heads",
                          "use head: keep with a model that already has K outputs")
+    aux = side_heads(model, head)
     old_w = layer.weight.detach().clone()
     old_b = layer.bias.detach().clone() if layer.bias is not None else None
     reset = getattr(model, "reset_classifier", None)
@@ -76,6 +85,11 @@ def prepare(model: nn.Module, classes: list[str], mode: str = "auto") -> tuple[n
         new = nn.Linear(layer.in_features, k, bias=layer.bias is not None)
         parent, _, leaf = head.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    for name in aux:  # auxiliary classifiers get new heads too (Caffe renames loss1/loss2 classifiers as well)
+        old = model.get_submodule(name)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf,
+                nn.Linear(old.in_features, k, bias=old.bias is not None))
     new_layer = model.get_submodule(head)
     kept = []
     if mode == "keep_matching" and old_classes:
@@ -100,7 +114,7 @@ def prepare(model: nn.Module, classes: list[str], mode: str = "auto") -> tuple[n
                          "transplant its weights onto a timm:/torchvision: architecture with num_classes=K first")
     meta.update(spec=spec, classes=list(classes))
     setattr(model, META_ATTR, meta)
-    return model, {"mode": mode, "head": head, "new": True, "kept_rows": kept, "spec": spec}
+    return model, {"mode": mode, "head": head, "heads": [head, *aux], "new": True, "kept_rows": kept, "spec": spec}
 
 
 def _check_spec(spec: str, model: nn.Module) -> None:
