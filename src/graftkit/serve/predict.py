@@ -8,12 +8,13 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from ..data.lists import IMAGE_EXTS
 from ..errors import GraftError
 from ..progress import make_progress
 from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_bytes, is_url, not_an_image
 from .inference import MainOutput, classes_of, preprocessing_of
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+IMAGE_SUFFIXES = set(IMAGE_EXTS)  # the same files `graft data index` takes
 
 
 def expand_inputs(refs: Iterable[str | os.PathLike]) -> list[str]:
