@@ -128,3 +128,26 @@ def test_truncated_model_refused(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(GraftError, match="t.onnx"):
         graftkit.convert(path)
+
+
+def test_nhwc_graph_takes_nchw(tmp_path):
+    """A TensorFlow-style graph (NHWC input, Transpose to NCHW first) becomes a module taking NCHW."""
+    from onnx import numpy_helper
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((5, 3, 3, 3)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2], name="to_nchw"),
+             helper.make_node("Conv", ["t", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["y"], name="flat")]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 9, 7, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    net = graftkit.convert(path)
+    assert net.input_shapes == {"x": [1, 3, 9, 7]}
+    x = rng.standard_normal((1, 3, 9, 7)).astype(np.float32)
+    (expected,) = _ort(path, {"x": x.transpose(0, 2, 3, 1)})
+    with torch.no_grad():
+        assert rel_err(net(torch.from_numpy(x)).numpy(), expected) < 1e-6

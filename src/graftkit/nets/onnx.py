@@ -9,7 +9,8 @@ short on things exporters commonly emit, which we normalise first:
   - omitted optional inputs written as '' (e.g. Clip without max): dropped when trailing.
 An op onnx2torch does not know is refused by name, with the nodes using it,
 before anything is built. The converted module returns a dict by output name
-when the graph has several outputs. `convert(..., verify_with_onnxruntime=True)` (the default) runs onnxruntime
+when the graph has several outputs, and takes NCHW input even where the graph
+was written for NHWC (its leading Transpose is dropped, see `nchw_inputs`). `convert(..., verify_with_onnxruntime=True)` (the default) runs onnxruntime
 and the module on the same random input and refuses a mismatch.
 
 For packages the spec stores the graph with the large float initializers'
@@ -80,6 +81,46 @@ def normalise(model) -> Any:
             del n.input[:]
             n.input.extend(ins)
     return model
+
+
+def _perm(node) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+
+
+def nchw_inputs(model) -> list[str]:
+    """Make NHWC graph inputs (tf2onnx and friends) NCHW, our modules' contract.
+
+    Such graphs open with Transpose(perm=[0, 3, 1, 2]) on the input; we drop those
+    transposes and declare the input NCHW. Returns the inputs changed."""
+    import onnx
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    changed = []
+    for inp in g.input:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in inits or len(dims) != 4:
+            continue
+        users = [n for n in g.node if inp.name in n.input]
+        if not users or not all(n.op_type == "Transpose" and _perm(n) == [0, 3, 1, 2]
+                                and n.output[0] not in outputs for n in users):
+            continue
+        for t in users:
+            for n in g.node:
+                for k, name in enumerate(n.input):
+                    if name == t.output[0]:
+                        n.input[k] = inp.name
+            g.node.remove(t)
+            stale = [v for v in g.value_info if v.name == t.output[0]]
+            for v in stale:
+                g.value_info.remove(v)
+        old = [onnx.TensorShapeProto.Dimension() for _ in dims]
+        for o, d in zip(old, dims):
+            o.CopyFrom(d)
+        del dims[:]
+        dims.extend(old[i] for i in (0, 3, 1, 2))
+        changed.append(inp.name)
+    return changed
 
 
 def check_ops(model, where: str) -> None:
@@ -191,14 +232,15 @@ def _random_inputs(model) -> dict[str, np.ndarray] | None:
     return feeds
 
 
-def verify(net: nn.Module, model, path: Path) -> float | None:
-    """Max relative error of `net` against onnxruntime on a random input (None when shapes are dynamic)."""
+def verify(net: nn.Module, model, original: bytes, nhwc: list[str], path: Path) -> float | None:
+    """Max relative error of `net` against onnxruntime running the `original` model on the same random
+    input (None when shapes are dynamic). Inputs in `nhwc` are fed to onnxruntime transposed."""
     import onnxruntime as ort
     feeds = _random_inputs(model)
     if feeds is None:
         return None
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    expected = sess.run(None, feeds)
+    sess = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {k: v.transpose(0, 2, 3, 1) if k in nhwc else v for k, v in feeds.items()})
     with torch.no_grad():
         ours = net(*[torch.from_numpy(v) for v in feeds.values()])
     if not isinstance(ours, dict):
@@ -217,14 +259,18 @@ def verify(net: nn.Module, model, path: Path) -> float | None:
 def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True, **kwargs) -> nn.Module:
     path = next(Path(p) for p in paths if Path(p).suffix.lower() == ".onnx")
     model = load_model(path)
+    original = model.SerializeToString() if verify_with_onnxruntime else b""
+    nhwc = nchw_inputs(model)
     net = to_module(model, str(path))
     spec = {"converter": "onnx", "graph": graph_spec(model), "inputs": net.inputs,
             "outputs": net.outputs}
     prov = {"sources": [str(path)], "converter": "onnx",
             "producer": f"{model.producer_name} {model.producer_version}".strip()}
+    if nhwc:
+        prov["nhwc_inputs_made_nchw"] = nhwc
     net.eval()
     if verify_with_onnxruntime:
-        err = verify(net, model, path)
+        err = verify(net, model, original, nhwc, path)
         if err is not None:
             prov["onnxruntime_max_rel_err"] = err
     return attach(net, make_meta(spec, provenance=prov))
