@@ -218,7 +218,7 @@ def test_graph_features_match_keras(keras, tmp_path):
     L = keras.layers
     rng = np.random.default_rng(3)
     a_in, b_in = keras.Input((7, 6, 2), name="a"), keras.Input((7, 6, 2), name="b")
-    shared = L.Conv2D(3, 3, padding="same", name="shared")
+    shared = L.Conv2D(3, 3, padding="same", name="train")  # a name torch modules cannot take as is
     x = L.Add(name="sum")([shared(a_in), shared(b_in)])
     x = L.LayerNormalization(name="ln")(x)
     x = keras.ops.relu6(x * 2.0 + 3.0) / 6.0  # Keras operations on symbolic tensors (MobileNetV3's hard sigmoid)
@@ -251,7 +251,8 @@ def test_graph_features_match_keras(keras, tmp_path):
     assert rel_err(out["out"].numpy(), expected[0]) < TARGET_RTOL
     assert rel_err(out["mp1d"].numpy(), expected[1].transpose(0, 2, 1)) < TARGET_RTOL  # (N, C, L)
     assert torch.equal(by_name["out"], out["out"])
-    assert "sub.tconv.weight" in net.state_dict() and "shared.weight" in net.state_dict()
+    assert "sub.tconv.weight" in net.state_dict() and "train_.weight" in net.state_dict()
+    assert net.source_name("train_.weight") == "train.weight" and net.layer_of["train_"] == "train"
 
 
 def test_keras_axes_map_to_channels_first():

@@ -638,9 +638,17 @@ def unsupported_layers(config: dict) -> dict[str, list[str]]:
     return bad
 
 
+# Attributes of KerasNet itself, which a layer's submodule must not shadow.
+RESERVED = {"inputs", "outputs", "train_outputs", "input_shapes", "keras_input_shapes", "keras_output_shapes",
+            "steps", "keras_major", "model_class", "input_refs", "output_refs", "output_names", "layer_of"}
+
+
 def module_name(name: str) -> str:
+    """A torch submodule name for a Keras layer name: the same name whenever torch allows it."""
     n = re.sub(r"[^0-9A-Za-z_]", "_", name) or "_"
-    return n + "_" if hasattr(nn.Module, n) or n in ("fn", "act") else n
+    while hasattr(nn.Module, n) or n in RESERVED:
+        n += "_"
+    return n
 
 
 def _input_shape(layer: dict) -> tuple:
@@ -667,6 +675,7 @@ class KerasNet(nn.Module):
         layers = kfile.model_layers(config)
         self.model_class = config.get("class_name", "Functional")
         self.steps: list[tuple] = []  # (layer, module attr, input refs, called with a list?, node index)
+        self.layer_of: dict[str, str] = {}  # submodule name -> Keras layer name (they differ only when torch forbids)
         shapes: dict[tuple[str, int, int], tuple] = {}
         modules: dict[str, tuple[str, Any]] = {}
         if self.model_class == "Sequential":
@@ -757,6 +766,7 @@ class KerasNet(nn.Module):
                 mod, out = build_layer(cls, layer.get("config") or {}, name, in_shapes, self.keras_major)
                 out_shapes = [out]
             self.add_module(attr, mod)
+            self.layer_of[attr] = name
             modules[name] = (attr, out_shapes)
         for ti, s in enumerate(out_shapes):
             shapes[(name, node_index, ti)] = s
@@ -766,6 +776,14 @@ class KerasNet(nn.Module):
         if isinstance(getattr(self, attr), KerasNet):
             return KerasNet(layer, str(self.keras_major), in_shapes).keras_output_shapes
         return [build_layer(cls, layer.get("config") or {}, name, in_shapes, self.keras_major)[1]]
+
+    def source_name(self, key: str) -> str:
+        """The Keras reader's tensor name for one of our state_dict keys (`inner.conv.weight`)."""
+        head, _, rest = key.partition(".")
+        sub = getattr(self, head, None)
+        if isinstance(sub, KerasNet):
+            return f"{self.layer_of.get(head, head)}.{sub.source_name(rest)}"
+        return f"{self.layer_of.get(head, head)}.{rest}" if rest else key
 
     def forward(self, *args, **kwargs):
         if len(args) == 1 and isinstance(args[0], dict):
@@ -878,17 +896,19 @@ def convert(paths: list[Path], **kwargs) -> nn.Module:
     net = build_net(config, version, str(arch))
     tensors = kfile.read_with_config(weights_file, config)
     state = net.state_dict()
-    missing = [k for k in state if k not in tensors]
-    unexpected = [k for k in tensors if k not in state]
+    source = {k: net.source_name(k) for k in state}
+    missing = [source[k] for k in state if source[k] not in tensors]
+    unexpected = sorted(set(tensors) - set(source.values()))
     if missing or unexpected:
         raise GraftError(f"{weights_file}: the weights do not fit the model in {arch.name} "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})",
                          "pair the weights with the model they were saved from")
     for k, t in state.items():
-        if tuple(tensors[k].shape) != tuple(t.shape):
-            raise GraftError(f"{weights_file}: tensor {k} has shape {tuple(tensors[k].shape)}, the model in "
-                             f"{arch.name} needs {tuple(t.shape)}", "pair the weights with their own model")
-    net.load_state_dict({k: tensors[k].to(state[k].dtype) for k in state}, strict=True)
+        if tuple(tensors[source[k]].shape) != tuple(t.shape):
+            raise GraftError(f"{weights_file}: tensor {source[k]} has shape {tuple(tensors[source[k]].shape)}, "
+                             f"the model in {arch.name} needs {tuple(t.shape)}",
+                             "pair the weights with their own model")
+    net.load_state_dict({k: tensors[source[k]].to(state[k].dtype) for k in state}, strict=True)
     net.eval()
     spec = {"converter": "keras", "config": config, "keras_version": version}
     meta = make_meta(spec, preprocessing=preprocessing_of(config, net),
