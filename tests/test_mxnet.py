@@ -229,11 +229,15 @@ def test_unknown_op_refused_before_any_work(tmp_path):
     for n in graph["nodes"]:
         if n["name"] in ("relu1_1", "relu2_1"):
             n["op"] = "FancyNorm"
+        if n["name"] == "pool2":
+            n["attrs"]["pool_type"] = "lp"
     (tmp_path / "net-symbol.json").write_text(json.dumps(graph))
     (tmp_path / "net-0001.params").write_bytes(b"not even params")  # never read: the op check comes first
-    with pytest.raises(GraftError, match="FancyNorm.*relu1_1, relu2_1"):
+    with pytest.raises(GraftError, match=r"FancyNorm \(used by relu1_1, relu2_1\); "
+                                         r"Pooling\(pool_type=lp\) \(used by pool2\)"):
         graftkit.convert([tmp_path / "net-symbol.json", tmp_path / "net-0001.params"])
-    r = run_graft("convert", tmp_path / "net-symbol.json", tmp_path / "net-0001.params", "-o", tmp_path / "o.safetensors")
+    r = run_graft("convert", tmp_path / "net-symbol.json", tmp_path / "net-0001.params",
+                  "-o", tmp_path / "o.safetensors")
     if "No such command" not in r.stderr:  # the convert command lives with the CLI
         assert r.returncode == 2 and "FancyNorm" in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o.safetensors").exists()

@@ -188,7 +188,7 @@ class MXNetNet(nn.Module):
             m = self._make(node, shapes)
             if m is not None:
                 name = module_name(node["name"])
-                while hasattr(self, name) and name not in self._modules or name in self._modules:
+                while hasattr(self, name):  # taken by a submodule or an nn.Module attribute ("forward")
                     name = f"{name}_"
                 self.add_module(name, m)
                 self.mod_of[i] = name
@@ -215,8 +215,6 @@ class MXNetNet(nn.Module):
                 raise GraftError(f"{where}: its weights are missing from the .params file",
                                  "the .params file does not belong to this symbol")
         if op in ("Convolution", "Deconvolution"):
-            if a.get("layout", "NCHW") not in ("NCHW", "NCW", "NCDHW", "None"):
-                raise GraftError(f"{where}: layout {a['layout']} is not supported", "export with NCHW layout")
             kernel = _tuple(a.get("kernel"))
             nd = len(kernel)
             groups = int(a.get("num_group", 1))
@@ -227,25 +225,17 @@ class MXNetNet(nn.Module):
             if op == "Convolution":
                 cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[nd - 1]
                 return cls(w[1] * groups, w[0], kernel, stride, pad, dilate, groups, bias)
-            if a.get("target_shape") not in (None, "()", "(0, 0)", "[]"):
-                raise GraftError(f"{where}: Deconvolution target_shape is not supported", "use pad/adj instead")
             adj = _tuple(a.get("adj")) or (0,) * nd
             cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[nd - 1]
             return cls(w[0], w[1] * groups, kernel, stride, pad, adj, groups, bias, dilate)
         if op == "FullyConnected":
             return nn.Linear(w[1], w[0], bias=not _bool(a.get("no_bias"), False))
         if op == "BatchNorm":
-            if int(a.get("axis", 1)) != 1:
-                raise GraftError(f"{where}: BatchNorm over axis {a['axis']} is not supported")
             return BatchNorm(w[0], _float(a.get("eps"), 1e-3), _float(a.get("momentum"), 0.9),
                              _bool(a.get("fix_gamma"), True), _bool(a.get("use_global_stats"), False))
         if op == "LeakyReLU" and a.get("act_type", "leaky") == "prelu":
             return nn.PReLU(w[0] if w else 1)
         if op == "Pooling":
-            if a.get("pool_type", "max") not in ("max", "avg", "sum"):
-                raise GraftError(f"{where}: pool_type {a['pool_type']} is not supported")
-            if a.get("pooling_convention", "valid") not in ("valid", "full"):
-                raise GraftError(f"{where}: pooling_convention {a['pooling_convention']} is not supported")
             return Pool(a)
         if op == "Dropout":
             return nn.Dropout(_float(a.get("p"), 0.5))
@@ -361,17 +351,37 @@ class MXNetNet(nn.Module):
         raise GraftError(f"MXNet op {op} (node {node['name']!r}) is not supported")
 
 
+NCHW_LAYOUTS = (None, "None", "NCW", "NCHW", "NCDHW")
+
+
+def _unsupported_option(op: str, a: dict[str, Any]) -> str | None:
+    """The option of a supported op that we do not reproduce, as 'key=value', else None."""
+    if op == "Activation" and a.get("act_type") not in ("relu", "sigmoid", "tanh", "softrelu", "softsign"):
+        return f"act_type={a.get('act_type')}"
+    if op == "LeakyReLU" and a.get("act_type", "leaky") not in ("leaky", "prelu", "elu", "selu", "gelu", "rrelu"):
+        return f"act_type={a.get('act_type')}"
+    if op in ("Convolution", "Deconvolution", "Pooling") and a.get("layout") not in NCHW_LAYOUTS:
+        return f"layout={a['layout']}"
+    if op == "Deconvolution" and _tuple(a.get("target_shape")) and any(_tuple(a.get("target_shape"))):
+        return f"target_shape={a['target_shape']}"
+    if op == "BatchNorm" and int(a.get("axis", 1)) != 1:
+        return f"axis={a['axis']}"
+    if op == "Pooling" and a.get("pool_type", "max") not in ("max", "avg", "sum"):
+        return f"pool_type={a['pool_type']}"
+    if op == "Pooling" and a.get("pooling_convention", "valid") not in ("valid", "full"):
+        return f"pooling_convention={a['pooling_convention']}"
+    return None
+
+
 def check_ops(graph: dict[str, Any]) -> None:
     """Refuse a graph with ops (or op options) we cannot reproduce, naming them and their nodes."""
     unknown: dict[str, list[str]] = {}
     for node in graph["nodes"]:
         op, a = node.get("op"), node.get("attrs") or {}
         bad = op if op not in SUPPORTED else None
-        if op == "Activation" and a.get("act_type") not in ("relu", "sigmoid", "tanh", "softrelu", "softsign"):
-            bad = f"Activation(act_type={a.get('act_type')})"
-        if op == "LeakyReLU" and a.get("act_type", "leaky") not in ("leaky", "prelu", "elu", "selu", "gelu",
-                                                                     "rrelu"):
-            bad = f"LeakyReLU(act_type={a.get('act_type')})"
+        option = _unsupported_option(op, a)
+        if bad is None and option:
+            bad = f"{op}({option})"
         if bad:
             unknown.setdefault(str(bad), []).append(str(node.get("name")))
     if unknown:
