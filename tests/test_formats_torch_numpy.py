@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import graftkit
 from graftkit.errors import GraftError
-from graftkit.formats import detect, numpy_file, torch_file
+from graftkit.formats import detect, numpy_file
 
 from conftest import cases, fixture, rel_err, run_graft
 

@@ -10,8 +10,9 @@ short on things exporters commonly emit, which we normalise first:
 An op onnx2torch does not know is refused by name, with the nodes using it,
 before anything is built. The converted module returns a dict by output name
 when the graph has several outputs, and takes NCHW input even where the graph
-was written for NHWC (its leading Transpose is dropped, see `nchw_inputs`). `convert(..., verify_with_onnxruntime=True)` (the default) runs onnxruntime
-and the module on the same random input and refuses a mismatch.
+was written for NHWC (its leading Transpose is dropped, see `nchw_inputs`).
+`convert(..., verify_with_onnxruntime=True)` (the default) runs onnxruntime and
+the module on the same random input and refuses a mismatch.
 
 For packages the spec stores the graph with the large float initializers'
 data removed (dims kept); `build_from_spec` zero-fills them, converts, and the
