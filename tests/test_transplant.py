@@ -312,6 +312,8 @@ def test_unknown_policy_and_bad_rule():
         transplant(nn.Linear(2, 2), nn.Linear(2, 2), rules=[r"^nothing\.=>x."])
     with pytest.raises(GraftError, match="bad regular expression"):
         transplant(nn.Linear(2, 2), nn.Linear(2, 2), rules=["(=>x"])
+    with pytest.raises(GraftError, match="bad replacement"):
+        transplant({"a.weight": torch.zeros(2, 2)}, nn.Linear(2, 2), rules=[r"^(a)\.=>\2"])
 
 
 def test_rules_rename_source_tensors():

@@ -207,8 +207,12 @@ def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
             if s in taken:
                 continue
             new = s
-            for rx, repl, _ in rules:
-                new = rx.sub(repl, new)
+            for rx, repl, text in rules:
+                try:
+                    new = rx.sub(repl, new)
+                except (re.error, IndexError) as e:
+                    raise GraftError(f"rule '{text}': bad replacement: {e}",
+                                     "refer to groups that the pattern has, as \\1 or \\g<name>") from None
             if new == s:
                 continue
             cands = [new] if new in tgt else by_tgt_norm.get(normalise(new), [])

@@ -74,6 +74,7 @@ def adapt_classes(target: torch.Tensor, source: torch.Tensor, target_classes, so
 def adapt_tensor(policy: str, target: torch.Tensor, source: torch.Tensor, *, target_classes=None,
                  source_classes=None):
     """(new tensor or None, how it was adapted / why it was left)."""
+    source = source.to(target.device)
     if policy == "slice":
         return adapt_slice(target, source)
     if policy == "channels":
