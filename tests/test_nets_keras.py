@@ -169,7 +169,8 @@ def build_layer_zoo(keras):
     joined = L.Concatenate(axis=-1, name="join")([flat, L.Flatten(name="flat2")(rs)])
     joined = L.Dropout(0.5, name="drop")(joined)
     probs = L.Dense(3, activation="softmax", name="probs")(joined)
-    heat = L.Softmax(axis=-1, name="heat")(L.Activation("sigmoid", name="sig")(nested))
+    heat = L.UpSampling2D((2, 3), interpolation="bilinear", name="smooth")(L.Activation("sigmoid", name="sig")(nested))
+    heat = L.Softmax(axis=-1, name="heat")(heat)
     model = keras.Model(inp, [probs, heat], name="layer_zoo")
     for layer in model.layers:  # non-trivial BatchNorm statistics and PReLU slopes
         if isinstance(layer, L.BatchNormalization):

@@ -24,6 +24,7 @@ HDF5 object addresses, which follow the order Keras wrote the layers in. Pass th
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -382,11 +383,11 @@ def _load(path: Path, config_override: dict | None) -> TensorSet:
     return TensorSet(_records(layers), format="keras", source=str(path), meta=meta, graph=use)
 
 
-def read_with_config(path: str | Path, config: dict | None) -> TensorSet:
-    """Read `path`, naming and typing its layers from `config` (a model config) instead of the file's own."""
-    path = Path(path)
+@contextlib.contextmanager
+def _as_graft_errors(path: Path):
+    """Whatever zipfile/json/h5py raise on a damaged file becomes one GraftError naming the file."""
     try:
-        return _load(path, config)
+        yield
     except GraftError:
         raise
     except zipfile.BadZipFile as e:
@@ -401,6 +402,13 @@ def read_with_config(path: str | Path, config: dict | None) -> TensorSet:
                          "re-save or re-download the model") from None
 
 
+def read_with_config(path: str | Path, config: dict | None) -> TensorSet:
+    """Read `path`, naming and typing its layers from `config` (a model config) instead of the file's own."""
+    path = Path(path)
+    with _as_graft_errors(path):
+        return _load(path, config)
+
+
 def read(path: Path, *, trust: bool = False) -> TensorSet:
     # Keras files hold no pickles graftkit would load (Lambda bytecode is never executed), so `trust` is unused.
     return read_with_config(path, None)
@@ -411,7 +419,7 @@ def read_config(path: str | Path) -> tuple[dict | None, str]:
     import h5py
 
     path = Path(path)
-    try:
+    with _as_graft_errors(path):
         with open(path, "rb") as f:
             is_zip = f.read(4) == ZIP_MAGIC
         if path.suffix == ".keras" or is_zip:
@@ -426,15 +434,3 @@ def read_config(path: str | Path) -> tuple[dict | None, str]:
             return config, str(meta.get("keras_version", ""))
         with h5py.File(path, "r") as h5:
             return _json_attr(h5.attrs, "model_config"), _decode(h5.attrs.get("keras_version", ""))
-    except GraftError:
-        raise
-    except zipfile.BadZipFile as e:
-        raise GraftError(f"{path}: the .keras archive is truncated or corrupt ({e})",
-                         "re-save or re-download the model") from None
-    except json.JSONDecodeError as e:
-        raise GraftError(f"{path}: the model config inside is not valid JSON ({e})",
-                         "re-save the model with Keras") from None
-    except (OSError, KeyError, ValueError, TypeError, EOFError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise GraftError(f"{path}: the Keras file is truncated or corrupt ({msg})",
-                         "re-save or re-download the model") from None
