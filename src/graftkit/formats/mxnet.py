@@ -305,7 +305,7 @@ def read(path: Path, *, trust: bool = False) -> TensorSet:
         if r.layer in bn and r.kind == "other":
             r.kind = "batchnorm"
     records.sort(key=lambda r: (r.position, ROLE_ORDER.get(r.role, 9)))
-    meta = {"framework": "mxnet", "tensors_from": path.name}
+    meta: dict[str, Any] = {"framework": "mxnet"}
     if sym:
         meta["symbol"] = sym.name
         version = (graph.get("attrs") or {}).get("mxnet_version")

@@ -155,8 +155,8 @@ def read(path: Path, *, trust: bool = False) -> TensorSet:
     if not arrays:
         raise GraftError(f"{path}: the file holds no arrays")
     if is_chainer(list(arrays)):
-        meta = {"framework": "chainer", "batchnorm_eps": CHAINER_BN_EPS,
-                "note": "Chainer BatchNormalization eps is 2e-5 (PyTorch's default is 1e-5)"}
+        # Chainer's BatchNormalization eps (2e-5) is not PyTorch's default (1e-5): keep it.
+        meta = {"framework": "chainer", "batchnorm_eps": CHAINER_BN_EPS}
         return TensorSet(_chainer_records(arrays), format="chainer", source=str(path), meta=meta)
     try:
         state = {name: _to_tensor(arr) for name, arr in arrays.items()}
