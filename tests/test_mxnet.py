@@ -306,3 +306,60 @@ def test_sparse_arrays_are_densified(tmp_path):
     expected = np.zeros((4, 3), dtype=np.float32)
     expected[rows] = data
     assert np.array_equal(dense.numpy(), expected)
+
+
+def _node(op, name, inputs=(), **attrs):
+    return {"op": op, "name": name, "attrs": {k: str(v) for k, v in attrs.items()},
+            "inputs": [[i, 0, 0] for i in inputs]}
+
+
+def test_op_semantics_and_mxnet_defaults(tmp_path):
+    """Ops the fixtures do not use, against PyTorch written from MXNet's documented semantics:
+    grouped dilated convolution without bias, BatchNorm defaults (eps 1e-3, fix_gamma: gamma read as 1),
+    PReLU/leaky/ELU, elemwise_add, Concat, avg pooling `full` without padding counted, softrelu,
+    Reshape codes 0/-3/-2, FullyConnected on the flattened blob, softmax."""
+    rng = np.random.default_rng(0)
+    nodes = [_node("null", "data"), _node("null", "c1_weight"),
+             _node("Convolution", "c1", [0, 1], kernel="(3, 3)", num_filter=8, num_group=2, dilate="(2, 2)",
+                   pad="(2, 2)", no_bias=True),
+             _node("null", "bn_gamma"), _node("null", "bn_beta"), _node("null", "bn_moving_mean"),
+             _node("null", "bn_moving_var"), _node("BatchNorm", "bn", [2, 3, 4, 5, 6]),
+             _node("null", "pr_gamma"), _node("LeakyReLU", "pr", [7, 8], act_type="prelu"),
+             _node("LeakyReLU", "lk", [9], act_type="leaky", slope=0.1),
+             _node("LeakyReLU", "el", [9], act_type="elu", slope=0.5),
+             _node("elemwise_add", "add", [10, 11]),
+             _node("Concat", "cat", [12, 9], dim=1, num_args=2),
+             _node("Pooling", "pool", [13], kernel="(3, 3)", stride="(2, 2)", pool_type="avg",
+                   pooling_convention="full", count_include_pad=False),
+             _node("Activation", "act", [14], act_type="softrelu"),
+             _node("Reshape", "rs", [15], shape="(0, -3, -2)"),
+             _node("null", "fc_weight"), _node("null", "fc_bias"),
+             _node("FullyConnected", "fc", [16, 17, 18], num_hidden=5),
+             _node("softmax", "sm", [19], axis=-1)]
+    graph = {"nodes": nodes, "arg_nodes": [i for i, n in enumerate(nodes) if n["op"] == "null"],
+             "heads": [[20, 0, 0]], "attrs": {"mxnet_version": ["int", 10901]}}
+    p = {"arg:c1_weight": rng.standard_normal((8, 2, 3, 3)), "arg:bn_gamma": rng.random(8) + 2,
+         "arg:bn_beta": rng.standard_normal(8), "aux:bn_moving_mean": rng.standard_normal(8) * 0.1,
+         "aux:bn_moving_var": rng.random(8) * 1e-3 + 1e-4,  # small: eps 1e-3 vs 1e-5 shows
+         "arg:pr_gamma": rng.random(8), "arg:fc_weight": rng.standard_normal((5, 16 * 5 * 5)) * 0.1,
+         "arg:fc_bias": rng.standard_normal(5)}
+    p = {k: v.astype(np.float32) for k, v in p.items()}
+    (tmp_path / "t-symbol.json").write_text(json.dumps(graph))
+    _write_params(tmp_path / "t-0000.params", p)
+    net = graftkit.convert([tmp_path / "t-symbol.json", tmp_path / "t-0000.params"])
+    x = torch.from_numpy(rng.standard_normal((2, 4, 10, 10)).astype(np.float32))
+    t = {k.split(":")[1]: torch.from_numpy(v) for k, v in p.items()}
+    F = torch.nn.functional
+    y = F.conv2d(x, t["c1_weight"], None, padding=2, dilation=2, groups=2)
+    y = F.batch_norm(y, t["bn_moving_mean"], t["bn_moving_var"], torch.ones(8), t["bn_beta"], eps=1e-3)
+    pr = F.prelu(y, t["pr_gamma"])
+    y = torch.cat([F.leaky_relu(pr, 0.1) + F.elu(pr, 0.5), pr], 1)
+    y = F.softplus(F.avg_pool2d(y, 3, 2, ceil_mode=True, count_include_pad=False))
+    y = torch.softmax(F.linear(y.flatten(1), t["fc_weight"], t["fc_bias"]), -1)
+    with torch.no_grad():
+        ours = net(x)
+        assert net.run({"data": x}, outputs=["rs"])["rs"].shape == (2, 16 * 5, 5)
+    assert ours.shape == (2, 5) and rel_err(ours.numpy(), y.numpy()) < 1e-6
+    # The reader agrees: fix_gamma's gamma is 1, eps the MXNet default.
+    rec = graftkit.read(tmp_path / "t-0000.params").record("bn.weight")
+    assert rec.meta["fix_gamma"] and rec.meta["eps"] == 1e-3 and torch.equal(rec.tensor, torch.ones(8))
