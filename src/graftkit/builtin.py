@@ -28,6 +28,7 @@ NAMES = ("lite0", "lite1", "lite2")
 # Input resolution of each model (EfficientNet-Lite release: 224 / 240 / 260).
 INPUT_SIZE = {"lite0": 224, "lite1": 240, "lite2": 260}
 BN_EPS = 1e-3
+CACHE_FORMAT = 1          # bump when the graft itself changes, so old cache entries are not reused
 
 
 def spec_of(name: str) -> str:
@@ -73,7 +74,7 @@ def cache_dir() -> Path:
 def cache_path(name: str) -> Path:
     from . import __version__
     st = weights_file(name).stat()
-    return cache_dir() / f"{name}-{st.st_size}-{st.st_mtime_ns}-graftkit{__version__}.safetensors"
+    return cache_dir() / f"{name}-{st.st_size}-{st.st_mtime_ns}-graftkit{__version__}.{CACHE_FORMAT}.safetensors"
 
 
 def graft(name: str) -> nn.Module:

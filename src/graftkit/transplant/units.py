@@ -135,7 +135,7 @@ def build_units(ts: TensorSet, only: set[str] | None = None) -> list[Unit]:
             continue
         width = len(recs[0].tensor) if recs[0].tensor.ndim else None
         if fam == "norm" and current is not None and current.family in ("conv", "linear", "conv_transpose") \
-                and _norm_fits(current, recs, kind):
+                and _norm_fits(current, recs):
             _add(current, "norm", recs, layer)
             continue
         if kind == "bias" and current is not None and ("main", "bias") not in current.slots \
@@ -164,7 +164,7 @@ def _sublayers(ts: TensorSet):
         yield from parts.items()
 
 
-def _norm_fits(unit: Unit, recs: list[TensorRecord], kind: str) -> bool:
+def _norm_fits(unit: Unit, recs: list[TensorRecord]) -> bool:
     has_norm = [s for s in unit.slots if s[0] == "norm"]
     roles = {r.role for r in recs}
     # A Caffe Scale may follow its BatchNorm (mean/var then weight/bias); never two full norms.
