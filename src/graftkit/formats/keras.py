@@ -152,10 +152,9 @@ def layer_records(name: str, cls: str, variables: list[tuple[str, np.ndarray]], 
         role = ROLE.get(var, "other")
         suffix = role if role != "other" else var
         t = a
-        if var == "kernel" and a.ndim >= 3 and cls == "Conv2DTranspose":
-            t = np.moveaxis(a, (-1, -2), (0, 1))               # (kh, kw, out, in) -> (in, out, kh, kw)
-        elif var == "kernel" and a.ndim >= 3 and cls != "DepthwiseConv2D":
-            t = np.moveaxis(a, (-1, -2), (0, 1))               # HWIO -> OIHW (any rank)
+        if var == "kernel" and a.ndim >= 3 and cls != "DepthwiseConv2D":
+            # HWIO -> OIHW (any rank); for Conv2DTranspose the same move gives ConvTranspose2d's (in, out, kh, kw).
+            t = np.moveaxis(a, (-1, -2), (0, 1))
         elif var in ("depthwise_kernel", "kernel") and a.ndim >= 3:  # depthwise: (kh, kw, C, M) -> (C*M, 1, kh, kw)
             k = a.reshape(*a.shape[:-2], a.shape[-2] * a.shape[-1])
             t = np.moveaxis(k, -1, 0)[:, None]
@@ -270,8 +269,6 @@ def _keras3_layers(h5, config: dict | None) -> Iterator[tuple[str, str, dict | N
                 base = re.sub(r"_\d+$", "", key)
                 name = prefix + (stored or key)
                 cls, cfg = SNAKE_CLASSES.get(base, ""), None
-                if not cls and base in flat:
-                    cls = flat[base]["class_name"]
                 # No config: HDF5 object addresses follow Keras's writing order, i.e. the layer order.
                 pos = flat[name]["position"] if name in flat else 10**6 + h5py.h5o.get_info(sub.id).addr
                 if name in flat:
