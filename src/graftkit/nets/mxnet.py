@@ -177,8 +177,8 @@ class MXNetNet(nn.Module):
         self.params = {n["name"] for n in nodes if n["op"] == "null" and n["name"] in shapes}
         labels = {nodes[inp[0]]["name"] for n in nodes if n["op"] in LABEL_OPS
                   for inp in n["inputs"][LABEL_OPS[n["op"]]:]}
-        self.inputs = [n["name"] for n in nodes if n["op"] == "null" and n["name"] not in self.params
-                            and n["name"] not in labels]
+        self.inputs = [n["name"] for n in nodes
+                       if n["op"] == "null" and n["name"] not in self.params and n["name"] not in labels]
         self.outputs = [self._entry_name(h) for h in graph.get("heads", [])]
         self.train_outputs = self.outputs
         shape_attr = {n["name"]: (n.get("attrs") or {}).get("__shape__") for n in nodes}
