@@ -173,6 +173,10 @@ def test_widen_one_convolution_preserves_the_function():
     x = torch.randn(4, 3, 8, 8)
     _, skipped = transplant(src, FlatCNN(width=16))
     assert status(skipped, "conv2.weight").status == "left" and status(skipped, "fc1.weight").status == "left"
+    # a bias or BatchNorm counter does not travel without its layer's weight
+    for t in ("fc1.bias", "bn2.num_batches_tracked"):
+        assert status(skipped, t).status == "left"
+        assert status(skipped, t).reason.startswith("not transferred without its layer's weight")
     net, report = transplant(src, tgt, policy="widen")
     net.eval()
     with torch.no_grad():

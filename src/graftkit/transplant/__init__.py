@@ -57,38 +57,41 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
     if policy == "widen":
         widened = widen(build_units(tgt), state, lambda t: src[pairs[t][0]] if t in pairs else None, seed=seed)
 
-    used: set[str] = set()
-    clashed: dict[str, str] = {}
-    with torch.no_grad():
-        for name, t in state.items():
-            if name not in pairs:
-                report.entries.append(Entry(name, None, "left", "no source tensor", None, list(t.shape)))
-                continue
-            sname, how = pairs[name]
-            s = src[sname]
-            entry = Entry(name, sname, "copied", "", how, list(t.shape), list(s.shape))
-            if name in widened:
-                value, entry.reason = widened[name]
-                entry.status = "adapted"
-                t.copy_(value)
-            elif tuple(s.shape) == tuple(t.shape):
-                t.copy_(s.to(t.dtype) if s.dtype != t.dtype else s)
-            elif _same_but_unit_dims(s, t):
-                t.copy_(s.reshape(t.shape))
-                entry.reason = f"reshaped {shape_str(s.shape)} -> {shape_str(t.shape)} (1x1 convolution as dense)"
+    # Decide every tensor first, then copy: a layer's bias and norm follow its weight.
+    values: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if name not in pairs:
+            report.entries.append(Entry(name, None, "left", "no source tensor", None, list(t.shape)))
+            continue
+        sname, how = pairs[name]
+        s = src[sname]
+        entry = Entry(name, sname, "copied", "", how, list(t.shape), list(s.shape))
+        if name in widened:
+            values[name], entry.reason = widened[name]
+            entry.status = "adapted"
+        elif tuple(s.shape) == tuple(t.shape):
+            values[name] = s
+        elif _same_but_unit_dims(s, t):
+            values[name] = s.reshape(t.shape)
+            entry.reason = f"reshaped {shape_str(s.shape)} -> {shape_str(t.shape)} (1x1 convolution as dense)"
+        else:
+            value, entry.reason = (None, clash(t, s)) if policy in ("skip", "widen") else adapt_tensor(
+                policy, t, s, target_classes=tgt_classes, source_classes=src_classes)
+            if value is None:
+                entry.status = "left"
             else:
-                value, reason = (None, clash(t, s)) if policy in ("skip", "widen") else adapt_tensor(
-                    policy, t, s, target_classes=tgt_classes, source_classes=src_classes)
-                entry.reason = reason
-                if value is None:
-                    entry.status = "left"
-                    clashed[sname] = f"{reason} with target {name}"
-                else:
-                    entry.status = "adapted"
-                    t.copy_(value)
-            if entry.status != "left":
-                used.add(sname)
-            report.entries.append(entry)
+                values[name], entry.status = value, "adapted"
+        report.entries.append(entry)
+    _follow_weights(report, build_units(tgt))
+    with torch.no_grad():
+        for e in report.entries:
+            if e.status != "left":
+                t = state[e.target]
+                v = values[e.target]
+                t.copy_(v.to(t.dtype) if v.dtype != t.dtype else v)
+    used = {e.source for e in report.entries if e.status != "left"}
+    clashed = {e.source: f"{e.reason} (target {e.target})" for e in report.entries
+               if e.status == "left" and e.source}
     report.unused = [Unused(n, list(src[n].shape), clashed.get(n, "no target parameter matched it"))
                      for n in src if n not in used]
     report.notes += _eps_notes(src, module, pairs)
@@ -98,6 +101,21 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
                          f"first {first.target}: {first.reason}",
                          "fix the names with --rule, choose a --policy, or drop --strict")
     return module, report
+
+
+def _follow_weights(report: Report, units) -> None:
+    """A bias, BatchNorm or counter is not transferred when its layer's weight was not: alone it
+    would describe a layer that is not there (Chainer's copy_model copies such stray biases)."""
+    by_name = {e.target: e for e in report.entries}
+    for unit in units:
+        w = unit.slots.get(("main", "weight"))
+        if w is None or by_name[w].status != "left":
+            continue
+        for name in unit.slots.values():
+            e = by_name[name]
+            if name != w and e.status != "left":
+                e.status = "left"
+                e.reason = f"not transferred without its layer's weight {w} ({by_name[w].reason})"
 
 
 def _same_but_unit_dims(s: torch.Tensor, t: torch.Tensor) -> bool:

@@ -21,20 +21,27 @@ WINDOW = 6
 
 
 def _score(a: Unit, b: Unit) -> int:
-    if a.match_family != b.match_family:
+    return _score_keys((a.match_family, a.family, a.key()), (b.match_family, b.family, b.key()))
+
+
+def _score_keys(a: tuple, b: tuple) -> int:
+    """EXACT for the same layer; SIMILAR for the same kind of layer with other shapes (a 1x1
+    convolution counts as a dense layer only when the shapes agree exactly)."""
+    if a[0] != b[0]:
         return 0
-    return EXACT if a.key() == b.key() else SIMILAR
+    if a[2] == b[2]:
+        return EXACT
+    return SIMILAR if a[1] == b[1] else 0
 
 
 def needleman_wunsch(src: list[Unit], tgt: list[Unit]) -> list[tuple[int, int]]:
     """Index pairs (i, j) of the best order-preserving alignment (gaps free, mismatches of family forbidden)."""
     n, m = len(src), len(tgt)
-    skeys = [(u.match_family, u.key()) for u in src]
-    tkeys = [(u.match_family, u.key()) for u in tgt]
+    skeys = [(u.match_family, u.family, u.key()) for u in src]
+    tkeys = [(u.match_family, u.family, u.key()) for u in tgt]
 
     def score(i: int, j: int) -> int:
-        (fa, ka), (fb, kb) = skeys[i], tkeys[j]
-        return 0 if fa != fb else (EXACT if ka == kb else SIMILAR)
+        return _score_keys(skeys[i], tkeys[j])
 
     best = [[0] * (m + 1) for _ in range(n + 1)]
     for i in range(n - 1, -1, -1):
