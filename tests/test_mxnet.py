@@ -46,6 +46,10 @@ def test_package_roundtrip_rebuilds_from_spec(case, tmp_path):
     path = graftkit.save(net, tmp_path / "net.safetensors")
     back = graftkit.load(path)
     assert back.graftkit_meta["spec"]["converter"] == "mxnet"
+    assert back.graftkit_meta["preprocessing"] is None  # MXNet files carry none; nothing is invented
+    given = graftkit.convert([fixture(p) for p in case["model"]], mean=[0.485, 0.456, 0.406],
+                             std=[0.229, 0.224, 0.225], input_size=[3, 224, 224])
+    assert given.graftkit_meta["preprocessing"]["std"] == [0.229, 0.224, 0.225]
     (_, inp), = case["input"].items()
     x = torch.from_numpy(np.load(fixture(inp)))
     with torch.no_grad():

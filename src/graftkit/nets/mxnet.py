@@ -440,7 +440,10 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     return MXNetNet(graph, shapes)
 
 
-def convert(paths: list[Path], **kwargs) -> nn.Module:
+def convert(paths: list[Path], *, mean=None, std=None, input_size=None, channel_order: str = "RGB",
+            pixel_range: float = 1.0, **kwargs) -> nn.Module:
+    """The symbol + .params as a module. MXNet files carry no preprocessing: pass the mean/std
+    (and input size, channel order, pixel range) the model was trained with to keep them in the package."""
     sym, params = _find_files([Path(p) for p in paths])
     graph = mxfile.load_symbol(sym)
     try:
@@ -487,4 +490,9 @@ def convert(paths: list[Path], **kwargs) -> nn.Module:
     net.eval()
     spec = {"converter": "mxnet", "symbol": json.dumps(graph), "shapes": shapes,
             "inputs": net.inputs, "outputs": net.outputs}
-    return attach(net, make_meta(spec, provenance={"sources": [str(sym), str(params)], "converter": "mxnet"}))
+    preprocessing = None
+    if mean is not None or std is not None:
+        preprocessing = {"input_size": list(input_size) if input_size else None, "mean": list(mean or (0, 0, 0)),
+                         "std": list(std or (1, 1, 1)), "pixel_range": pixel_range, "channel_order": channel_order}
+    return attach(net, make_meta(spec, preprocessing=preprocessing,
+                                 provenance={"sources": [str(sym), str(params)], "converter": "mxnet"}))
