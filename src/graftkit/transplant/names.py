@@ -2,9 +2,10 @@
 
 `normalise("arg:conv1_1_weight")`, `normalise("module.conv1_1.weight")` and
 `normalise("conv1_1/kernel:0")` all give "conv1.1.weight", so tensors that differ
-only in framework conventions meet in the second matching pass. Whatever cannot
-be decided from the name alone (EfficientNet-PyTorch's flat `_blocks.N` against
-timm's `blocks.S.B`) is left to the structural alignment.
+only in framework conventions meet in the second matching pass. `conventions()`
+respells names whose translation needs the other side's names too (EfficientNet-PyTorch's
+flat `_blocks.N` is the N-th of timm's `blocks.S.B`); anything else is left to the
+structural alignment.
 """
 from __future__ import annotations
 
