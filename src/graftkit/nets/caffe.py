@@ -233,13 +233,15 @@ def _module_name(name: str, taken: set[str]) -> str:
 
 
 def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str, list]] | None = None,
-                  input_shapes: Mapping[str, Sequence[int]] | None = None):
-    """Parsed NetParameter -> (graph JSON, layer modules on the meta device, checked blob arrays per layer)."""
+                  input_shapes: Mapping[str, Sequence[int]] | None = None, layers: list[dict] | None = None):
+    """Parsed NetParameter -> (graph JSON, layer modules on the meta device, checked blob arrays per layer).
+    `layers`: the phase's layers when the caller already selected and checked them."""
     phase = phase.upper()
     if phase not in _PHASES:
         raise GraftError(f"phase {phase!r} is not TRAIN or TEST")
-    layers = select_layers(net, phase)
-    check_supported(layers)
+    if layers is None:
+        layers = select_layers(net, phase)
+        check_supported(layers)
     inputs = _legacy_inputs(net)
     for lp in layers:
         if lp["type"] in DATA_LAYERS:
@@ -253,12 +255,11 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
         raise GraftError("the prototxt declares no input (no `input`, Input layer or data layer)",
                          "add `input: \"data\"` with `input_shape { dim: ... }`")
 
-    shapes: dict[str, torch.Tensor | None] = {}
-    for i in inputs:
-        shapes[i["name"]] = torch.empty(i["shape"], device="meta") if i["shape"] else None
+    shapes: dict[str, tuple | None] = {i["name"]: (tuple(i["shape"]) if i["shape"] else None) for i in inputs}
     produced = set(shapes)
     taken: set[str] = set()
     glayers, modules, checked, losses, silenced = [], [], {}, [], []
+    meta = torch.device("meta")  # layers are built without memory; the caffemodel's arrays are assigned later
     for lp in layers:
         t, name = lp["type"], lp["name"]
         bottoms, tops = [str(b) for b in all_of(lp, "bottom")], [str(x) for x in all_of(lp, "top")]
@@ -282,11 +283,11 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
             attrs = cls.attrs(lp)
         except GraftError as e:
             raise GraftError(f"layer {name!r} ({t}): {e}") from None
-        metas = [shapes[b] for b in bottoms]
-        known = all(m is not None for m in metas)
+        bshapes = [shapes[b] for b in bottoms]
+        known = all(b is not None for b in bshapes)
         found = blobs.get(name) if blobs else None
         if known:
-            pshapes = cls.blob_shapes(attrs, [tuple(m.shape) for m in metas])
+            pshapes = cls.blob_shapes(attrs, bshapes)
             if found is not None and pshapes:
                 checked[name] = _check_blobs(name, t, pshapes, found[1])
         elif not cls.blob_roles:  # no parameters: nothing to infer
@@ -298,21 +299,9 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
             raise GraftError(f"layer {name!r} ({t}): its parameter shapes depend on an input whose shape the "
                              f"prototxt does not give", "pass the caffemodel, or the input shape "
                                                         "(input_shapes={'data': [1, 3, 224, 224]})")
-        with torch.device("meta"):
+        with meta:
             mod = cls(attrs, [tuple(s) for s in pshapes])
-        if not known:
-            outs = (None,) * len(tops)
-        elif cls.SAME_SHAPE and len(metas) == 1:
-            outs = (metas[0],)
-        else:  # run the layer on meta tensors: shapes without computing anything
-            try:
-                outs = mod(*metas)
-            except GraftError as e:
-                raise GraftError(f"layer {name!r} ({t}): {e}") from None
-            except (RuntimeError, ValueError, IndexError) as e:
-                raise GraftError(f"layer {name!r} ({t}) cannot run on inputs of shape "
-                                 f"{[list(m.shape) for m in metas]}: {str(e).splitlines()[0]}") from None
-            outs = outs if isinstance(outs, tuple) else (outs,)
+        outs = (None,) * len(tops) if not known else _top_shapes(name, t, cls, attrs, mod, bshapes)
         if len(outs) != len(tops):
             raise GraftError(f"layer {name!r} ({t}) has {len(tops)} tops but computes {len(outs)} blobs")
         for top, o in zip(tops, outs):
@@ -326,8 +315,23 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
              "inputs": [{"name": i["name"], "shape": i["shape"], "label": i["label"]} for i in inputs],
              "layers": glayers, "losses": losses, "silenced": silenced}
     graph.update(_outputs(graph))
-    graph["blob_shapes"] = {k: (list(v.shape) if v is not None else None) for k, v in shapes.items()}
+    graph["blob_shapes"] = {k: (list(v) if v is not None else None) for k, v in shapes.items()}
     return graph, modules, checked
+
+
+def _top_shapes(name: str, t: str, cls, attrs: dict, mod: nn.Module, bshapes: list[tuple]) -> tuple:
+    """The tops' shapes: computed by the layer class, or by running it on meta tensors (no data, no work)."""
+    try:
+        outs = cls.top_shapes(attrs, bshapes)
+        if outs is None:
+            outs = mod(*[torch.empty(b, device="meta") for b in bshapes])
+            outs = [tuple(o.shape) for o in (outs if isinstance(outs, tuple) else (outs,))]
+    except GraftError as e:
+        raise GraftError(f"layer {name!r} ({t}): {e}") from None
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise GraftError(f"layer {name!r} ({t}) cannot run on inputs of shape "
+                         f"{[list(b) for b in bshapes]}: {str(e).splitlines()[0]}") from None
+    return tuple(tuple(int(d) for d in o) for o in outs)
 
 
 def _outputs(graph: dict) -> dict:
@@ -377,7 +381,7 @@ class CaffeNet(nn.Module):
             else:
                 mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]])
                 mod.reset_parameters()
-            if mod.STATEFUL or next(mod.parameters(), None) is not None or next(mod.buffers(), None) is not None:
+            if mod.STATEFUL or any(v is not None for v in mod._parameters.values()) or mod._buffers:
                 self.add_module(L["module"], mod)
             else:  # stateless layers stay plain attributes: fewer submodules make loading faster
                 object.__setattr__(self, L["module"], mod)
@@ -396,6 +400,44 @@ class CaffeNet(nn.Module):
         self._steps = [(L["module"], tuple(blobs[b] for b in L["bottoms"]), tuple(blobs[t] for t in L["tops"]))
                        for L in graph["layers"]]
         self._plans: dict[tuple[str, ...], tuple] = {}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """torch's load_state_dict; with assign=True (how packages load) a direct path that skips
+        torch's per-module recursion, the main cost of loading a net of many small layers."""
+        mods = [self] + [m for m in self._modules.values() if m is not None]
+        if not assign or torch.__future__.get_swap_module_params_on_conversion() or any(
+                m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks or m._modules for m in mods[1:]) \
+                or self._load_state_dict_pre_hooks or self._load_state_dict_post_hooks:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        missing, errors, seen = [], [], set()
+        for mname, mod in self._modules.items():
+            for table in (mod._parameters, mod._buffers):
+                for name, old in table.items():
+                    key = f"{mname}.{name}"
+                    if old is None or (table is mod._buffers and name in mod._non_persistent_buffers_set):
+                        continue
+                    if key not in state_dict:
+                        missing.append(key)
+                        continue
+                    seen.add(key)
+                    new = state_dict[key]
+                    if new.shape != old.shape:
+                        errors.append(f"size mismatch for {key}: copying a param with shape {new.shape} from "
+                                      f"checkpoint, the shape in current model is {old.shape}.")
+                    elif table is mod._parameters:
+                        table[name] = new if isinstance(new, nn.Parameter) else nn.Parameter(
+                            new, requires_grad=old.requires_grad)
+                    else:
+                        table[name] = new.detach()
+        unexpected = [k for k in state_dict if k not in seen]
+        if strict:
+            errors[:0] = [f"Missing key(s) in state_dict: {', '.join(map(repr, missing))}."] if missing else []
+            errors[:0] = [f"Unexpected key(s) in state_dict: {', '.join(map(repr, unexpected))}."] \
+                if unexpected else []
+        if errors:
+            raise RuntimeError("Error(s) in loading state_dict for CaffeNet:\n\t" + "\n\t".join(errors))
+        from torch.nn.modules.module import _IncompatibleKeys
+        return _IncompatibleKeys(missing, unexpected)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -546,12 +588,14 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
     for weights that have none)."""
     proto, model, mean = _split_paths([Path(p) for p in paths])
     phase = (phase or "TEST").upper()
+    if phase not in _PHASES:
+        raise GraftError(f"phase {phase!r} is not TRAIN or TEST")
     text = proto.read_text(encoding="utf-8", errors="replace")
     net = _parse_prototxt(proto)
-    layers = select_layers(net, phase if phase in _PHASES else "TEST")
+    layers = select_layers(net, phase)
     check_supported(layers)  # before reading any weights
     blobs = read_caffemodel_blobs(model) if model else None
-    graph, modules, checked = compile_graph(net, phase, blobs, input_shapes)
+    graph, modules, checked = compile_graph(net, phase, blobs, input_shapes, layers)
     left = []
     for L, mod in zip(graph["layers"], modules):
         arrays = checked.get(L["name"])

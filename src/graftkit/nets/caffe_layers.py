@@ -147,6 +147,11 @@ class CaffeLayer(nn.Module):
     def blob_shapes(a: dict, bottoms: list[tuple] | None) -> list[tuple]:
         return []
 
+    @classmethod
+    def top_shapes(cls, a: dict, bottoms: list[tuple]) -> list[tuple] | None:
+        """The tops' shapes computed directly, or None: then shape inference runs the layer on meta tensors."""
+        return [bottoms[0]] if cls.SAME_SHAPE and len(bottoms) == 1 else None
+
     def __init__(self, a: dict, shapes: list[tuple]):
         super().__init__()
         self.a = a
@@ -194,6 +199,17 @@ class Convolution(CaffeLayer):
         shapes = [(a["num_output"], c // a["group"], *a["kernel"])]
         return shapes + [(a["num_output"],)] if a["bias_term"] else shapes
 
+    @staticmethod
+    def top_shapes(a, bottoms):
+        x = bottoms[0]
+        if len(x) != 2 + len(a["kernel"]):
+            return None
+        out = [(n + 2 * p - (d * (k - 1) + 1)) // s + 1
+               for n, k, s, p, d in zip(x[2:], a["kernel"], a["stride"], a["pad"], a["dilation"])]
+        if min(out) < 1:
+            raise GraftError(f"input {list(x)} is smaller than the kernel {a['kernel']}")
+        return [(x[0], a["num_output"], *out)]
+
     def __init__(self, a, shapes):
         super().__init__(a, shapes)
         self.weight = _param(shapes[0])
@@ -225,6 +241,17 @@ class Deconvolution(Convolution):
         shapes = [(c, a["num_output"] // a["group"], *a["kernel"])]
         return shapes + [(a["num_output"],)] if a["bias_term"] else shapes
 
+    @staticmethod
+    def top_shapes(a, bottoms):
+        x = bottoms[0]
+        if len(x) != 2 + len(a["kernel"]):
+            return None
+        out = [s * (n - 1) + d * (k - 1) + 1 - 2 * p
+               for n, k, s, p, d in zip(x[2:], a["kernel"], a["stride"], a["pad"], a["dilation"])]
+        if min(out) < 1:
+            raise GraftError(f"output size {out} is not positive")
+        return [(x[0], a["num_output"], *out)]
+
     def __init__(self, a, shapes):
         super().__init__(a, shapes)
         nd = len(a["kernel"])
@@ -251,6 +278,11 @@ class InnerProduct(CaffeLayer):
         k = int(np.prod(shape[axis:], dtype=np.int64))
         w = (k, a["num_output"]) if a["transpose"] else (a["num_output"], k)
         return [w, (a["num_output"],)] if a["bias_term"] else [w]
+
+    @staticmethod
+    def top_shapes(a, bottoms):
+        x = bottoms[0]
+        return [(*x[:a["axis"] % len(x)], a["num_output"])]
 
     def __init__(self, a, shapes):
         super().__init__(a, shapes)
@@ -304,11 +336,25 @@ class Pooling(CaffeLayer):
         self.native = all(2 * p <= k for p, k in zip(self.p, self.k))
         self._counts: dict = {}
 
-    def out_size(self, size: int, k: int, s: int, p: int) -> int:
-        n = (math.ceil if self.a["ceil"] else math.floor)((size + 2 * p - k) / s) + 1
-        if p and (n - 1) * s >= size + p:  # the last window would start in the padding
-            n -= 1
-        return n
+    @staticmethod
+    def top_shapes(a, bottoms):
+        x = bottoms[0]
+        if len(x) != 4:
+            return None
+        if a["global"]:
+            return [(*x[:2], 1, 1)]
+        out = [Pooling.size(n, k, s, p, a["ceil"]) for n, k, s, p in zip(x[2:], a["kernel"], a["stride"], a["pad"])]
+        if min(out) < 1:
+            raise GraftError(f"input {list(x)} is smaller than the pooling window {a['kernel']}")
+        return [(*x[:2], *out)]
+
+    @staticmethod
+    def size(n: int, k: int, s: int, p: int, ceil: bool) -> int:
+        """Caffe's pooled size: rounded up (or down), minus a last window that would start in the padding."""
+        out = (math.ceil if ceil else math.floor)((n + 2 * p - k) / s) + 1
+        if p and (out - 1) * s >= n + p:
+            out -= 1
+        return out
 
     def forward(self, x):
         if self.a["global"]:
@@ -321,7 +367,7 @@ class Pooling(CaffeLayer):
 
     def _general(self, x):
         h, w = x.shape[-2:]
-        oh, ow = (self.out_size(n, k, s, p) for n, k, s, p in zip((h, w), self.k, self.s, self.p))
+        oh, ow = (self.size(n, k, s, p, self.a["ceil"]) for n, k, s, p in zip((h, w), self.k, self.s, self.p))
         ph, pw = self.p
         # pad so that exactly oh x ow windows fit (negative padding crops)
         right = (ow - 1) * self.s[1] + self.k[1] - w - pw
@@ -697,6 +743,12 @@ class Eltwise(CaffeLayer):
             raise GraftError("Eltwise coeff is only allowed with operation SUM")
         return {"operation": op, "coeff": coeff or None}
 
+    @staticmethod
+    def top_shapes(a, bottoms):
+        if any(b != bottoms[0] for b in bottoms):
+            raise GraftError(f"Eltwise needs equal shapes, got {[list(b) for b in bottoms]}")
+        return [bottoms[0]]
+
     def forward(self, *xs):
         op, coeff = self.a["operation"], self.a["coeff"]
         if op == "SUM":
@@ -720,6 +772,16 @@ class Concat(CaffeLayer):
     def attrs(lp):
         p = sub(lp, "concat_param")
         return {"axis": int(one(p, "axis", one(p, "concat_dim", 1)))}
+
+    @staticmethod
+    def top_shapes(a, bottoms):
+        nd = len(bottoms[0])
+        axis = a["axis"] % nd
+        if any(len(b) != nd or b[:axis] != bottoms[0][:axis] or b[axis + 1:] != bottoms[0][axis + 1:]
+               for b in bottoms):
+            raise GraftError(f"Concat along axis {a['axis']} needs the other axes equal, "
+                             f"got {[list(b) for b in bottoms]}")
+        return [(*bottoms[0][:axis], sum(b[axis] for b in bottoms), *bottoms[0][axis + 1:])]
 
     def forward(self, *xs):
         return torch.cat(xs, self.a["axis"]) if len(xs) > 1 else xs[0]
@@ -749,6 +811,10 @@ class Split(CaffeLayer):
     @staticmethod
     def attrs(lp):
         return {"tops": len(all_of(lp, "top"))}
+
+    @staticmethod
+    def top_shapes(a, bottoms):
+        return [bottoms[0]] * a["tops"]
 
     def forward(self, x):
         return (x,) * self.a["tops"]

@@ -1,0 +1,81 @@
+"""Caffe conversion and package loading vs OpenCV's C++ Caffe importer (one run, ratios).
+
+For GoogLeNet and AlexNet (deploy prototxts from tests/fixtures, seeded random weights written
+by graftkit's caffemodel writer), best of N, page cache warm for both sides:
+  convert: graftkit.convert([prototxt, caffemodel]) -> ready torch module   vs  cv2.dnn.readNetFromCaffe
+           (also convert + package save, i.e. `graft convert` without process start-up)
+  load:    graftkit.load(package) -> ready torch module                     vs  cv2.dnn.readNetFromCaffe
+Targets (issue 3): convert no slower than OpenCV (ratio >= 1); load >= 10x faster. Last line: JSON.
+Usage: python benchmarks/caffe_convert.py [N]
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+import graftkit
+from graftkit.formats.caffe import write_caffemodel
+from graftkit.nets import caffe
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "caffe"
+NETS = {"googlenet": "googlenet.deploy.prototxt", "alexnet": "alexnet.deploy.prototxt"}
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+
+
+def best(fn, n=N) -> float:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def make_weights(prototxt: Path, out: Path) -> Path:
+    """A caffemodel with seeded random weights for the prototxt (allocated, never initialised twice)."""
+    graph = caffe.compile_graph(caffe._parse_prototxt(prototxt))[0]
+    with torch.device("meta"):
+        net = caffe.CaffeNet(graph)
+    net = net.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in list(net.parameters()) + list(net.buffers()):
+            t.copy_(torch.randn(t.shape, generator=g) * 0.01)
+    return write_caffemodel(out, caffe.caffe_blobs(net))
+
+
+def main() -> None:
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, proto_name in NETS.items():
+            proto = FIXTURES / proto_name
+            model = make_weights(proto, Path(d, f"{name}.caffemodel"))
+            pkg = Path(d, f"{name}.safetensors")
+            graftkit.save(graftkit.convert([proto, model]), pkg)
+            mb = model.stat().st_size / 1e6
+            r = {"MB": round(mb, 1),
+                 "opencv_read_s": best(lambda: cv2.dnn.readNetFromCaffe(str(proto), str(model))),
+                 "graftkit_convert_s": best(lambda: graftkit.convert([proto, model])),
+                 "graftkit_convert_save_s": best(lambda: graftkit.save(graftkit.convert([proto, model]), pkg)),
+                 "graftkit_load_s": best(lambda: graftkit.load(pkg))}
+            r["convert_ratio"] = r["opencv_read_s"] / r["graftkit_convert_s"]
+            r["convert_save_ratio"] = r["opencv_read_s"] / r["graftkit_convert_save_s"]
+            r["load_ratio"] = r["opencv_read_s"] / r["graftkit_load_s"]
+            results[name] = {k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}
+            print(f"{name:10s} {mb:6.1f} MB  OpenCV read {r['opencv_read_s'] * 1e3:7.1f} ms | graftkit convert "
+                  f"{r['graftkit_convert_s'] * 1e3:7.1f} ms ({r['convert_ratio']:5.2f}x), +save "
+                  f"{r['graftkit_convert_save_s'] * 1e3:7.1f} ms ({r['convert_save_ratio']:5.2f}x) | graftkit.load "
+                  f"{r['graftkit_load_s'] * 1e3:6.2f} ms ({r['load_ratio']:6.1f}x)")
+    ok = all(r["convert_ratio"] >= 1 and r["load_ratio"] >= 10 for r in results.values())
+    print(json.dumps({"benchmark": "caffe_convert", "n": N, "results": results,
+                      "targets": {"convert_ratio": ">= 1", "load_ratio": ">= 10"}, "targets_met": ok}))
+
+
+if __name__ == "__main__":
+    main()
