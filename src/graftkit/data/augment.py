@@ -8,19 +8,28 @@ A spec is a list whose items are a name (`"hflip"`) or a one-key mapping
     - color_jitter: {brightness: 0.4, contrast: 0.4, saturation: 0.4}
     - pca_lighting: {alphastd: 0.1}
 
-Names: random_resized_crop, random_resize, center_crop, hflip, vflip, rotation,
+Names: random_resized_crop, random_resize, resize (shorter), random_crop, center_crop, hflip, vflip, rotation,
 affine, color_jitter, brightness, contrast, saturation, hue, grayscale,
 pca_lighting (AlexNet-style lighting noise), gaussian_noise, blur. Geometric and
 colour ops are torchvision.transforms.v2 where it has them; pca_lighting and
 gaussian_noise work directly on uint8 (torchvision's noise needs float images).
-All randomness comes from torch's global RNG, which the dataset seeds per sample.
+
+The hot path (resize, crops, random resized crop, flips) has small own ops
+(`RngOp`) that draw from a per-sample `random.Random` passed in by the dataset and
+call torchvision's functional kernels directly: torchvision's v2 transform classes
+spend more time in Python bookkeeping than in the pixel work on 224 px images.
+The v2 ops draw from torch's global RNG, which the dataset then seeds per sample.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import math
+import random
+
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from ..errors import GraftError
 
@@ -31,55 +40,151 @@ IMAGENET_EIGVEC = ((-0.5675, 0.7192, 0.4009),
                    (-0.5836, -0.6948, 0.4203))
 
 
-class PCALighting(torch.nn.Module):
+class RngOp:
+    """An op called as op(img, rng) with a random.Random, so a sample's draws need no global RNG."""
+    uses_rng = True
+
+    def __call__(self, img: torch.Tensor, rng: random.Random) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+def _hw(size) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+
+
+class Resize(RngOp):
+    """Shorter side to `size` (antialiased bilinear)."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def __call__(self, img, rng=None):
+        h, w = img.shape[-2:]
+        if min(h, w) == self.size:
+            return img
+        return F.resize(img, [self.size], antialias=True)
+
+
+class CenterCrop(RngOp):
+    def __init__(self, size):
+        self.size = _hw(size)
+
+    def __call__(self, img, rng=None):
+        return F.center_crop(img, list(self.size))
+
+
+class RandomCrop(RngOp):
+    """A random (H, W) window; images smaller than that are resized up first."""
+
+    def __init__(self, size):
+        self.size = _hw(size)
+
+    def __call__(self, img, rng):
+        th, tw = self.size
+        h, w = img.shape[-2:]
+        if h < th or w < tw:
+            img = F.resize(img, [max(th, math.ceil(h * tw / w)), max(tw, math.ceil(w * th / h))], antialias=True)
+            h, w = img.shape[-2:]
+        i, j = rng.randint(0, h - th), rng.randint(0, w - tw)
+        return img[..., i:i + th, j:j + tw]
+
+
+class RandomResizedCrop(RngOp):
+    """Inception-style crop: area fraction in `scale`, aspect ratio log-uniform in `ratio`, resized to `size`.
+
+    The same sampling rule as torchvision's RandomResizedCrop (10 tries, then a centre crop)."""
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.size = _hw(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        if not (0 < self.scale[0] <= self.scale[1] <= 1.0) or not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError("need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]")
+
+    def params(self, h: int, w: int, rng: random.Random) -> tuple[int, int, int, int]:
+        area = h * w
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            ar = math.exp(rng.uniform(lo, hi))
+            cw = int(round(math.sqrt(target * ar)))
+            ch = int(round(math.sqrt(target / ar)))
+            if 0 < cw <= w and 0 < ch <= h:
+                return rng.randint(0, h - ch), rng.randint(0, w - cw), ch, cw
+        in_ratio = w / h
+        if in_ratio < self.ratio[0]:
+            cw, ch = w, int(round(w / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            ch, cw = h, int(round(h * self.ratio[1]))
+        else:
+            cw, ch = w, h
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    def __call__(self, img, rng):
+        i, j, ch, cw = self.params(img.shape[-2], img.shape[-1], rng)
+        return F.resized_crop(img, i, j, ch, cw, list(self.size), antialias=True)
+
+
+class RandomFlip(RngOp):
+    def __init__(self, p: float = 0.5, vertical: bool = False):
+        self.p, self.vertical = float(p), bool(vertical)
+
+    def __call__(self, img, rng):
+        if rng.random() >= self.p:
+            return img
+        return img.flip(-2) if self.vertical else img.flip(-1)
+
+
+class PCALighting(RngOp):
     """AlexNet lighting noise: add eigvec @ (alpha * eigval), alpha ~ N(0, alphastd), to every pixel."""
 
     def __init__(self, alphastd: float = 0.1, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC):
-        super().__init__()
         self.alphastd = float(alphastd)
         self.eigval = torch.tensor(eigval, dtype=torch.float32)
         self.eigvec = torch.tensor(eigvec, dtype=torch.float32)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor, rng: random.Random) -> torch.Tensor:
         if self.alphastd == 0 or img.shape[-3] != 3:
             return img
-        alpha = torch.randn(3) * self.alphastd
+        alpha = torch.tensor([rng.gauss(0.0, 1.0) for _ in range(3)]) * self.alphastd
         rgb = (self.eigvec @ (alpha * self.eigval)) * 255.0
         return (img.to(torch.int16) + rgb.round().to(torch.int16).view(3, 1, 1)).clamp_(0, 255).to(torch.uint8)
 
 
-class GaussianNoise(torch.nn.Module):
+class GaussianNoise(RngOp):
     """Additive Gaussian pixel noise, std in pixel units of 0..1 (like torchvision's), on uint8."""
 
     def __init__(self, std: float = 0.05, p: float = 1.0):
-        super().__init__()
         self.std, self.p = float(std), float(p)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if self.std == 0 or torch.rand(()) >= self.p:
+    def __call__(self, img: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        if self.std == 0 or rng.random() >= self.p:
             return img
-        noise = torch.randn(img.shape) * (self.std * 255.0)
+        g = torch.Generator().manual_seed(rng.getrandbits(63))
+        noise = torch.randn(img.shape, generator=g) * (self.std * 255.0)
         return (img.float() + noise).round_().clamp_(0, 255).to(torch.uint8)
 
 
-class RandomResize(torch.nn.Module):
+class RandomResize(RngOp):
     """Resize the shorter side to a random length in [min_size, max_size] (scale augmentation)."""
 
     def __init__(self, min_size: int = 256, max_size: int = 480):
-        super().__init__()
         self.min_size, self.max_size = int(min_size), int(max_size)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        size = int(torch.randint(self.min_size, self.max_size + 1, ()).item())
-        return v2.functional.resize(img, size, antialias=True)
+    def __call__(self, img: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        return F.resize(img, [rng.randint(self.min_size, self.max_size)], antialias=True)
 
 
 def _pair(v):
     return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
-def _rrc(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    return v2.RandomResizedCrop(size, scale=_pair(scale), ratio=_pair(ratio), antialias=True)
+def _rrc(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), **k):
+    return RandomResizedCrop(k.get("size", size), scale=scale, ratio=ratio)
 
 
 def _blur(kernel_size=5, sigma=(0.1, 2.0), p=1.0):
@@ -101,9 +206,11 @@ def _affine(degrees=0, translate=None, scale=None, shear=None, p=1.0):
 REGISTRY: dict[str, Callable[..., Callable]] = {
     "random_resized_crop": lambda size, **k: _rrc(size, **k),
     "random_resize": lambda size, **k: RandomResize(**k),
-    "center_crop": lambda size, **k: v2.CenterCrop(k.get("size", size)),
-    "hflip": lambda size, p=0.5: v2.RandomHorizontalFlip(p),
-    "vflip": lambda size, p=0.5: v2.RandomVerticalFlip(p),
+    "random_crop": lambda size, **k: RandomCrop(k.get("size", size)),
+    "resize": lambda size, shorter=256: Resize(shorter),
+    "center_crop": lambda size, **k: CenterCrop(k.get("size", size)),
+    "hflip": lambda size, p=0.5: RandomFlip(p),
+    "vflip": lambda size, p=0.5: RandomFlip(p, vertical=True),
     "rotation": lambda size, **k: _rotation(**k),
     "affine": lambda size, **k: _affine(**k),
     "color_jitter": lambda size, **k: v2.ColorJitter(**{n: _pair(v) for n, v in k.items()}),

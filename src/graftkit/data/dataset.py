@@ -29,6 +29,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import random
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,10 +39,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import GraftError
-from .decode import DecodeError, decode
+from .decode import DecodeError, decode_tensor
 from .index import index_csv, index_folder
 from .lists import ImageList, classes_path, load_classes, open_list, resolve_in_root
 from .recordio import IRHEADER, RecordReader, unpack_header
+from .transforms import Pipeline
 
 log = logging.getLogger("graftkit.data")
 # Pillow hands numpy read-only pixel buffers; the pipeline never writes into its input in place.
@@ -277,9 +279,8 @@ class ImageDataset(Dataset):
                 arr = np.repeat(arr, 3, axis=2)
             elif arr.shape[2] == 3 and channels == 1:
                 arr = np.asarray(arr.mean(axis=2, keepdims=True).round(), dtype=np.uint8)
-        else:
-            arr = decode(data, getattr(t, "min_side", None), "L" if channels == 1 else "RGB")
-        return torch.from_numpy(arr).permute(2, 0, 1)
+            return torch.from_numpy(arr).permute(2, 0, 1)
+        return decode_tensor(data, getattr(t, "min_side", None), "L" if channels == 1 else "RGB")
 
     def __getitem__(self, i: int):
         n = len(self)
@@ -301,9 +302,13 @@ class ImageDataset(Dataset):
         label = int(self.targets[j])
         if self.transform is None:
             return img, label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(self.seed, int(self._epoch[0]), j))
-            out = self.transform(img)
+        seed = _mix(self.seed, int(self._epoch[0]), j)
+        t = self.transform
+        if isinstance(t, Pipeline) and not t.uses_torch_rng:
+            return t(img, random.Random(seed)), label
+        with torch.random.fork_rng(devices=[]):  # ops on torch's global RNG: seed it, leave the caller's intact
+            torch.manual_seed(seed)
+            out = t(img, random.Random(seed)) if isinstance(t, Pipeline) else t(img)
         return out, label
 
     def __repr__(self) -> str:

@@ -17,6 +17,8 @@ import io
 import os
 
 import numpy as np
+import torch
+import torchvision.io as tvio
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import GraftError
@@ -94,6 +96,30 @@ def decode(src, min_side: int | None = None, mode: str = "RGB", exif: bool = Tru
     if a.ndim == 2:
         a = a[:, :, None]
     return a
+
+
+def decode_tensor(src, min_side: int | None = None, mode: str = "RGB") -> torch.Tensor:
+    """Like decode, as a uint8 CHW tensor (a view of HWC memory, which the resize kernels prefer).
+
+    Plain RGB/gray JPEGs that need no DCT downscaling and no EXIF rotation go to
+    torchvision's libjpeg-turbo decoder (faster than Pillow's; no Image object); the
+    rest, and anything that decoder rejects, to Pillow.
+    """
+    if isinstance(src, (bytes, bytearray, memoryview)) and src[:3] == b"\xff\xd8\xff":
+        try:
+            with Image.open(io.BytesIO(src)) as img:
+                w, h = img.size
+                simple = (img.mode in ("RGB", "L") and not (min_side and min(w, h) >= 2 * min_side)
+                          and not _has_orientation(img))
+        except Exception:
+            simple = False
+        if simple:
+            try:
+                data = torch.frombuffer(bytearray(src) if isinstance(src, bytes) else src, dtype=torch.uint8)
+                return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.GRAY if mode == "L" else tvio.ImageReadMode.RGB)
+            except Exception:
+                pass  # Pillow gives the reason, or manages where libjpeg's strict mode did not
+    return torch.from_numpy(decode(src, min_side, mode)).permute(2, 0, 1)
 
 
 def _has_orientation(img: Image.Image) -> bool:

@@ -19,11 +19,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from ..errors import GraftError
 from ..progress import track
-from .decode import DecodeError, decode
+from .decode import DecodeError, decode_tensor
 from .lists import Entry, ImageList, classes_path, open_list, resolve_in_root, save_classes
 from .recordio import RecordWriter, pack_header
 
@@ -62,26 +65,35 @@ def _resize_size(w: int, h: int, short: int) -> tuple[int, int]:
 
 
 def encode_image(data: bytes, opts: PackOptions) -> bytes:
-    """The image bytes stored for one file (raises DecodeError if it cannot be used)."""
+    """The image bytes stored for one file (raises DecodeError if it cannot be used).
+
+    Resizing uses torch's antialiased bilinear kernel on uint8 (several times faster than
+    Pillow's resize, and unlike im2rec's cv2.resize it does not alias when shrinking)."""
     if opts.pass_through:
-        decode(data, opts.resize or None)  # must decode: a pack never holds unusable images
+        decode_tensor(data, opts.resize or None)  # must decode: a pack never holds unusable images
         return data
-    arr = decode(data, opts.resize or None, "L" if opts.color == 0 else "RGB")
-    img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    w, h = img.size
+    img = decode_tensor(data, opts.resize or None, "L" if opts.color == 0 else "RGB")
+    h, w = img.shape[-2:]
     if opts.center_crop and w != h:
         m = min(w, h)
-        left, top = (w - m) // 2, (h - m) // 2
-        img = img.crop((left, top, left + m, top + m))
-        w, h = img.size
+        top, left = (h - m) // 2, (w - m) // 2
+        img = img[:, top:top + m, left:left + m]
+        h, w = m, m
     if opts.resize and min(w, h) != opts.resize:
-        img = img.resize(_resize_size(w, h, opts.resize), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        nw, nh = _resize_size(w, h, opts.resize)
+        img = F.resize(img, [nh, nw], antialias=True)
+    arr = np.ascontiguousarray(img.permute(1, 2, 0).numpy())
+    pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     buf = io.BytesIO()
     if opts.encoding == ".png":
-        img.save(buf, "PNG", compress_level=opts.quality if 0 <= opts.quality <= 9 else 3)
+        pil.save(buf, "PNG", compress_level=opts.quality if 0 <= opts.quality <= 9 else 3)
     else:
-        img.save(buf, "JPEG", quality=opts.quality)
+        pil.save(buf, "JPEG", quality=opts.quality)
     return buf.getvalue()
+
+
+def _init_worker():
+    torch.set_num_threads(1)  # one process per core already
 
 
 def _work(job):
@@ -143,7 +155,7 @@ def pack(source: str | os.PathLike | ImageList, prefix: str | os.PathLike, *, ro
     writers: list[RecordWriter] = []
     ok = False
     workers = max(1, int(workers))
-    pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) \
+    pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers, _init_worker) \
         if workers > 1 else None
     try:
         results = pool.imap(_work, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8) or 1))) \

@@ -15,10 +15,10 @@ float32 `(x * pixel_range/255 - mean) / std` in the model's channel order. With
 """
 from __future__ import annotations
 
+import random
 from typing import Any, Callable, Sequence
 
 import torch
-from torchvision.transforms import v2
 
 from ..errors import GraftError
 from . import augment as aug
@@ -27,7 +27,7 @@ DEFAULT_PRE = {"input_size": [3, 224, 224], "resize": 256, "interpolation": "bil
                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "pixel_range": 1.0,
                "channel_order": "RGB"}
 DEFAULT_TRAIN_AUGMENT = ["random_resized_crop", "hflip"]
-_SIZE_OPS = {"random_resized_crop", "center_crop"}
+_SIZE_OPS = {"random_resized_crop", "center_crop", "random_crop"}
 
 
 def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
@@ -86,6 +86,8 @@ class Pipeline:
 
     channels: 1 or 3 (how images are decoded); min_side: the shorter side the
     decoder may shrink a JPEG to (DCT scaling) without losing what the pipeline uses.
+    `pipeline(img, rng)`: graftkit's own ops draw from `rng` (a random.Random); if
+    `uses_torch_rng`, some ops (torchvision v2) draw from torch's global RNG instead.
     """
 
     def __init__(self, ops: Sequence[Callable], size: tuple[int, int], channels: int, min_side: int,
@@ -95,11 +97,14 @@ class Pipeline:
         self.channels = channels
         self.min_side = min_side
         self.normalize = normalize
-        self._compose = v2.Compose(self.ops) if self.ops else None
+        self._own = [bool(getattr(op, "uses_rng", False)) for op in self.ops]
+        self.uses_torch_rng = not all(self._own)
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        if self._compose is not None:
-            img = self._compose(img)
+    def __call__(self, img: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
+        if rng is None:  # called directly: draws follow torch's seed
+            rng = random.Random(int(torch.randint(0, 2**62, ())))
+        for op, own in zip(self.ops, self._own):
+            img = op(img, rng) if own else op(img)
         if self.normalize is not None:
             img = self.normalize(img)
         return img
@@ -112,7 +117,7 @@ def eval_pipeline(pre: dict[str, Any] | None = None, normalize: bool = True) -> 
     """Resize the shorter side to `resize`, centre-crop `input_size`, normalise."""
     pre = complete(pre)
     c, h, w = pre["input_size"]
-    ops = [v2.Resize(int(pre["resize"]), antialias=True), v2.CenterCrop((h, w))]
+    ops = [aug.Resize(int(pre["resize"])), aug.CenterCrop((h, w))]
     return Pipeline(ops, (h, w), c, int(pre["resize"]), Normalize(pre) if normalize else None)
 
 
@@ -128,7 +133,7 @@ def train_pipeline(pre: dict[str, Any] | None = None, augment=None, normalize: b
     names = [n for n, _ in aug.parse_spec(spec)]
     ops = aug.build(spec, (h, w))
     if not _SIZE_OPS & set(names):
-        ops = [v2.Resize(int(pre["resize"]), antialias=True), v2.RandomCrop((h, w))] + ops
+        ops = [aug.Resize(int(pre["resize"])), aug.RandomCrop((h, w))] + ops
     return Pipeline(ops, (h, w), c, int(pre["resize"]), Normalize(pre) if normalize else None)
 
 
