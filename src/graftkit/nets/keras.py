@@ -127,15 +127,6 @@ def activation_fn(spec, keras_major: int, where: str):
     return table[name]
 
 
-class Act(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
-
 # ---------------------------------------------------------------- layers with weights
 
 class Conv(nn.Module):
@@ -157,6 +148,12 @@ class Conv(nn.Module):
             x = F.pad(x, [(self.kernel[0] - 1) * self.dilation[0], 0])
         conv = F.conv1d if self.nd == 1 else F.conv2d
         return self.act(conv(x, self.weight, self.bias, self.strides, 0, self.dilation, self.groups))
+
+    def extra_repr(self) -> str:
+        o, i = self.weight.shape[:2]
+        return (f"{i * self.groups}->{o}, kernel={self.kernel}, strides={self.strides}, padding={self.padding}"
+                + (f", dilation={self.dilation}" if any(d != 1 for d in self.dilation) else "")
+                + (f", groups={self.groups}" if self.groups != 1 else ""))
 
 
 class Separable(nn.Module):
@@ -216,6 +213,9 @@ class Dense(nn.Module):
         if x.ndim >= 3:
             return self.act(from_keras(F.linear(to_keras(x), self.weight, self.bias)))
         return self.act(F.linear(x, self.weight, self.bias))
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}->{self.weight.shape[0]}"
 
 
 class BatchNorm(nn.Module):
@@ -305,18 +305,22 @@ class Pool(nn.Module):
         count = pool(same_pad(ones, self.size, self.strides), self.size, self.strides)
         return total / count
 
+    def extra_repr(self) -> str:
+        return f"{self.kind}, size={self.size}, strides={self.strides}, padding={self.padding}"
 
-class Lambda(nn.Module):
-    """A parameter-free layer given by a function of (x, self)."""
 
-    def __init__(self, fn, **attrs):
+class Fn(nn.Module):
+    """A parameter-free layer: a function of the input tensor (activations, padding, reshapes, ...)."""
+
+    def __init__(self, fn, what: str = ""):
         super().__init__()
-        self.fn = fn
-        for k, v in attrs.items():
-            setattr(self, k, v)
+        self.fn, self.what = fn, what
 
     def forward(self, x):
         return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.what
 
 
 class Merge(nn.Module):
@@ -478,7 +482,7 @@ def build_layer(cls: str, cfg: dict, name: str, shapes: list[tuple], keras_major
         return BatchNorm(shape[-1], float(cfg.get("epsilon", 1e-3)), float(cfg.get("momentum", 0.99)),
                          cfg.get("scale", True), cfg.get("center", True)), shape
     if cls == "Activation":
-        return Act(act), shape
+        return Fn(act), shape
     if cls == "LayerNormalization":
         axis = cfg.get("axis", -1)
         axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
@@ -489,22 +493,22 @@ def build_layer(cls: str, cfg: dict, name: str, shapes: list[tuple], keras_major
                          cfg.get("center", True)), shape
     if cls == "ReLU":
         ns, mv, th = float(cfg.get("negative_slope") or 0.0), cfg.get("max_value"), float(cfg.get("threshold") or 0.0)
-        return Lambda(lambda x: keras_relu(x, ns, mv, th)), shape
+        return Fn(lambda x: keras_relu(x, ns, mv, th)), shape
     if cls == "LeakyReLU":
         slope = float(cfg.get("negative_slope", cfg.get("alpha", 0.3)))
-        return Lambda(lambda x: F.leaky_relu(x, slope)), shape
+        return Fn(lambda x: F.leaky_relu(x, slope)), shape
     if cls == "ELU":
         alpha = float(cfg.get("alpha", 1.0))
-        return Lambda(lambda x: F.elu(x, alpha)), shape
+        return Fn(lambda x: F.elu(x, alpha)), shape
     if cls == "ThresholdedReLU":
         theta = float(cfg.get("theta", 1.0))
-        return Lambda(lambda x: x * (x > theta)), shape
+        return Fn(lambda x: x * (x > theta)), shape
     if cls == "Softmax":
         axis = cfg.get("axis", -1)
         axes = axis if isinstance(axis, (list, tuple)) else [axis]
         if len(axes) != 1:
             raise GraftError(f"Keras layer {name}: Softmax over several axes is not supported")
-        return Lambda(lambda x: F.softmax(x, dim=our_axis(axes[0], x.ndim))), shape
+        return Fn(lambda x: F.softmax(x, dim=our_axis(axes[0], x.ndim))), shape
     if cls == "PReLU":
         shared = cfg.get("shared_axes") or []
         alpha = [1 if (i + 1) in shared else n for i, n in enumerate(shape[1:])]
@@ -528,17 +532,17 @@ def build_layer(cls: str, cfg: dict, name: str, shapes: list[tuple], keras_major
             fn = lambda x: x.mean(dim=dims, keepdim=keep)  # noqa: E731
         else:
             fn = lambda x: x.amax(dim=dims, keepdim=keep)  # noqa: E731
-        return Lambda(fn), ((shape[0], *([1] * (rank - 2)), shape[-1]) if keep else (shape[0], shape[-1]))
+        return Fn(fn), ((shape[0], *([1] * (rank - 2)), shape[-1]) if keep else (shape[0], shape[-1]))
     if cls == "ZeroPadding2D":
         p = cfg.get("padding", 1)
         (t, b), (l, r) = [(q, q) if isinstance(q, int) else tuple(q) for q in _tuple(p, 2)]
-        return Lambda(lambda x: F.pad(x, [l, r, t, b])), \
+        return Fn(lambda x: F.pad(x, [l, r, t, b])), \
             (shape[0], None if shape[1] is None else shape[1] + t + b,
              None if shape[2] is None else shape[2] + l + r, shape[3])
     if cls == "Cropping2D":
         c = cfg.get("cropping", 0)
         (t, b), (l, r) = [(q, q) if isinstance(q, int) else tuple(q) for q in _tuple(c, 2)]
-        return Lambda(lambda x: x[:, :, t:x.shape[2] - b, l:x.shape[3] - r]), \
+        return Fn(lambda x: x[:, :, t:x.shape[2] - b, l:x.shape[3] - r]), \
             (shape[0], None if shape[1] is None else shape[1] - t - b,
              None if shape[2] is None else shape[2] - l - r, shape[3])
     if cls == "UpSampling2D":
@@ -552,20 +556,20 @@ def build_layer(cls: str, cfg: dict, name: str, shapes: list[tuple], keras_major
         else:
             raise GraftError(f"Keras layer {name}: UpSampling2D interpolation {mode!r} is not supported",
                              "use nearest or bilinear")
-        return Lambda(fn), (shape[0], None if shape[1] is None else shape[1] * sh,
+        return Fn(fn), (shape[0], None if shape[1] is None else shape[1] * sh,
                             None if shape[2] is None else shape[2] * sw, shape[3])
     if cls == "Flatten":
         n = None if any(d is None for d in shape[1:]) else math.prod(shape[1:])
-        return Lambda(lambda x: to_keras(x).flatten(1)), (shape[0], n)
+        return Fn(lambda x: to_keras(x).flatten(1)), (shape[0], n)
     if cls == "Reshape":
         target = list(cfg["target_shape"])
         if -1 in target and all(d is not None for d in shape[1:]):
             known = math.prod(d for d in target if d != -1)
             target[target.index(-1)] = math.prod(shape[1:]) // known
-        return Lambda(lambda x: from_keras(to_keras(x).reshape(x.shape[0], *target))), (shape[0], *target)
+        return Fn(lambda x: from_keras(to_keras(x).reshape(x.shape[0], *target))), (shape[0], *target)
     if cls == "Permute":
         dims = list(cfg["dims"])
-        return Lambda(lambda x: from_keras(to_keras(x).permute(0, *dims))), (shape[0], *[shape[d] for d in dims])
+        return Fn(lambda x: from_keras(to_keras(x).permute(0, *dims))), (shape[0], *[shape[d] for d in dims])
     if cls == "Rescaling":
         return Rescaling(cfg.get("scale", 1.0), cfg.get("offset", 0.0)), shape
     if cls == "Normalization":
@@ -577,7 +581,7 @@ def build_layer(cls: str, cfg: dict, name: str, shapes: list[tuple], keras_major
         return Normalization((shape[-1],), bool(cfg.get("invert", False)), cfg.get("mean"),
                              cfg.get("variance")), shape
     if cls in IDENTITY:
-        return Lambda(lambda x: x), shape
+        return Fn(lambda x: x), shape
     if cls in MERGE:
         if cls == "Concatenate":
             axis = cfg.get("axis", -1)
@@ -764,6 +768,8 @@ class KerasNet(nn.Module):
                 out_shapes = mod.keras_output_shapes
             else:
                 mod, out = build_layer(cls, layer.get("config") or {}, name, in_shapes, self.keras_major)
+                if isinstance(mod, Fn):
+                    mod.what = cls  # print(net) shows the Keras class of function layers
                 out_shapes = [out]
             self.add_module(attr, mod)
             self.layer_of[attr] = name
