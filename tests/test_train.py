@@ -194,3 +194,54 @@ def test_a_run_folder_is_not_overwritten_without_resume(tmp_path):
     fit(make_model(), NoisyImages(n=16), out_dir=tmp_path, plan=small_plan(epochs=1), quiet=True)
     with pytest.raises(GraftError, match="already holds a training run.*--resume"):
         fit(make_model(), NoisyImages(n=16), out_dir=tmp_path, plan=small_plan(epochs=1), quiet=True)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path):
+    """A real process killed by SIGTERM while training: it checkpoints, exits non-zero, and --resume finishes
+    with the same weights as a run that was never interrupted."""
+    script = (f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); import test_train as t; "
+              f"t.fit(t.make_model(), t.NoisyImages(delay=0.01), out_dir={str(tmp_path / 'cut')!r}, "
+              f"plan=t.small_plan(epochs=3), seed=5, quiet=True)")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "cut" / "log.csv").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # epoch 1 is done; epoch 2 is running
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "the run finished before it could be interrupted"
+    assert "stopped by signal SIGTERM" in stderr and "--resume" in stderr
+    fit(make_model(), NoisyImages(), out_dir=tmp_path / "cut", plan=small_plan(epochs=3), seed=5, quiet=True,
+        resume=True)
+    fit(make_model(), NoisyImages(), out_dir=tmp_path / "full", plan=small_plan(epochs=3), seed=5, quiet=True)
+    assert_identical(weights(tmp_path / "full" / "last.safetensors"), weights(tmp_path / "cut" / "last.safetensors"))
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    model = make_model()
+    fit(model, NoisyImages(n=40), out_dir=Path(out) / "run", plan=small_plan(epochs=2), seed=3, quiet=True,
+        device="cpu")
+    torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert_identical(a, b)
+    start = make_model().state_dict()
+    assert not torch.equal(start["block.0.weight"], a["block.0.weight"])
+    import json
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["iterations"] == 6   # 40 images / 2 ranks / batch 8 -> 3 per epoch
+    assert_identical(weights(tmp_path / "run" / "last.safetensors"), {k: v for k, v in a.items()})

@@ -33,6 +33,13 @@ class Context:
         if self.active:
             dist.barrier()
 
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """Average BatchNorm running statistics over ranks (each saw its own shard), as timm's distribute_bn."""
+        for b in model.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b, op=dist.ReduceOp.SUM)
+                b.div_(self.world)
+
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any (a stop decided by one rank stops them all)."""
         if not self.active:

@@ -242,6 +242,8 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                     pos.stop_reason = f"time budget of {plan.time_budget:g} s used"
                     break
             progress.remove_task(task)
+            if ctx.active:
+                ctx.average_buffers(raw)
             row = _end_epoch(pos, history, net, raw, tuning, val_loader, normalize, criterion, data, ctx, opt, cuda)
             pos.elapsed = time.perf_counter() - t_start
             row["seconds"] = round(pos.elapsed, 2)
