@@ -223,3 +223,32 @@ def test_non_keras_hdf5_and_zip_are_refused(tmp_path):
         z.writestr("readme.txt", "hi")
     with pytest.raises(GraftError, match="no config.json"):
         kreader.read(tmp_path / "empty.keras")
+
+
+# ---------------------------------------------------------------- the weights in a hand-written PyTorch network
+
+def test_seed_cnn_weights_run_in_a_hand_written_pytorch_cnn():
+    """The reader's tensors drop into a plain PyTorch CNN (NCHW Flatten) and give Keras's outputs and 0.845."""
+    import torch
+    import torch.nn as nn
+    from graftkit.nets.keras import chw_columns, flatten_feeds
+    from test_nets_keras import seed_cnn_input
+    from conftest import rel_err
+
+    s = kreader.read(fixture("keras/seed_cnn.h5"))
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.AvgPool2d(2),
+                        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.AvgPool2d(2),
+                        nn.Flatten(), nn.Linear(2304, 512), nn.ReLU(), nn.Linear(512, 10), nn.Softmax(dim=1))
+    feeds = flatten_feeds(s.graph, s.meta["keras_version"])
+    assert feeds == {"dense_1": [6, 6, 64]}
+    weights = [t if name != "dense_1.weight" else chw_columns(t, feeds["dense_1"]) for name, t in s.items()]
+    params = [p for _, p in net.named_parameters()]
+    assert [tuple(p.shape) for p in params] == [tuple(t.shape) for t in weights]
+    with torch.no_grad():
+        for p, t in zip(params, weights):
+            p.copy_(t)
+        x = seed_cnn_input(np.load(fixture("keras/seed_cnn.images_u8.npy")))
+        probs = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    expected = np.load(fixture("keras/seed_cnn.probs.npy"))
+    assert rel_err(probs, expected) < 1e-5
+    assert float((probs.argmax(1) == np.load(fixture("keras/seed_cnn.labels.npy"))).mean()) == 0.845

@@ -644,7 +644,8 @@ def unsupported_layers(config: dict) -> dict[str, list[str]]:
 
 # Attributes of KerasNet itself, which a layer's submodule must not shadow.
 RESERVED = {"inputs", "outputs", "train_outputs", "input_shapes", "keras_input_shapes", "keras_output_shapes",
-            "steps", "keras_major", "model_class", "input_refs", "output_refs", "output_names", "layer_of"}
+            "steps", "keras_major", "model_class", "input_refs", "output_refs", "output_names", "layer_of",
+            "flatten_feeds"}
 
 
 def module_name(name: str) -> str:
@@ -680,6 +681,8 @@ class KerasNet(nn.Module):
         self.model_class = config.get("class_name", "Functional")
         self.steps: list[tuple] = []  # (layer, module attr, input refs, called with a list?, node index)
         self.layer_of: dict[str, str] = {}  # submodule name -> Keras layer name (they differ only when torch forbids)
+        self.flatten_feeds: dict[str, list] = {}  # Dense layer -> [H, W, C] of the Flatten it reads
+        self._flattened: dict[tuple, list] = {}
         shapes: dict[tuple[str, int, int], tuple] = {}
         modules: dict[str, tuple[str, Any]] = {}
         if self.model_class == "Sequential":
@@ -777,6 +780,24 @@ class KerasNet(nn.Module):
         for ti, s in enumerate(out_shapes):
             shapes[(name, node_index, ti)] = s
         self.steps.append((name, attr, refs, as_list, node_index))
+        self._note_flatten(cls, name, refs, in_shapes, node_index, len(out_shapes), getattr(self, attr))
+
+    def _note_flatten(self, cls, name, refs, in_shapes, node_index, n_out, mod):
+        """Remember which Dense layers read a Flatten of an (H, W, C) tensor: their weight columns are in
+        Keras's HWC order, which a PyTorch network flattening NCHW needs permuted (see chw_columns)."""
+        src = self._flattened.get(refs[0]) if refs else None
+        if cls == "Flatten" and len(in_shapes[0]) >= 3:
+            src = list(in_shapes[0][1:])
+        elif cls == "Dense" and src is not None:
+            self.flatten_feeds[name] = src
+            src = None
+        elif cls not in IDENTITY | {"Activation", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU"}:
+            src = None
+        if src is not None:
+            for ti in range(n_out):
+                self._flattened[(name, node_index, ti)] = src
+        if isinstance(mod, KerasNet):
+            self.flatten_feeds.update({f"{name}.{k}": v for k, v in mod.flatten_feeds.items()})
 
     def _shape_again(self, attr, cls, layer, name, in_shapes):
         if isinstance(getattr(self, attr), KerasNet):
@@ -819,6 +840,21 @@ class KerasNet(nn.Module):
         if len(outs) == 1:
             return outs[0]
         return dict(zip(self.output_names, outs))
+
+
+def flatten_feeds(config: dict, keras_version: str = "3") -> dict[str, list]:
+    """Dense layer name -> [H, W, C] for every Dense that reads a Flatten of an image-shaped tensor.
+
+    Keras flattens NHWC, so such a Dense's weight columns (as formats.keras reads them) are in HWC order:
+    a hand-written PyTorch network that flattens NCHW needs them permuted with chw_columns."""
+    with torch.device("meta"):  # shapes only: no weights are allocated
+        return KerasNet(config, keras_version).flatten_feeds
+
+
+def chw_columns(weight: torch.Tensor, hwc) -> torch.Tensor:
+    """A Dense weight [out, H*W*C] with Keras's HWC column order -> PyTorch's CHW order."""
+    h, w, c = hwc
+    return weight.reshape(weight.shape[0], h, w, c).permute(0, 3, 1, 2).reshape(weight.shape[0], h * w * c)
 
 
 # ---------------------------------------------------------------- converter contract
