@@ -477,4 +477,19 @@ def test_claims_only_caffe_files():
     from pathlib import Path
     assert caffe.claims([Path("a.prototxt"), Path("a.caffemodel")])
     assert caffe.claims([Path("deploy.prototxt")])
-    assert not caffe.claims([Path("a.caffemodel")]) and not caffe.claims([Path("m.onnx")])
+    assert caffe.claims([Path("a.caffemodel")]) and not caffe.claims([Path("m.onnx")])
+    assert not caffe.claims([Path("a.prototxt"), Path("m.onnx")]) and not caffe.claims([Path("mean.binaryproto")])
+
+
+@pytest.mark.parametrize("name,out", [("lenet", "ip2"), ("mtcnn_det1", "conv4-2")])
+def test_a_caffemodel_alone_uses_its_own_training_net(name, out):
+    # the caffemodel holds the TRAIN net: data layers without shapes (parameter shapes come from the blobs),
+    # labels (MTCNN's HDF5Data lists its label top first) told apart by what feeds the losses' targets
+    net = caffe.convert([fixture(f"caffe/{name}.caffemodel")])
+    assert net.graph["phase"] == "TRAIN" and len(net.data_inputs) == 1
+    assert net.data_inputs[0] in ("data", "data12face") and out in net.loss_weights
+    x = load(f"caffe/{name}.input.npy")
+    with torch.no_grad():
+        y = net.run(x, [out])[out]
+    assert rel_err(y, np.load(fixture(f"caffe/{name}.{out}.opencv.npy"))) <= TARGET
+    assert not any(b.startswith("label") for b in net.train_outputs)

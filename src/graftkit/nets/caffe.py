@@ -46,20 +46,20 @@ def _suffix(p: Path) -> str:
 
 
 def claims(paths: Sequence[Path]) -> bool:
-    """Caffe's files: a .prototxt (optionally with a .caffemodel and a mean .binaryproto)."""
+    """Caffe's files: a .prototxt and/or a .caffemodel (optionally with a mean .binaryproto)."""
     sfx = [_suffix(Path(p)) for p in paths]
-    return any(s in PROTOTXT_SUFFIXES for s in sfx) and all(
+    return any(s in PROTOTXT_SUFFIXES + (".caffemodel",) for s in sfx) and all(
         s in PROTOTXT_SUFFIXES + (".caffemodel", ".binaryproto") for s in sfx)
 
 
-def _split_paths(paths: Sequence[Path]) -> tuple[Path, Path | None, Path | None]:
+def _split_paths(paths: Sequence[Path]) -> tuple[Path | None, Path | None, Path | None]:
     protos = [p for p in paths if _suffix(p) in PROTOTXT_SUFFIXES]
     models = [p for p in paths if _suffix(p) == ".caffemodel"]
     means = [p for p in paths if _suffix(p) == ".binaryproto"]
-    if len(protos) != 1 or len(models) > 1 or len(means) > 1:
-        raise GraftError(f"give one .prototxt, at most one .caffemodel and one mean .binaryproto "
+    if len(protos) > 1 or len(models) > 1 or len(means) > 1 or not (protos or models):
+        raise GraftError(f"give one .prototxt and/or one .caffemodel, and at most one mean .binaryproto "
                          f"(got {', '.join(p.name for p in paths)})")
-    return protos[0], (models[0] if models else None), (means[0] if means else None)
+    return (protos[0] if protos else None), (models[0] if models else None), (means[0] if means else None)
 
 
 # ---------------------------------------------------------------- phase selection
@@ -210,14 +210,15 @@ def _check_blobs(name: str, ltype: str, expected: list[tuple], arrays: list[np.n
     return out
 
 
+def caffemodel_blobs(net: dict) -> dict[str, tuple[str, list[np.ndarray]]]:
+    """layer name -> (V2 type, [arrays as stored]) for the layers of a decoded caffemodel that have blobs."""
+    from ..formats import caffe as caffe_file
+    return {name: (v2_type(ltype), list(arrays)) for name, ltype, arrays in caffe_file.layer_blobs(net) if arrays}
+
+
 def read_caffemodel_blobs(path: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
     from ..formats import caffe as caffe_file
-    net = caffe_file.read_net(path)
-    blobs: dict[str, tuple[str, list[np.ndarray]]] = {}
-    for name, ltype, arrays in caffe_file.layer_blobs(net):
-        if arrays and name not in blobs:
-            blobs[name] = (v2_type(ltype), list(arrays))
-    return blobs
+    return caffemodel_blobs(caffe_file.read_net(path))
 
 
 # ---------------------------------------------------------------- the graph
@@ -257,6 +258,7 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
 
     shapes: dict[str, tuple | None] = {i["name"]: (tuple(i["shape"]) if i["shape"] else None) for i in inputs}
     produced = set(shapes)
+    ancestry = {name: frozenset([name]) for name in shapes}  # blob -> the inputs it is computed from
     taken: set[str] = set()
     glayers, modules, checked, losses, silenced = [], [], {}, [], []
     meta = torch.device("meta")  # layers are built without memory; the caffemodel's arrays are assigned later
@@ -304,17 +306,33 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
         outs = (None,) * len(tops) if not known else _top_shapes(name, t, cls, attrs, mod, bshapes)
         if len(outs) != len(tops):
             raise GraftError(f"layer {name!r} ({t}) has {len(tops)} tops but computes {len(outs)} blobs")
+        anc = frozenset().union(*(ancestry[b] for b in bottoms))
         for top, o in zip(tops, outs):
             shapes[top] = o
             produced.add(top)
+            ancestry[top] = anc
         glayers.append({"name": name, "type": t, "module": _module_name(name, taken), "bottoms": bottoms,
                         "tops": tops, "attrs": attrs, "shapes": [list(s) for s in pshapes]})
         modules.append(mod)
 
+    # Labels: inputs that only feed the targets of loss/accuracy layers (bottom 1 on; Caffe's convention).
+    preds, targets = set(), set()
+    for loss in losses:
+        k = 2 if loss["type"] == "ContrastiveLoss" else 1
+        loss["predictions"] = loss["bottoms"][:k]
+        for b in loss["bottoms"][:k]:
+            preds |= ancestry[b]
+        for b in loss["bottoms"][k:]:
+            targets |= ancestry[b]
+    labels = targets - preds
+    for i in inputs:
+        i["label"] = i["name"] in labels or (i["label"] and i["name"] not in preds)
+    labels = {i["name"] for i in inputs if i["label"]}
+    label_blobs = {b for b, a in ancestry.items() if a and a <= labels}
     graph = {"version": GRAPH_VERSION, "name": str(one(net, "name", "") or ""), "phase": phase,
              "inputs": [{"name": i["name"], "shape": i["shape"], "label": i["label"]} for i in inputs],
              "layers": glayers, "losses": losses, "silenced": silenced}
-    graph.update(_outputs(graph))
+    graph.update(_outputs(graph, label_blobs))
     graph["blob_shapes"] = {k: (list(v) if v is not None else None) for k, v in shapes.items()}
     return graph, modules, checked
 
@@ -334,8 +352,8 @@ def _top_shapes(name: str, t: str, cls, attrs: dict, mod: nn.Module, bshapes: li
     return tuple(tuple(int(d) for d in o) for o in outs)
 
 
-def _outputs(graph: dict) -> dict:
-    """Default outputs in eval and train mode, and the loss weight of each loss bottom."""
+def _outputs(graph: dict, label_blobs: set[str]) -> dict:
+    """Default outputs in eval and train mode, and the loss weight of each loss's prediction."""
     input_names = {i["name"] for i in graph["inputs"]}
     order: dict[str, int] = {}
     available: dict[str, None] = {}
@@ -345,13 +363,14 @@ def _outputs(graph: dict) -> dict:
         for t in L["tops"]:
             available[t] = None
             order.setdefault(t, n)
-    natural = [b for b in available if b not in input_names and b not in graph["silenced"]]
+    natural = [b for b in available
+               if b not in input_names and b not in graph["silenced"] and b not in label_blobs]
     loss_weights: dict[str, float] = {}
     for loss in graph["losses"]:
         if loss["type"] not in LOSS_LAYERS:
             continue
-        for b in loss["bottoms"]:
-            if b not in input_names:
+        for b in loss["predictions"]:
+            if b not in input_names and b not in label_blobs:
                 loss_weights[b] = max(loss_weights.get(b, 0.0), loss["loss_weight"])
     train = natural + [b for b in loss_weights if b not in natural]
     train.sort(key=lambda b: order.get(b, -1))
@@ -585,16 +604,27 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None) -> CaffeNet:
     """A prototxt (+ caffemodel, + mean .binaryproto) -> a CaffeNet with its package metadata.
     Without a caffemodel the weights are initialised by the prototxt's fillers (PyTorch's default
-    for weights that have none)."""
+    for weights that have none); without a prototxt the caffemodel's own net definition is used
+    (parameter shapes then come from its blobs when it declares no input shape)."""
     proto, model, mean = _split_paths([Path(p) for p in paths])
-    phase = (phase or "TEST").upper()
+    phase_given, phase = phase, (phase or "TEST").upper()
     if phase not in _PHASES:
         raise GraftError(f"phase {phase!r} is not TRAIN or TEST")
-    text = proto.read_text(encoding="utf-8", errors="replace")
-    net = _parse_prototxt(proto)
-    layers = select_layers(net, phase)
-    check_supported(layers)  # before reading any weights
-    blobs = read_caffemodel_blobs(model) if model else None
+    if proto is not None:
+        text = proto.read_text(encoding="utf-8", errors="replace")
+        net = _parse_prototxt(proto)
+        layers = select_layers(net, phase)
+        check_supported(layers)  # before reading any weights
+        blobs = read_caffemodel_blobs(model) if model else None
+    else:  # a caffemodel alone: it carries its own (usually train_val) net definition
+        from ..formats import caffe as caffe_file
+        text, net = None, caffe_file.read_net(model)
+        if phase_given is None:  # a caffemodel is saved from one phase, recorded in its layers
+            saved = [one(lp, "phase") for lp in all_of(net, "layer") or all_of(net, "layers")]
+            phase = enum(next((p for p in saved if p is not None), "TRAIN"), _PHASES, "TRAIN")
+        layers = select_layers(net, phase)
+        check_supported(layers)
+        blobs = caffemodel_blobs(net)
     graph, modules, checked = compile_graph(net, phase, blobs, input_shapes, layers)
     left = []
     for L, mod in zip(graph["layers"], modules):
@@ -619,7 +649,7 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
     attach(net_mod, make_meta(spec, preprocessing=_preprocessing(layers, graph, proto, mean),
                               provenance={"sources": sources, "converter": "caffe",
                                           "caffe_name": graph["name"]},
-                              report=report, extra={"caffe_layer_names": dict(net_mod.layer_names)}))
+                              report=report))
     return net_mod.eval()
 
 
@@ -646,7 +676,7 @@ def build_from_spec(spec: dict) -> CaffeNet:
     """The architecture of a converted package (weights initialised; the package loads its tensors)."""
     graph = spec.get("graph")
     if graph is None or graph.get("version") != GRAPH_VERSION:
-        if "prototxt" not in spec:
+        if not spec.get("prototxt"):
             raise GraftError("the Caffe package spec has neither a graph nor a prototxt",
                              "the package is corrupt; convert the model again")
         net = _parse_prototxt(spec["prototxt"])
