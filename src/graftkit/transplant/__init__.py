@@ -44,6 +44,7 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
     check_policy(policy)
     parsed = [parse_rule(r) for r in (rules or [])]
     src, src_classes = source_tensors(source, trust=trust)
+    _check_rules(parsed, list(src))              # before building the target: fail fast
     module = _target_module(target)
     tgt = records_from_module(module)
     tgt_classes = list(class_names) if class_names else (meta_of(module).get("classes") or None)
@@ -121,6 +122,13 @@ def _follow_weights(report: Report, units) -> None:
 def _same_but_unit_dims(s: torch.Tensor, t: torch.Tensor) -> bool:
     """The same values in another view: a 1x1 convolution kernel against a dense weight."""
     return s.numel() == t.numel() and [d for d in s.shape if d != 1] == [d for d in t.shape if d != 1]
+
+
+def _check_rules(rules, src_names: list[str]) -> None:
+    for rx, _, text in rules:
+        if not any(rx.search(s) for s in src_names):
+            raise GraftError(f"rule '{text}' matches no source tensor name",
+                             f"source names look like {', '.join(src_names[:3])}")
 
 
 def parse_rule(rule: str) -> tuple[re.Pattern, str, str]:
@@ -214,10 +222,7 @@ def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
             pair(t, cands[0], "normalised")
     # 3. user rules rewrite source names
     if rules:
-        for rx, repl, text in rules:
-            if not any(rx.search(s) for s in src_names):
-                raise GraftError(f"rule '{text}' matches no source tensor name",
-                                 f"source names look like {', '.join(src_names[:3])}")
+        _check_rules(rules, src_names)
         by_tgt_norm: dict[str, list[str]] = {}
         for t, n in tgt_norm.items():
             by_tgt_norm.setdefault(n, []).append(t)
