@@ -163,11 +163,11 @@ def stats_cmd(source: Path = typer.Argument(..., metavar="LIST|PACK|ROOT", help=
               workers: int = typer.Option(2, "--workers", help="parallel processes"),
               json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Per-channel mean and std of your images (RGB; 0..255 and 0..1), optionally a Caffe mean .binaryproto."""
-    from ..data.stats import compute_stats, write_binaryproto
+    from ..data.stats import compute_stats, write_mean_binaryproto
     st = compute_stats(source, root=root, mean_size=(mean_size, mean_size) if binaryproto else None, workers=workers)
     mean_image = st.pop("mean_image")
     if binaryproto:
-        write_binaryproto(binaryproto, mean_image)
+        write_mean_binaryproto(binaryproto, mean_image)
         st["binaryproto"] = str(binaryproto)
     if json_:
         print_json(st)

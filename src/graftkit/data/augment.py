@@ -183,8 +183,8 @@ def _pair(v):
     return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
-def _rrc(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), **k):
-    return RandomResizedCrop(k.get("size", size), scale=scale, ratio=ratio)
+def _rrc(out, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), size=None):
+    return RandomResizedCrop(size or out, scale=scale, ratio=ratio)
 
 
 def _blur(kernel_size=5, sigma=(0.1, 2.0), p=1.0):
@@ -202,26 +202,26 @@ def _affine(degrees=0, translate=None, scale=None, shear=None, p=1.0):
     return v2.RandomApply([t], p=p) if p < 1 else t
 
 
-# name -> factory(size, **params); `size` is the output (H, W) for ops that need it.
+# name -> factory(out, **params); `out` is the pipeline's output (H, W) for ops that need it.
 REGISTRY: dict[str, Callable[..., Callable]] = {
-    "random_resized_crop": lambda size, **k: _rrc(size, **k),
-    "random_resize": lambda size, **k: RandomResize(**k),
-    "random_crop": lambda size, **k: RandomCrop(k.get("size", size)),
-    "resize": lambda size, shorter=256: Resize(shorter),
-    "center_crop": lambda size, **k: CenterCrop(k.get("size", size)),
-    "hflip": lambda size, p=0.5: RandomFlip(p),
-    "vflip": lambda size, p=0.5: RandomFlip(p, vertical=True),
-    "rotation": lambda size, **k: _rotation(**k),
-    "affine": lambda size, **k: _affine(**k),
-    "color_jitter": lambda size, **k: v2.ColorJitter(**{n: _pair(v) for n, v in k.items()}),
-    "brightness": lambda size, value=0.4: v2.ColorJitter(brightness=value),
-    "contrast": lambda size, value=0.4: v2.ColorJitter(contrast=value),
-    "saturation": lambda size, value=0.4: v2.ColorJitter(saturation=value),
-    "hue": lambda size, value=0.1: v2.ColorJitter(hue=value),
-    "grayscale": lambda size, p=0.1: v2.RandomGrayscale(p),
-    "pca_lighting": lambda size, **k: PCALighting(**k),
-    "gaussian_noise": lambda size, **k: GaussianNoise(**k),
-    "blur": lambda size, **k: _blur(**k),
+    "random_resized_crop": lambda out, **k: _rrc(out, **k),
+    "random_resize": lambda out, **k: RandomResize(**k),
+    "random_crop": lambda out, **k: RandomCrop(k.get("size", out)),
+    "resize": lambda out, shorter=256: Resize(shorter),
+    "center_crop": lambda out, **k: CenterCrop(k.get("size", out)),
+    "hflip": lambda out, p=0.5: RandomFlip(p),
+    "vflip": lambda out, p=0.5: RandomFlip(p, vertical=True),
+    "rotation": lambda out, **k: _rotation(**k),
+    "affine": lambda out, **k: _affine(**k),
+    "color_jitter": lambda out, **k: v2.ColorJitter(**{n: _pair(v) for n, v in k.items()}),
+    "brightness": lambda out, value=0.4: v2.ColorJitter(brightness=value),
+    "contrast": lambda out, value=0.4: v2.ColorJitter(contrast=value),
+    "saturation": lambda out, value=0.4: v2.ColorJitter(saturation=value),
+    "hue": lambda out, value=0.1: v2.ColorJitter(hue=value),
+    "grayscale": lambda out, p=0.1: v2.RandomGrayscale(p),
+    "pca_lighting": lambda out, **k: PCALighting(**k),
+    "gaussian_noise": lambda out, **k: GaussianNoise(**k),
+    "blur": lambda out, **k: _blur(**k),
 }
 
 

@@ -50,6 +50,8 @@ def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
         v = [float(v)] * c if isinstance(v, (int, float)) else [float(x) for x in v]
         if len(v) == 1:
             v = v * c
+        if len(v) == 3 and c == 1 and key not in (pre or {}):  # ImageNet defaults for a gray model
+            v = [sum(v) / 3]
         if len(v) != c:
             raise GraftError(f"preprocessing {key} has {len(v)} values for {c} channels", "give one per channel")
         out[key] = v
