@@ -80,6 +80,23 @@ def test_file_kinds_agree_with_each_other(stem):
     assert [s.meta["file_kind"] for s in sets] == ["keras", "legacy_h5", "weights_h5"][:len(sets)]
 
 
+def test_legacy_weights_only_h5_kinds_are_inferred(tmp_path):
+    """A Keras 2 style weights-only .h5 (layer_names/weight_names, no config) reads like the .keras."""
+    keras = pytest.importorskip("keras")
+    from keras.src.legacy.saving import legacy_h5_format
+    import h5py
+    model = keras.saving.load_model(fixture("keras/layout_zoo.keras"), compile=False)
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    s, ref = kreader.read(tmp_path / "w.h5"), kreader.read(fixture("keras/layout_zoo.keras"))
+    assert s.meta["file_kind"] == "legacy_weights_h5" and s.graph is None
+    assert list(s) == list(ref)
+    for k in ref:
+        assert s[k].equal(ref[k]) and s.record(k).kind == ref.record(k).kind, k
+    net = graftkit.convert([fixture("keras/layout_zoo.keras"), tmp_path / "w.h5"])
+    assert net.dw1.weight.equal(ref["dw1.weight"])
+
+
 def test_layout_zoo_records():
     s = kreader.read(fixture("keras/layout_zoo.keras"))
     shapes = {k: tuple(v.shape) for k, v in s.items()}

@@ -18,7 +18,8 @@ name, so kinds are known; a BatchNormalization with 3 variables is taken as
 scale=False (beta, moving_mean, moving_variance), the Keras idiom, since the file
 cannot tell. Legacy weights-only `.h5` files name their variables, so the kind is
 inferred from those names and shapes (a 4-D `kernel` reads as Conv2D, never as a
-transposed convolution). Without a config, layer order (`position`) comes from the
+transposed convolution; as DepthwiseConv2D when its bias has C*M entries, or when
+it has no bias and Keras's default name `depthwise_conv2d`). Without a config, layer order (`position`) comes from the
 HDF5 object addresses, which follow the order Keras wrote the layers in. Pass the architecture file alongside to be sure
 (`read_with_config`, used by the converter).
 """
@@ -179,8 +180,8 @@ def layer_records(name: str, cls: str, variables: list[tuple[str, np.ndarray]], 
     return recs
 
 
-def guess_class(var_names: list[str], arrays: list[np.ndarray]) -> str:
-    """A legacy weights-only layer's class from its variable names and shapes."""
+def guess_class(var_names: list[str], arrays: list[np.ndarray], layer: str = "") -> str:
+    """A legacy weights-only layer's class from its variable names and shapes (and Keras's default name)."""
     names = set(var_names)
     if {"depthwise_kernel", "pointwise_kernel"} <= names:
         return "SeparableConv2D"
@@ -194,6 +195,13 @@ def guess_class(var_names: list[str], arrays: list[np.ndarray]) -> str:
         return "Embedding"
     if "kernel" in names:
         k = arrays[var_names.index("kernel")]
+        if k.ndim == 4:
+            # Keras 3 calls a DepthwiseConv2D kernel (kh, kw, C, M) just `kernel`: its bias has C*M entries,
+            # a Conv2D's has M. Without a bias only Keras's default layer name can tell.
+            bias = arrays[var_names.index("bias")] if "bias" in names else None
+            if (bias is not None and bias.size == k.shape[2] * k.shape[3] != k.shape[3]) or \
+                    (bias is None and re.fullmatch(r"depthwise_conv2d(_\d+)?", layer.rpartition(".")[2])):
+                return "DepthwiseConv2D"
         return {2: "Dense", 3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}.get(k.ndim, "")
     return ""
 
@@ -310,7 +318,7 @@ def _legacy_layers(h5, config: dict | None) -> Iterator[tuple[str, str, dict | N
     out = []
     for full, cls, cfg, pos, variables in found.values():
         if not cls:
-            cls = guess_class([v for v, _ in variables], [a for _, a in variables])
+            cls = guess_class([v for v, _ in variables], [a for _, a in variables], full)
         out.append((full, cls, cfg, pos, variables))
     out.sort(key=lambda f: f[3])
     return iter(out)
