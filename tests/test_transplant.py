@@ -502,3 +502,11 @@ def test_efficientnet_lite0_by_structure_alone():
     net, report = transplant(anonymous, "timm:efficientnet_lite0", strict=True)
     assert report.summary()["by_pass"] == {"structure": 296}
     assert classify(net.eval(), data.chelsea()) == 285
+
+
+def test_graftkit_transplant_stays_callable_after_the_subpackage_is_imported():
+    import graftkit
+    import graftkit.transplant  # noqa: F401  (binds the subpackage as graftkit.transplant)
+    for _ in range(2):
+        _, report = graftkit.transplant(nn.Linear(2, 2), nn.Linear(2, 2))
+        assert report.summary()["copied"] == 2

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import types
 from pathlib import Path
+
 import torch
 import torch.nn as nn
 
@@ -279,3 +282,14 @@ def _eps_notes(src: TensorSet, module: nn.Module, pairs) -> list[str]:
             notes.setdefault((float(eps), float(m.eps)), []).append(t.rpartition(".")[0])
     return [f"source BatchNorm eps {a:g} differs from the target's {b:g} in {len(v)} layers ({v[0]}, ...): "
             f"set the target's eps to {a:g} to reproduce the source exactly" for (a, b), v in notes.items()]
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this subpackage replaces the `graftkit.transplant` function with the module
+    (Python binds submodules as package attributes): keep `graftkit.transplant(...)` working."""
+
+    def __call__(self, *args, **kwargs):
+        return transplant(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
