@@ -464,6 +464,11 @@ class CaffeNet(nn.Module):
             mod.training = mode
         return self
 
+    def extra_repr(self) -> str:
+        return (f"name={self.graph['name']!r}, phase={self.graph['phase']}, {len(self.layer_names)} layers "
+                f"({len(self._modules)} with parameters or training behaviour shown), inputs={self.inputs}, "
+                f"outputs={self.outputs}")
+
     def layer(self, caffe_name: str) -> nn.Module:
         """The submodule of a Caffe layer, by its Caffe name."""
         try:
