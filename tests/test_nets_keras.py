@@ -112,6 +112,12 @@ def test_keras2_style_h5_converts(tmp_path):
     assert rel_err(got, np.load(fixture("keras/layout_zoo.output.npy"))) < TARGET_RTOL
 
 
+def test_channels_last_input_is_a_clear_error():
+    net = graftkit.convert(fixture("keras/layout_zoo.keras"))
+    with pytest.raises(GraftError, match="channels last"):
+        net(torch.zeros(1, 33, 32, 3))
+
+
 def test_weights_file_must_come_with_its_architecture():
     with pytest.raises(GraftError, match="no architecture|model file"):
         graftkit.convert(fixture("keras/layout_zoo.weights.h5"))

@@ -824,6 +824,11 @@ class KerasNet(nn.Module):
         if len(args) != len(self.input_refs):
             raise GraftError(f"the model takes {len(self.input_refs)} input(s) ({[r[0] for r in self.input_refs]}), "
                              f"got {len(args)}")
+        for (name, *_), x, shape in zip(self.input_refs, args, self.keras_input_shapes):
+            channels = shape[-1] if len(shape) >= 3 else None
+            if channels and x.ndim == len(shape) and x.shape[1] != channels and x.shape[-1] == channels:
+                raise GraftError(f"input {name!r} has shape {tuple(x.shape)}, channels last; converted Keras "
+                                 f"models take channels first ({nchw_shape(shape)})", "pass x.permute(0, 3, 1, 2)")
         values = dict(zip(self.input_refs, args))
         for name, attr, refs, as_list, node_index in self.steps:
             xs = [values[r] for r in refs]
