@@ -136,3 +136,46 @@ def test_check_folder_and_cli(messy, tmp_path):
     assert doc["fixed"]["images"] == 8 and (tmp_path / "fixed.lst").exists()
     r = run_graft("data", "check", tmp_path / "nowhere.lst")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such" in r.stderr
+
+
+def test_check_reports_odd_modes_rotation_and_imbalance(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "odd"
+    (root / "many").mkdir(parents=True)
+    (root / "few").mkdir()
+    (root / "empty").mkdir()
+    for i in range(10):
+        (root / "many" / f"{i}.jpg").write_bytes(_jpeg(rng))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(buf, "JPEG", exif=exif.tobytes())
+    (root / "few" / "rotated.jpg").write_bytes(buf.getvalue())
+    Image.fromarray(np.full((40, 40), 30000, np.uint16)).save(root / "few" / "deep.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).convert("P").save(root / "few" / "pal.png")
+    report = check(root, workers=1)
+    found = {(p.path, p.kind) for p in report.problems}
+    assert {("few/rotated.jpg", "exif_rotation"), ("few/deep.png", "16bit"), ("few/pal.png", "palette")} <= found
+    kinds = report.kinds()
+    assert kinds["imbalance"] == 1 and kinds["empty_class"] == 1
+    assert "many has 10 images, few 3" in next(p.message for p in report.problems if p.kind == "imbalance")
+    assert "class 0 (empty) has no images" in next(p.message for p in report.problems if p.kind == "empty_class")
+
+
+def test_pack_options_center_crop_gray_pass_through(messy, tmp_path):
+    from graftkit.data.pack import PackOptions
+    from graftkit.data.recordio import RecordReader, unpack_header
+    good = [l for l in messy.read_text().splitlines() if "good" in l]
+    lst = messy.parent / "good.lst"
+    lst.write_text("\n".join(good) + "\n")
+    rep = pack(lst, tmp_path / "sq", options=PackOptions(resize=16, center_crop=True, color=0), workers=1,
+               progress=False)
+    rows = list(inspect_records(tmp_path / "sq"))
+    assert rep.records == 4 and all(r["decoded"] == [16, 16] for r in rows)
+    img = Image.open(io.BytesIO(unpack_header(RecordReader(tmp_path / "sq.rec").read(0)).image))
+    assert img.mode == "L"
+    pack(lst, tmp_path / "raw", options=PackOptions(pass_through=True), workers=1, progress=False)
+    for line, row in zip(good, inspect_records(tmp_path / "raw")):
+        data = (messy.parent / line.split("\t")[-1]).read_bytes()
+        import hashlib
+        assert row["sha256"] == hashlib.sha256(data).hexdigest()  # the file's own bytes, unchanged

@@ -16,12 +16,18 @@ The pieces (one idea per module):
     demo_set    the shipped Fashion-MNIST subset and the full set from Debian's package
 """
 from .augment import parse_spec as parse_augment
+from .check import CheckReport, check, fix as fix_list
 from .dataset import ImageDataset, find_shards
 from .decode import DecodeError, decode
 from .demo_set import (FASHION_MNIST_CLASSES, demo_arrays, fashion_mnist_subset, load_fashion_mnist,
                        write_demo_set)
 from .index import index, make_lists
 from .lists import Entry, ImageList, load_classes, open_list, read_lst, save_classes, write_lst
+from .pack import PackOptions, PackReport, pack
+from .pack_info import inspect_records
+from .sampling import ClassBalancedSampler, WeightedSampler
+from .split import split_entries, split_list
+from .stats import compute_stats, write_mean_binaryproto
 from .transforms import Normalize, Pipeline, eval_pipeline, pipelines, train_pipeline
 
 
@@ -33,4 +39,6 @@ def open_dataset(source, transform=None, **kwargs) -> ImageDataset:
 __all__ = ["ImageDataset", "open_dataset", "find_shards", "DecodeError", "decode", "FASHION_MNIST_CLASSES",
            "demo_arrays", "fashion_mnist_subset", "load_fashion_mnist", "write_demo_set", "index", "make_lists",
            "Entry", "ImageList", "load_classes", "open_list", "read_lst", "save_classes", "write_lst", "Normalize",
-           "Pipeline", "eval_pipeline", "pipelines", "train_pipeline", "parse_augment"]
+           "Pipeline", "eval_pipeline", "pipelines", "train_pipeline", "parse_augment", "CheckReport", "check",
+           "fix_list", "PackOptions", "PackReport", "pack", "inspect_records", "ClassBalancedSampler",
+           "WeightedSampler", "split_entries", "split_list", "compute_stats", "write_mean_binaryproto"]
