@@ -465,6 +465,11 @@ def test_blob_shapes_contradicting_the_prototxt_name_layer_and_shapes(tmp_path):
         caffe.convert([fixture("caffe/lenet.prototxt"), tmp_path / "nobias.caffemodel"])
 
 
+def test_weights_of_another_net_are_refused():
+    with pytest.raises(GraftError, match="none of its layers matches.*conv1, conv2, ip1, ip2"):
+        caffe.convert([fixture("caffe/googlenet.deploy.prototxt"), fixture("caffe/lenet.caffemodel")])
+
+
 def test_a_bottom_nobody_produces_is_reported(tmp_path):
     proto = tmp_path / "m.prototxt"
     proto.write_text('input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'

@@ -38,6 +38,10 @@ def register(app: typer.Typer) -> None:
         save(module, output)
         s = summarize(module)
         s["output"] = str(output)
+        left = (s.get("report") or {}).get("initialised") or []
+        if left and len(s.get("sources") or []) > 1:
+            err.print(f"warning: no weights for {len(left)} layer(s), left at initialisation: {', '.join(left[:8])}"
+                      f"{' ...' if len(left) > 8 else ''}")
         if json_:
             print_json(s)
             return

@@ -631,6 +631,10 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
         check_supported(layers)
         blobs = caffemodel_blobs(net)
     graph, modules, checked = compile_graph(net, phase, blobs, input_shapes, layers)
+    if model is not None and not checked and any(L["shapes"] for L in graph["layers"]):
+        raise GraftError(f"{model}: none of its layers matches a layer of {proto} by name "
+                         f"(it holds {', '.join(list(blobs)[:5])}{' ...' if len(blobs) > 5 else ''})",
+                         "Caffe pairs weights with layers by name: give the caffemodel trained with this prototxt")
     left = []
     for L, mod in zip(graph["layers"], modules):
         arrays = checked.get(L["name"])

@@ -68,11 +68,12 @@ def summarize(module: nn.Module) -> dict:
     shapes = getattr(module, "input_shapes", None) or {}
     inputs = list(getattr(module, "inputs", None) or shapes)
     return {"converter": spec.get("converter"),
-            "layers": len(leaves),
+            "layers": len(getattr(module, "layer_names", None) or leaves),
             "parameters": sum(p.numel() for p in module.parameters()),
             "tensors": len(module.state_dict()),
             "inputs": [{"name": n, "shape": shapes.get(n)} for n in inputs],
             "outputs": list(getattr(module, "outputs", None) or []),
             "train_outputs": list(getattr(module, "train_outputs", None) or []),
             "preprocessing": meta.get("preprocessing"),
-            "sources": (meta.get("provenance") or {}).get("sources")}
+            "sources": (meta.get("provenance") or {}).get("sources"),
+            "report": meta.get("report")}
