@@ -184,6 +184,16 @@ def test_evaluate_a_list_gives_the_same_answer(pkg, folder, tmp_path):
     assert r["confusion"] == [[2, 0, 0], [0, 3, 1], [0, 0, 1]] and r["skipped"] == 1
 
 
+def test_evaluate_a_recordio_pack(pkg, folder, tmp_path):
+    from graftkit.data import make_lists
+    from graftkit.data.pack import PackOptions, pack
+    lst = make_lists(folder, tmp_path / "all.lst")["all"]
+    done = pack(lst, tmp_path / "packs" / "all", options=PackOptions(encoding=".png"), workers=1, progress=False)
+    assert done.records == 7  # the broken file is left out when packing
+    r = evaluate(pkg, tmp_path / "packs" / "all", progress=False)
+    assert r["confusion"] == [[2, 0, 0], [0, 3, 1], [0, 0, 1]] and "skipped" not in r
+
+
 def test_cli_evaluate_table(capsys, pkg, folder):
     code, out, err = run_cli(capsys, "evaluate", pkg, folder)
     assert code == 0, err
