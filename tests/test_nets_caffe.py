@@ -249,7 +249,7 @@ def test_prototxt_alone_gives_initialised_weights_and_a_package_rebuilds_it(tmp_
 def test_mean_file_and_transform_param_become_preprocessing(tmp_path):
     proto = tmp_path / "t.prototxt"
     proto.write_text('layer { name: "data" type: "ImageData" top: "data" top: "label"\n'
-                     '  transform_param { scale: 0.5 crop_size: 5 mirror: true mean_file: "mean.binaryproto" }\n'
+                     '  transform_param { scale: 0.5 crop_size: 5 mirror: true mean_file: "../data/ilsvrc12/mean.binaryproto" }\n'
                      '  image_data_param { source: "list.txt" batch_size: 2 new_height: 8 new_width: 8 } }\n'
                      'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
                      'convolution_param { num_output: 2 kernel_size: 3 } }\n'
@@ -261,6 +261,10 @@ def test_mean_file_and_transform_param_become_preprocessing(tmp_path):
     assert pre["mean"] == [10.0, 20.0, 30.0] and pre["std"] == [2.0, 2.0, 2.0]
     assert pre["crop"] == 5 and pre["mirror"] is True and pre["input_size"] == [3, 5, 5]
     assert net.outputs == ["c"] and net(torch.randn(2, 3, 5, 5)).shape == (2, 2, 3, 3)
+    # the untrusted prototxt's mean_file is only looked up by name beside it; a bad one is a note, not a failure
+    (tmp_path / "mean.binaryproto").write_bytes(b"not a blob")
+    pre = caffe.convert([proto]).graftkit_meta["preprocessing"]
+    assert pre["mean"] == [0.0, 0.0, 0.0] and "unreadable" in " ".join(pre["notes"])
 
 
 def test_unknown_input_shape_needs_weights_or_a_shape(tmp_path):

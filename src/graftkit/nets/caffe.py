@@ -566,20 +566,26 @@ def _preprocessing(layers: list[dict], graph: dict, prototxt: Path | None, mean_
     if len(mean) == 1:
         mean = mean * channels
     mean_file = one(tp, "mean_file")
-    if mean_path is None and mean_file:
-        for cand in (Path(str(mean_file)), (prototxt.parent if prototxt else Path()) / Path(str(mean_file)).name):
-            if cand.is_file():
-                mean_path = cand
-                break
+    given = mean_path is not None
+    if not given and mean_file:
+        # The prototxt is untrusted data: its mean_file is looked up by name beside it, nowhere else.
+        cand = (prototxt.parent if prototxt else Path()) / Path(str(mean_file).replace("\\", "/")).name
+        if cand.is_file():
+            mean_path = cand
         else:
-            notes.append(f"mean_file {mean_file} not found: pass the .binaryproto to convert")
+            notes.append(f"mean_file {mean_file} not found beside the prototxt: pass the .binaryproto to convert")
     if mean_path is not None:
         from ..formats import caffe as caffe_file
-        img = np.asarray(caffe_file.read_binaryproto_mean(mean_path), dtype=np.float64)
-        img = img.reshape(-1, *img.shape[-2:]) if img.ndim >= 2 else img.reshape(-1, 1, 1)
-        mean = [float(v) for v in img.mean(axis=(1, 2))]
-        pre["mean_file"] = mean_path.name
-        notes.append("mean image reduced to per-channel means")
+        try:
+            img = np.asarray(caffe_file.read_binaryproto_mean(mean_path), dtype=np.float64)
+        except GraftError as e:
+            if given:
+                raise
+            notes.append(f"mean_file {mean_path.name} unreadable ({e})")
+        else:
+            mean = [float(v) for v in img.mean(axis=(-2, -1)).reshape(-1)]
+            pre["mean_file"] = mean_path.name
+            notes.append("mean image reduced to per-channel means")
     if not mean:
         mean = [0.0] * channels
         if not tp:
