@@ -257,6 +257,12 @@ def test_bad_inputs_give_one_line_and_exit_2(capsys, pkg, images, tmp_path, args
     assert len(lines) == 1 and lines[0].startswith("graft: error:") and message in lines[0], err
 
 
+def test_real_process_exit_status_and_single_line(graft, pkg, tmp_path):
+    r = graft("evaluate", pkg, tmp_path / "nowhere")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "nowhere: not a folder, .lst, .csv or RecordIO pack" in r.stderr
+
+
 # ---------------------------------------------------------------- export
 
 @pytest.mark.parametrize("outputs", ["tensor", "dict", "tuple"])
