@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ..atomic import atomic_open
 from ..errors import GraftError
 
@@ -118,6 +120,9 @@ def _summary(train: dict[str, Any], metrics: dict[str, Any], predictions: list[d
         "train_seconds": train.get("seconds"), "time_budget": time_budget,
         "stop_reason": train.get("stop_reason"), "warnings": train.get("warnings", []),
         "sample_predictions_right": f"{right}/{len(predictions)}",
+        # accuracy within a time budget depends on the machine: say which one it was
+        "machine": {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
+                    "cpus": os.cpu_count()},
         "seconds": timings,
         # relative to the run folder, so the folder can be moved or shared as it is
         "files": {
@@ -134,8 +139,9 @@ def _report(doc: dict[str, Any], metrics: dict[str, Any], predictions: list[dict
     lines = [
         "# graftkit demo: EfficientNet-Lite0 fine-tuned on Fashion-MNIST", "",
         f"- test top-1 **{doc['test_top1']:.1%}**, top-5 {doc['test_top5']:.1%} on {doc['test_images']} held-out images",
-        f"- trained on {doc['train_images']} images for {doc['epochs']} epochs in {doc['train_seconds']} s "
-        f"(budget {doc['time_budget']:g} s; {doc['stop_reason']})",
+        f"- trained on {doc['train_images']} images for {doc['epochs']} epoch{'' if doc['epochs'] == 1 else 's'} "
+        f"in {doc['train_seconds']} s (budget {doc['time_budget']:g} s; {doc['stop_reason']}) "
+        f"on {doc['machine']['device']} with {doc['machine']['threads']} threads",
         f"- whole demo: {doc['seconds']['total']:.0f} s", "",
         "## Per-class test accuracy", "", "| class | accuracy |", "|---|---:|",
         *[f"| {c} | {'-' if a is None else f'{a:.1%}'} |" for c, a in metrics["per_class"].items()], "",
