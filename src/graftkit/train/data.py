@@ -109,6 +109,7 @@ def _open_paths(train, val, plan: Plan, model_meta: dict[str, Any], classes, see
     probe = train if isinstance(train, ImageDataset) else ImageDataset.open(train, None, classes=classes, seed=seed)
     if classes is not None:
         probe.classes = list(classes)
+    _no_empty_folders(train, probe.classes)
     classes = list(probe.classes)
     pre = preprocessing_for(model_meta.get("preprocessing"), plan, probe)
     augment = AUGMENT_PRESETS.get(plan.data.augment, plan.data.augment) \
@@ -123,6 +124,17 @@ def _open_paths(train, val, plan: Plan, model_meta: dict[str, Any], classes, see
         val_ds = _with_transform(val, ep, classes, seed)
         val_labels = [int(y) for y in val_ds.targets]
     return RunData(train_ds, val_ds, classes, labels, val_labels, pre, tp.normalize or _normalizer(pre))
+
+
+def _no_empty_folders(source, classes: list[str]) -> None:
+    """A class folder without images is dropped by the indexer; for training it is a mistake to report."""
+    if not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return
+    known = set(classes)
+    for d in sorted(os.scandir(source), key=lambda e: e.name):
+        if d.is_dir() and not d.name.startswith(".") and d.name not in known:
+            raise GraftError(f"{source}: class {d.name!r} has no images (folder {d.path} is empty)",
+                             "add images to it or remove the folder")
 
 
 def _normalizer(pre):

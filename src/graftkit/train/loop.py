@@ -36,6 +36,7 @@ from .sampling import EpochBatches, Seeded
 from .solver import LRPolicy, make_optimizer
 
 CHECKPOINT = "checkpoint.pt"
+DIVERGED = 1e4  # a cross-entropy this large means the logits exploded: stop before saving garbage
 
 
 class RunInterrupted(GraftError):
@@ -178,7 +179,12 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
     out.mkdir(parents=True, exist_ok=True)
     progress = make_progress("img", disable=None if (ctx.main and not quiet) else True)
     amp = torch.autocast("cuda", dtype=torch.float16) if scaler.is_enabled() else contextlib.nullcontext()
-    t_start = time.perf_counter() - pos.elapsed
+    if plan.budget_clock == "cpu":  # CPU seconds per thread: the same run costs the same on a busy machine
+        threads = torch.get_num_threads()
+        clock = lambda: time.process_time() / threads  # noqa: E731
+    else:
+        clock = time.perf_counter
+    t_start = clock() - pos.elapsed
 
     with _signals(stop), progress:
         while pos.epoch < pos.epochs and not pos.stop_reason:
@@ -206,7 +212,7 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 with amp:
                     outputs = net(x)
                     loss, main, parts = tuning.loss(outputs, y, criterion)
-                if not torch.isfinite(loss.detach()).all():
+                if not torch.isfinite(loss.detach()).all() or float(loss.detach()) > DIVERGED:
                     raise _diagnose(loss, x, raw, lr, plan, epoch, pos, ckpt_path)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -221,7 +227,7 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 pos.loss_sum += float(loss.detach()) * len(y)
                 pos.correct += int((main.detach().argmax(1) == y).sum())
                 pos.seen += len(y)
-                pos.elapsed = time.perf_counter() - t_start
+                pos.elapsed = clock() - t_start
                 if board:
                     board.step(pos.it, float(loss.detach()), lr)
                 speed = progress.tasks[-1].speed
@@ -245,7 +251,7 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
             if ctx.active:
                 ctx.average_buffers(raw)
             row = _end_epoch(pos, history, net, raw, tuning, val_loader, normalize, criterion, data, ctx, opt, cuda)
-            pos.elapsed = time.perf_counter() - t_start
+            pos.elapsed = clock() - t_start
             row["seconds"] = round(pos.elapsed, 2)
             say(_epoch_line(row, pos))
             metric = row["val_top1"] if row.get("val_top1") is not None else -row["train_loss"]
@@ -330,13 +336,14 @@ def _check_labels(y: torch.Tensor, k: int, data: RunData, epoch: int, it: int) -
 def _diagnose(loss, x, model, lr, plan: Plan, epoch: int, pos: Position, ckpt: Path) -> GraftError:
     """Why the loss is not finite, as one sentence with the fix."""
     where = f"at epoch {epoch + 1}, iteration {pos.it + 1}"
+    loss = loss.detach()
     kept = f"; the last good checkpoint {ckpt} is intact" if ckpt.exists() else "; no checkpoint was written"
     if not torch.isfinite(x).all():
-        return GraftError(f"the loss became {float(loss):g} {where} because the input batch holds NaN/Inf values{kept}",
+        return GraftError(f"the loss became {float(loss):.3g} {where} because the input batch holds NaN/Inf values{kept}",
                           "check the images and the preprocessing mean/std (std must not be 0)")
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     what = f"the weights ({bad[0]}, ...) are no longer finite" if bad else "the logits overflowed"
-    return GraftError(f"the loss became {float(loss):g} {where} with learning rate {lr:g}: {what}, so the learning "
+    return GraftError(f"the loss became {float(loss):.3g} {where} with learning rate {lr:g}: {what}, so the learning "
                       f"rate is too high for this model{kept}",
                       f"lower solver.lr (now {plan.solver.lr:g}) by 10x or more, or set solver.clip_grad_norm")
 

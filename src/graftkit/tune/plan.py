@@ -86,6 +86,7 @@ class Plan:
     early_stopping: int | None = None        # patience in epochs (on validation top-1)
     checkpoint_every: int | None = None      # also checkpoint every N iterations
     time_budget: float | None = None         # seconds of training
+    budget_clock: str = "wall"               # wall | cpu (process CPU seconds / threads: fair on a shared machine)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,6 +128,8 @@ class Plan:
 
     def validate(self, where: str = "plan") -> None:
         s = self.solver
+        if self.budget_clock not in ("wall", "cpu"):
+            raise GraftError(f"{where}: budget_clock must be wall or cpu, not {self.budget_clock!r}")
         if self.head not in HEAD_MODES:
             raise GraftError(f"{where}: head must be one of {', '.join(HEAD_MODES)}, not {self.head!r}")
         if s.optimizer not in OPTIMIZERS:
