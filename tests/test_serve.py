@@ -36,8 +36,15 @@ NET_SOURCE = textwrap.dedent('''
                 return main, self.aux(z)
             return main
 
+    class SvdNet(ColourNet):  # an operator ONNX has no export for
+        def forward(self, x):
+            return self.fc(torch.linalg.svdvals(x.flatten(2)))[:, :3]
+
     def make(outputs="tensor"):
         return ColourNet(outputs)
+
+    def make_svd():
+        return SvdNet()
 ''')
 MODEL_CLASSES = ["red", "green", "blue"]     # output i scores channel i
 PREP = {"input_size": [3, 8, 8], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3,
@@ -317,3 +324,14 @@ def test_failed_check_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(GraftError, match="disagrees with PyTorch"):
         export_onnx(path, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob(".m.onnx*"))
+
+
+def test_unsupported_operator_is_one_error_and_no_file(tmp_path, capsys):
+    (tmp_path / "colournet.py").write_text(NET_SOURCE)
+    spec = f"{tmp_path / 'colournet.py'}:make_svd"
+    path = graftkit.save(graftkit.nets.spec.build(spec), tmp_path / "svd.safetensors", spec=spec,
+                         classes=MODEL_CLASSES, preprocessing={**PREP, "input_size": [3, 3, 3]})
+    code, _, err = run_cli(capsys, "export", path, "--onnx", tmp_path / "svd.onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "ONNX export at opset 17 failed" in err and "linalg_svdvals" in err
+    assert list(tmp_path.glob("*.onnx*")) == []
