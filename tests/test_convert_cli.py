@@ -115,3 +115,15 @@ def test_dispatch_by_suffix_and_missing_files(tmp_path):
         graftkit.convert(tmp_path / "nope.prototxt")
     r = run_graft("convert", tmp_path / "nope.prototxt", "-o", tmp_path / "o.safetensors")
     assert r.returncode == 2 and "no such file" in r.stderr and not (tmp_path / "o.safetensors").exists()
+
+
+def test_input_shape_option_for_a_prototxt_without_one(tmp_path):
+    proto = tmp_path / "h.prototxt"
+    proto.write_text('layer { name: "d" type: "HDF5Data" top: "data" top: "label" hdf5_data_param { source: "x" } }\n'
+                     'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                     'inner_product_param { num_output: 3 } }\n')
+    out = tmp_path / "h.safetensors"
+    r = run_graft("convert", proto, "-o", out, "--input-shape", "data=2,2,4,4", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["inputs"][0] == {"name": "data", "shape": [2, 2, 4, 4]}
+    assert graftkit.load(out).ip.weight.shape == (3, 32)

@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(None, "-o", "--output", help="the package to write (.safetensors)"),
         phase: Optional[str] = typer.Option(None, "--phase", help="Caffe: which layers to keep, train or test "
                                                                   "(default test)"),
+        input_shape: List[str] = typer.Option([], "--input-shape",
+                                              help="Caffe: an input's shape when the prototxt lacks it, "
+                                                   "NAME=N,C,H,W (repeatable)"),
         json_: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     ) -> None:
         """Convert a Caffe, Keras, MXNet or ONNX network into a runnable PyTorch module, saved as a package."""
@@ -34,6 +37,18 @@ def register(app: typer.Typer) -> None:
             if phase.lower() not in ("train", "test"):
                 raise GraftError(f"--phase {phase!r} is not train or test")
             kwargs["phase"] = phase.upper()
+        shapes = {}
+        for item in input_shape:
+            name, _, dims = item.partition("=")
+            try:
+                shapes[name.strip()] = [int(d) for d in dims.split(",")]
+            except ValueError:
+                raise GraftError(f"--input-shape {item!r} is not NAME=N,C,H,W", "e.g. --input-shape data=1,3,224,224") \
+                    from None
+            if not name.strip() or min(shapes[name.strip()], default=0) < 1:
+                raise GraftError(f"--input-shape {item!r} is not NAME=N,C,H,W", "e.g. --input-shape data=1,3,224,224")
+        if shapes:
+            kwargs["input_shapes"] = shapes
         module = do_convert(files, **kwargs)
         save(module, output)
         s = summarize(module)

@@ -299,8 +299,8 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
             checked[name] = [a.reshape(s) for a, s in zip(found[1], pshapes)]
         else:
             raise GraftError(f"layer {name!r} ({t}): its parameter shapes depend on an input whose shape the "
-                             f"prototxt does not give", "pass the caffemodel, or the input shape "
-                                                        "(input_shapes={'data': [1, 3, 224, 224]})")
+                             f"prototxt does not give", "pass the caffemodel, or the input shape: --input-shape "
+                                                        "data=1,3,224,224, or input_shapes= in Python")
         with meta:
             mod = cls(attrs, [tuple(s) for s in pshapes])
         outs = (None,) * len(tops) if not known else _top_shapes(name, t, cls, attrs, mod, bshapes)
