@@ -245,3 +245,12 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["iterations"] == 6   # 40 images / 2 ranks / batch 8 -> 3 per epoch
     assert_identical(weights(tmp_path / "run" / "last.safetensors"), {k: v for k, v in a.items()})
+
+
+def test_early_stopping_and_time_budget(tmp_path):
+    ds = NoisyImages(n=16)
+    s = fit(make_model(), ds, ds, out_dir=tmp_path / "a", plan=small_plan(epochs=6, lr=1e-12, early_stopping=1),
+            seed=1, quiet=True)   # nothing can improve: stops after one epoch without progress
+    assert s["epochs"] == 2 and s["stop_reason"].startswith("early stopping") and s["best_epoch"] == 1
+    s = fit(make_model(), ds, out_dir=tmp_path / "b", plan=small_plan(epochs=50, time_budget=1e-3), seed=1, quiet=True)
+    assert s["epochs"] == 1 and s["stop_reason"].startswith("time budget")
