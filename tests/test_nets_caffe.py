@@ -385,6 +385,8 @@ layer { name: "ip" type: "InnerProduct" bottom: "flat" top: "ip" inner_product_p
 layer { name: "ip_ax" type: "InnerProduct" bottom: "reshape" top: "ip_ax" inner_product_param { num_output: 3 axis: 2 } }
 layer { name: "scale2" type: "Scale" bottom: "pool_max" bottom: "pool_g" top: "scale2" scale_param { axis: 0 } }
 layer { name: "drop" type: "Dropout" bottom: "ip" top: "drop" dropout_param { dropout_ratio: 0.3 } }
+layer { name: "mvn" type: "MVN" bottom: "cat" top: "mvn" }
+layer { name: "mvn_c" type: "MVN" bottom: "cat" top: "mvn_c" mvn_param { across_channels: true } }
 """
 
 
@@ -417,10 +419,17 @@ layer { name: "fl" type: "Flatten" bottom: "data" top: "fl" flatten_param { axis
 layer { name: "cr" type: "Crop" bottom: "data" bottom: "sc" top: "cr" crop_param { axis: 2 offset: 0 offset: 0 } }
 layer { name: "sw" type: "Swish" bottom: "data" top: "sw" }
 layer { name: "silence" type: "Silence" bottom: "a" }
+layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" }
+layer { name: "mvn_c" type: "MVN" bottom: "data" top: "mvn_c" mvn_param { across_channels: true normalize_variance: false } }
+layer { name: "red" type: "Reduction" bottom: "data" top: "red" reduction_param { operation: SUMSQ axis: 1 coeff: 0.5 } }
+layer { name: "tile" type: "Tile" bottom: "data" top: "tile" tile_param { axis: 2 tiles: 3 } }
+layer { name: "ids" type: "Threshold" bottom: "data" top: "ids" }
+layer { name: "emb" type: "Embed" bottom: "ids" top: "emb" embed_param { input_dim: 2 num_output: 3 } }
 """)
     net = randomize(caffe.convert([proto]), 7)
     x = torch.randn(2, 6, 4, 5)
-    names = ["log", "thr", "clip", "bias", "bias2", "sc", "ipt", "a", "b", "c", "rs", "fl", "cr", "sw"]
+    names = ["log", "thr", "clip", "bias", "bias2", "sc", "ipt", "a", "b", "c", "rs", "fl", "cr", "sw", "mvn", "mvn_c",
+             "red", "tile", "emb"]
     with torch.no_grad():
         o = net.run(x, names)
     xn = x.numpy().astype(np.float64)
@@ -438,6 +447,14 @@ layer { name: "silence" type: "Silence" bottom: "a" }
     assert o["rs"].shape == (2, 6, 4, 5) and o["fl"].shape == (2, 24, 5) and o["cr"].shape == (2, 6, 4, 5)
     assert torch.allclose(o["sw"], x * torch.sigmoid(x))
     assert "a" not in net.outputs and "log" in net.outputs  # Silence consumes nothing we compute
+    centred = xn - xn.mean((2, 3), keepdims=True)
+    assert np.allclose(o["mvn"].numpy(), centred / (np.sqrt((centred ** 2).mean((2, 3), keepdims=True)) + 1e-9),
+                       atol=1e-5)
+    assert np.allclose(o["mvn_c"].numpy(), xn - xn.mean((1, 2, 3), keepdims=True), atol=1e-6)
+    assert np.allclose(o["red"].numpy(), 0.5 * (xn ** 2).reshape(2, -1).sum(1), rtol=1e-5)
+    assert np.array_equal(o["tile"].numpy(), np.tile(x.numpy(), (1, 1, 3, 1)))
+    w = net.emb.weight.detach().numpy()
+    assert np.allclose(o["emb"].numpy(), w[(xn > 0).astype(int)] + net.emb.bias.detach().numpy(), atol=1e-6)
 
 
 # ---------------------------------------------------------------- bad input

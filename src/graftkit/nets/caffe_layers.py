@@ -898,11 +898,95 @@ class ArgMax(CaffeLayer):
         return v if a["out_max_val"] else i.to(x.dtype)
 
 
+class MVN(CaffeLayer):
+    """Mean-variance normalisation per channel (or across channels): (x - mean) / (std + eps)."""
+    SAME_SHAPE = True
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "mvn_param")
+        return {"normalize_variance": as_bool(one(p, "normalize_variance", True)),
+                "across_channels": as_bool(one(p, "across_channels", False)), "eps": float(one(p, "eps", 1e-9))}
+
+    def forward(self, x):
+        dims = tuple(range(1 if self.a["across_channels"] else 2, x.dim()))
+        y = x - x.mean(dims, keepdim=True)
+        if not self.a["normalize_variance"]:
+            return y
+        return y / (torch.sqrt((y * y).mean(dims, keepdim=True)) + self.a["eps"])
+
+
+class Reduction(CaffeLayer):
+    """SUM / ASUM / SUMSQ / MEAN over all axes from `axis` on, times coeff."""
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "reduction_param")
+        return {"operation": enum(one(p, "operation"), ("", "SUM", "ASUM", "SUMSQ", "MEAN"), "SUM"),
+                "axis": int(one(p, "axis", 0)), "coeff": float(one(p, "coeff", 1.0))}
+
+    def forward(self, x):
+        a = self.a
+        axis = a["axis"] % x.dim() if x.dim() else 0
+        y = x.flatten(axis) if axis < x.dim() else x.unsqueeze(-1)
+        y = {"SUM": y, "ASUM": y.abs(), "SUMSQ": y * y, "MEAN": y}[a["operation"]]
+        y = y.mean(-1) if a["operation"] == "MEAN" else y.sum(-1)
+        return y * a["coeff"] if a["coeff"] != 1 else y
+
+
+class Tile(CaffeLayer):
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "tile_param")
+        return {"axis": int(one(p, "axis", 1)), "tiles": int(one(p, "tiles", 1))}
+
+    def forward(self, x):
+        reps = [1] * x.dim()
+        reps[self.a["axis"] % x.dim()] = self.a["tiles"]
+        return x.repeat(reps)
+
+
+class Embed(CaffeLayer):
+    """A lookup table: integer-valued inputs in [0, input_dim) pick rows of the [input_dim, num_output] weight."""
+    KIND = "embedding"
+    blob_roles = ("weight", "bias")
+
+    @staticmethod
+    def attrs(lp):
+        p = sub(lp, "embed_param")
+        return {"num_output": int(one(p, "num_output", 0)), "input_dim": int(one(p, "input_dim", 0)),
+                "bias_term": as_bool(one(p, "bias_term", True)),
+                "weight_filler": _filler(sub(p, "weight_filler")), "bias_filler": _filler(sub(p, "bias_filler"))}
+
+    @staticmethod
+    def blob_shapes(a, bottoms):
+        w = (a["input_dim"], a["num_output"])
+        return [w, (a["num_output"],)] if a["bias_term"] else [w]
+
+    @staticmethod
+    def top_shapes(a, bottoms):
+        return [(*bottoms[0], a["num_output"])]
+
+    def __init__(self, a, shapes):
+        super().__init__(a, shapes)
+        self.weight = _param(shapes[0])
+        self.bias = _param(shapes[1]) if a["bias_term"] else None
+
+    def reset_parameters(self):
+        _fill(self.weight, self.a["weight_filler"], "kaiming")
+        if self.bias is not None:
+            _fill(self.bias, self.a["bias_filler"], "0")
+
+    def forward(self, x):
+        y = F.embedding(x.long(), self.weight)
+        return y + self.bias if self.bias is not None else y
+
+
 # Layer types with their class. Inputs, losses and Silence are handled by the graph.
 LAYERS: dict[str, type[CaffeLayer]] = {c.__name__: c for c in (
     Convolution, Deconvolution, InnerProduct, Pooling, ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL,
     Swish, Power, Exp, Log, Threshold, Clip, Dropout, LRN, BatchNorm, Scale, Bias, Eltwise, Concat,
-    Slice, Split, Flatten, Reshape, Softmax, Crop, ArgMax)}
+    Slice, Split, Flatten, Reshape, Softmax, Crop, ArgMax, MVN, Reduction, Tile, Embed)}
 
 DATA_LAYERS = ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData",
                "AnnotatedData", "VideoData")
