@@ -161,3 +161,39 @@ def test_cli_pack_inspect(tmp_path):
     rows = json.loads(r.stdout)["records"]
     assert len(rows) == 24 and all(min(row["decoded"]) == 16 for row in rows)
     assert [row["labels"][0] for row in rows] == [0.0] * 8 + [1.0] * 8 + [2.0] * 8
+
+
+def test_pack_outputs_are_atomic(tmp_path, monkeypatch):
+    make_lists(fixture(f"{IM2REC}/imgs"), tmp_path / "all")
+    first = pack(tmp_path / "all.lst", tmp_path / "p", options=PackOptions(resize=16), workers=1, progress=False)
+    before = (tmp_path / "p.rec").read_bytes(), (tmp_path / "p.idx").read_bytes()
+    from graftkit.data import recordio
+
+    def boom(self, key, payload):
+        if self.count == 3:
+            raise KeyboardInterrupt  # an interruption half-way through
+        self.count += 1
+    monkeypatch.setattr(recordio.RecordWriter, "write", boom)
+    with pytest.raises(KeyboardInterrupt):
+        pack(tmp_path / "all.lst", tmp_path / "p", options=PackOptions(resize=8), workers=1, progress=False)
+    assert ((tmp_path / "p.rec").read_bytes(), (tmp_path / "p.idx").read_bytes()) == before  # old pack intact
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    monkeypatch.undo()
+    bad = tmp_path / "bad.lst"
+    bad.write_text("0\t0\tnot/here.jpg\n1\t0\t../../etc/passwd\n")
+    with pytest.raises(GraftError, match="none of the 2 images could be packed"):
+        pack(bad, tmp_path / "nothing", workers=1, progress=False)
+    assert not list(tmp_path.glob("nothing*"))
+    assert first.records == 24
+
+
+def test_a_record_that_fails_to_decode_is_skipped_and_counted(tmp_path):
+    good = RecordReader(fixture(f"{IM2REC}/fmnist_val.rec"))
+    with RecordWriter(tmp_path / "mixed.rec") as w:
+        w.write(0, good.read(0))
+        w.write(1, pack_header(1, 1) + b"\xff\xd8\xff\xe0 this is not really a JPEG")
+        w.write(2, good.read(1))
+    from graftkit.data import train_pipeline
+    ds = ImageDataset.open(tmp_path / "mixed", train_pipeline({"input_size": [3, 16, 16]}))
+    xs = [ds[i][0] for i in range(3)]
+    assert all(x.shape == (3, 16, 16) for x in xs) and ds.failed == [1] and ds.num_failed == 1
