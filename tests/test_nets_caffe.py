@@ -519,3 +519,21 @@ def test_a_caffemodel_alone_uses_its_own_training_net(name, out):
         y = net.run(x, [out])[out]
     assert rel_err(y, np.load(fixture(f"caffe/{name}.{out}.opencv.npy"))) <= TARGET
     assert not any(b.startswith("label") for b in net.train_outputs)
+
+
+def test_parameters_named_alike_are_shared_as_in_caffe(tmp_path):
+    proto = tmp_path / "siamese.prototxt"
+    proto.write_text('input: "a" input_shape { dim: 2 dim: 1 dim: 6 dim: 6 }\n'
+                     'input: "b" input_shape { dim: 2 dim: 1 dim: 6 dim: 6 }\n'
+                     'layer { name: "conv_a" type: "Convolution" bottom: "a" top: "fa" param { name: "w" } '
+                     'param { name: "bias" } convolution_param { num_output: 3 kernel_size: 3 } }\n'
+                     'layer { name: "conv_b" type: "Convolution" bottom: "b" top: "fb" param { name: "w" } '
+                     'param { name: "bias" } convolution_param { num_output: 3 kernel_size: 3 } }\n')
+    net = caffe.convert([proto])
+    assert net.conv_a.weight is net.conv_b.weight and len(list(net.parameters())) == 2
+    back = graftkit.load(graftkit.save(net, tmp_path / "s.safetensors"))
+    assert back.conv_a.weight is back.conv_b.weight and back.conv_a.bias is back.conv_b.bias
+    x = torch.randn(2, 1, 6, 6)
+    with torch.no_grad():
+        out = back(x, x)  # two inputs, positionally
+        assert torch.equal(out["fa"], out["fb"]) and torch.equal(out["fa"], net(x, x)["fa"])

@@ -313,6 +313,9 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
             ancestry[top] = anc
         glayers.append({"name": name, "type": t, "module": _module_name(name, taken), "bottoms": bottoms,
                         "tops": tops, "attrs": attrs, "shapes": [list(s) for s in pshapes]})
+        shared = [_param_name(ps) for ps in all_of(lp, "param")]
+        if any(shared):  # Caffe shares a parameter between the layers that name it alike
+            glayers[-1]["param_names"] = shared
         modules.append(mod)
 
     # Labels: inputs that only feed the targets of loss/accuracy layers (bottom 1 on; Caffe's convention).
@@ -335,6 +338,12 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
     graph.update(_outputs(graph, label_blobs))
     graph["blob_shapes"] = {k: (list(v) if v is not None else None) for k, v in shapes.items()}
     return graph, modules, checked
+
+
+def _param_name(spec: Any) -> str | None:
+    """The share name of a ParamSpec (V2 `param { name: }`) or a V1 `param: "name"` string."""
+    name = one(spec, "name") if isinstance(spec, dict) else spec
+    return str(name) if name else None
 
 
 def _top_shapes(name: str, t: str, cls, attrs: dict, mod: nn.Module, bshapes: list[tuple]) -> tuple:
@@ -419,6 +428,24 @@ class CaffeNet(nn.Module):
         self._steps = [(L["module"], tuple(blobs[b] for b in L["bottoms"]), tuple(blobs[t] for t in L["tops"]))
                        for L in graph["layers"]]
         self._plans: dict[tuple[str, ...], tuple] = {}
+        self._tie_shared()
+
+    def _tie_shared(self) -> None:
+        """Layers that name a parameter alike (`param { name: ... }`) use one Parameter, as in Caffe."""
+        owners: dict[str, nn.Parameter] = {}
+        for L in self.graph["layers"]:
+            mod = getattr(self, L["module"])
+            for role, pname in zip(mod.blob_roles, L.get("param_names") or []):
+                p = getattr(mod, role, None)
+                if not pname or p is None:
+                    continue
+                if pname not in owners:
+                    owners[pname] = p
+                elif owners[pname].shape != p.shape:
+                    raise GraftError(f"layer {L['name']!r} shares parameter {pname!r} but its shape {list(p.shape)} "
+                                     f"differs from the first user's {list(owners[pname].shape)}")
+                else:
+                    setattr(mod, role, owners[pname])
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """torch's load_state_dict; with assign=True (how packages load) a direct path that skips
@@ -455,6 +482,7 @@ class CaffeNet(nn.Module):
                 if unexpected else []
         if errors:
             raise RuntimeError("Error(s) in loading state_dict for CaffeNet:\n\t" + "\n\t".join(errors))
+        self._tie_shared()
         from torch.nn.modules.module import _IncompatibleKeys
         return _IncompatibleKeys(missing, unexpected)
 
@@ -652,7 +680,7 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
             left.append(L["name"])
         else:
             mod.to_empty(device="cpu")
-    net_mod = CaffeNet(graph, modules)
+    net_mod = CaffeNet(graph, modules)  # (ties shared parameters to their first user's loaded values)
     unused = sorted(set(blobs or {}) - set(checked))
     spec = {"converter": "caffe", "prototxt": text, "phase": phase, "graph": graph}
     if input_shapes:
