@@ -148,11 +148,14 @@ def inspect_cmd(pack: Path = typer.Argument(..., metavar="PACK", help="a .rec fi
     if json_:
         print_json({"pack": str(pack), "records": rows})
         return
-    print_table(str(pack), ["shard", "key", "flag", "labels", "id", "id2", "bytes", "sha256", "decoded"],
-                [(r["shard"], r["key"], r["flag"], ",".join(f"{v:g}" for v in r["labels"]), r["id"], r["id2"],
-                  r["length"], r["sha256"][:16], "x".join(map(str, r["decoded"])) if r.get("decoded") else r.get("error") or "-")
-                 for r in rows], justify={"bytes": "right"})
-    out.print(f"{len(rows)} records")
+    # plain lines (not a table) so every record stays on one line at any terminal width
+    print(f"{'shard':16s} {'key':>8s} {'flag':>4s} {'labels':12s} {'id':>8s} {'id2':>4s} {'bytes':>8s} "
+          f"{'sha256':64s} decoded")
+    for r in rows:
+        decoded = "x".join(map(str, r["decoded"])) if r.get("decoded") else (r.get("error") or "-")
+        print(f"{r['shard']:16s} {r['key']:8d} {r['flag']:4d} {','.join(f'{v:g}' for v in r['labels']):12s} "
+              f"{r['id']:8d} {r['id2']:4d} {r['length']:8d} {r['sha256']} {decoded}")
+    print(f"{len(rows)} records")
 
 
 @data.command("stats")
