@@ -22,7 +22,6 @@ runs interleaved; the best epoch of each counts. The last line is JSON.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing as mp
 import os

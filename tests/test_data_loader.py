@@ -17,7 +17,7 @@ from conftest import fixture, run_graft
 from graftkit.data import ImageDataset, demo_arrays, eval_pipeline, make_lists, train_pipeline, write_demo_set
 from graftkit.data import augment as aug
 from graftkit.data.decode import decode, decode_tensor
-from graftkit.data.lists import Entry, ImageList, read_lst, write_lst
+from graftkit.data.lists import Entry, ImageList, read_lst
 from graftkit.data.sampling import ClassBalancedSampler, WeightedSampler
 from graftkit.data.split import split_entries, split_list
 from graftkit.data.stats import compute_stats, write_mean_binaryproto

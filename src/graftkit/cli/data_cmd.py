@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import err, out, print_json, print_table
+from .common import out, print_json, print_table
 
 data = typer.Typer(name="data", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                    help="Prepare image data: index, check, split, pack to RecordIO, inspect, statistics, demo set.")
@@ -66,7 +66,7 @@ def check_cmd(source: Path = typer.Argument(..., metavar="LIST|ROOT", help="a .l
     """Report unreadable, corrupt, odd and duplicate images and label problems (exit 1 if any error).
 
     Nothing is modified; --fix writes a new clean list beside your files."""
-    from ..data.check import ERROR, WARNING, check, fix as fix_list
+    from ..data.check import check, fix as fix_list
     report = check(source, root, min_size=min_size, imbalance=imbalance, workers=workers)
     fixed = fix_list(report, fix) if fix else None
     if json_:

@@ -15,16 +15,18 @@ user's files are never modified.
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing as mp
 import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import GraftError
 from ..progress import track
+from .decode import failure_reason as decode_reason
 from .index import index_folder
 from .lists import Entry, ImageList, classes_path, open_list, resolve_in_root, save_classes, write_lst
 
@@ -97,7 +99,6 @@ def probe_file(pos: int, path: Path | None, min_size: int = 32) -> FileInfo:
         add(("zero_byte", ERROR, "zero-byte file"))
         return info
     info.sha256 = hashlib.sha256(data).hexdigest()
-    import io
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, mode, size = img.format, img.mode, img.size
@@ -108,15 +109,9 @@ def probe_file(pos: int, path: Path | None, min_size: int = 32) -> FileInfo:
             except Exception:
                 orientation = 1
             img.load()
-    except UnidentifiedImageError:
-        add(("corrupt", ERROR, "not a readable image (corrupt, or not an image format Pillow knows)"))
-        return info
     except Exception as e:  # Pillow raises OSError/SyntaxError/ValueError... for damaged data
-        text = str(e)
-        if "truncated" in text.lower() or "end of file" in text.lower() or isinstance(e, EOFError):
-            add(("truncated", ERROR, f"truncated: the image data ends early ({text})"))
-        else:
-            add(("corrupt", ERROR, f"corrupt image data ({type(e).__name__}: {text})"))
+        reason = decode_reason(e)  # the same words the loader and pack use
+        add(("truncated" if reason.startswith("truncated") else "corrupt", ERROR, reason))
         return info
     info.size = size
     if fmt == "GIF":

@@ -35,7 +35,7 @@ class DecodeError(GraftError):
         self.reason = reason or message
 
 
-def _reason(e: Exception) -> str:
+def failure_reason(e: Exception) -> str:
     text = str(e)
     if isinstance(e, UnidentifiedImageError):
         return "not a recognisable image (corrupt, or a format Pillow cannot read)"
@@ -91,7 +91,7 @@ def decode(src, min_side: int | None = None, mode: str = "RGB", exif: bool = Tru
         raise
     except Exception as e:  # Pillow raises many types for bad data: all mean "not decodable"
         where = src if isinstance(src, (str, os.PathLike)) else f"{len(src)}-byte image"
-        reason = _reason(e)
+        reason = failure_reason(e)
         raise DecodeError(f"{where}: {reason}", "re-export the file or remove it from the list", reason) from None
     if a.ndim == 2:
         a = a[:, :, None]
