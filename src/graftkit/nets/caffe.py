@@ -124,7 +124,8 @@ def _dims(shape_msg: dict) -> list[int]:
 
 
 def _data_inputs(lp: dict) -> list[dict]:
-    """Input records for a data layer's tops: first top is the data, the others labels."""
+    """Input records for a data layer's tops: the first top is taken for the data and the others for
+    labels, until the loss layers tell (compile_graph)."""
     t, tops = lp["type"], [str(x) for x in all_of(lp, "top")]
     tp = sub(lp, "transform_param")
     crop = int(one(tp, "crop_size", 0))
@@ -141,7 +142,8 @@ def _data_inputs(lp: dict) -> list[dict]:
         shapes = [ss[0] if len(ss) == 1 else (ss[i] if i < len(ss) else None) for i in range(len(tops))]
     elif t == "MemoryData":
         p = sub(lp, "memory_data_param")
-        shapes[0] = [int(one(p, k, 0)) for k in ("batch_size", "channels", "height", "width")]
+        dims = [int(one(p, k, 0)) for k in ("batch_size", "channels", "height", "width")]
+        shapes[0] = dims if min(dims) > 0 else None
     elif t in ("Data", "WindowData", "ImageData", "AnnotatedData"):
         colour = as_bool(one(sub(lp, "image_data_param"), "is_color", True))
         batch = int(one(sub(lp, "data_param"), "batch_size", 0) or one(sub(lp, "image_data_param"),
@@ -281,15 +283,18 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
             silenced.extend(b for b in bottoms if b not in silenced)
             continue
         cls = LAYERS[t]
-        try:
-            attrs = cls.attrs(lp)
-        except GraftError as e:
-            raise GraftError(f"layer {name!r} ({t}): {e}") from None
         bshapes = [shapes[b] for b in bottoms]
         known = all(b is not None for b in bshapes)
+        try:
+            attrs = cls.attrs(lp)
+            pshapes = cls.blob_shapes(attrs, bshapes) if known else []
+        except GraftError as e:
+            raise GraftError(f"layer {name!r} ({t}): {e}") from None
+        except (IndexError, ValueError, ZeroDivisionError) as e:
+            raise GraftError(f"layer {name!r} ({t}) does not fit inputs of shape {[list(b) if b else None for b in bshapes]} "
+                             f"({e})") from None
         found = blobs.get(name) if blobs else None
         if known:
-            pshapes = cls.blob_shapes(attrs, bshapes)
             if found is not None and pshapes:
                 checked[name] = _check_blobs(name, t, pshapes, found[1])
         elif not cls.blob_roles:  # no parameters: nothing to infer
