@@ -291,8 +291,8 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
         except GraftError as e:
             raise GraftError(f"layer {name!r} ({t}): {e}") from None
         except (IndexError, ValueError, ZeroDivisionError) as e:
-            raise GraftError(f"layer {name!r} ({t}) does not fit inputs of shape {[list(b) if b else None for b in bshapes]} "
-                             f"({e})") from None
+            got = [list(b) if b else None for b in bshapes]
+            raise GraftError(f"layer {name!r} ({t}) does not fit inputs of shape {got} ({e})") from None
         found = blobs.get(name) if blobs else None
         if known:
             if found is not None and pshapes:
