@@ -50,7 +50,17 @@ def test_list_round_trip_and_root(tmp_path):
     assert p.read_text().splitlines()[0] == "0\t1.000000\ta/x.jpg"
     assert resolve_in_root(tmp_path, "../etc/passwd") is None
     assert resolve_in_root(tmp_path, "/etc/passwd") is None
-    assert resolve_in_root(tmp_path, "a/x.jpg") == (tmp_path / "a/x.jpg").resolve()
+    assert resolve_in_root(tmp_path, "a/../../x.jpg") is None and resolve_in_root(tmp_path, "C:/x.jpg") is None
+    assert resolve_in_root(tmp_path, "a/x.jpg") == tmp_path.absolute() / "a/x.jpg"
+
+
+def test_a_folder_of_links_to_images_elsewhere_is_fine(tmp_path):
+    from graftkit.data import ImageDataset
+    (tmp_path / "links" / "sneaker").mkdir(parents=True)
+    for src in sorted(fixture(f"{IM2REC}/imgs/sneaker").iterdir())[:3]:
+        (tmp_path / "links" / "sneaker" / src.name).symlink_to(src.resolve())
+    ds = ImageDataset.open(tmp_path / "links")
+    assert len(ds) == 3 and [ds[i][0].shape[0] for i in range(3)] == [3, 3, 3] and ds.num_failed == 0
 
 
 def test_list_root_travels_with_the_class_map(tmp_path):

@@ -135,13 +135,14 @@ def open_list(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
 
 
 def resolve_in_root(root: Path, rel: str) -> Path | None:
-    """`root/rel` if it stays inside root, else None (a list entry may not point outside its folder)."""
-    if not rel or PurePosixPath(rel.replace("\\", "/")).is_absolute() or os.path.isabs(rel):
+    """`root/rel` if the entry stays inside root, else None (a list entry may not point outside its folder).
+
+    The check is on the path as written (`..`, absolute paths, drive letters), not on where symbolic
+    links lead: a folder of links to images elsewhere is a common, deliberate layout."""
+    rel = rel.replace("\\", "/")
+    if not rel or PurePosixPath(rel).is_absolute() or os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
         return None
-    root_r = Path(os.path.realpath(root))
-    full = Path(os.path.realpath(root_r / rel))
-    try:
-        full.relative_to(root_r)
-    except ValueError:
+    norm = os.path.normpath(rel)
+    if norm == ".." or norm.startswith("../") or norm == ".":
         return None
-    return full
+    return Path(os.path.abspath(root)) / norm
