@@ -537,3 +537,17 @@ def test_parameters_named_alike_are_shared_as_in_caffe(tmp_path):
     with torch.no_grad():
         out = back(x, x)  # two inputs, positionally
         assert torch.equal(out["fa"], out["fb"]) and torch.equal(out["fa"], net(x, x)["fa"])
+
+
+def test_converted_weights_train_in_place_without_touching_the_caffemodel():
+    model = fixture("caffe/lenet.caffemodel")
+    before = model.read_bytes()
+    net = caffe.convert([fixture("caffe/lenet.prototxt"), model]).train()
+    w0 = net.conv1.weight.detach().clone()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = load("caffe/lenet.input.npy"), torch.tensor([3, 7])
+    loss = torch.nn.functional.cross_entropy(net.run(x, ["ip2"])["ip2"], y)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(net.conv1.weight, w0)  # the weights view a private copy-on-write map
+    assert model.read_bytes() == before
