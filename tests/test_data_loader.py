@@ -178,6 +178,18 @@ def test_folder_dataset_gray_to_rgb_and_determinism_across_workers(demo_train):
     assert gray[0][0].shape == (1, 28, 28)
 
 
+def test_set_epoch_reaches_persistent_workers():
+    x, y = demo_arrays("val")
+    ds = ImageDataset.from_arrays(x[:16], y[:16], train_pipeline({"input_size": [3, 24, 24]}, normalize=False), seed=2)
+    dl = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2, persistent_workers=True)
+    per_epoch = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        per_epoch.append(next(iter(dl))[0])
+        assert torch.equal(per_epoch[-1], torch.stack([ds[i][0] for i in range(16)]))  # as in this process
+    assert not torch.equal(per_epoch[0], per_epoch[1])
+
+
 def test_arrays_dataset_and_labels_are_checked():
     x, y = demo_arrays("test")
     ds = ImageDataset.from_arrays(x, y, eval_pipeline({"input_size": [3, 28, 28], "resize": 28}, normalize=False))
