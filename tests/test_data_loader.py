@@ -131,12 +131,12 @@ def test_random_resized_crop_follows_torchvision_rule():
         assert 3 / 4 * 0.9 < w / h < 4 / 3 * 1.1 or (h, w) == (375, 500)
     torch.manual_seed(0)
     theirs = []
-    for _ in range(2000):
+    for _ in range(1000):
         i, j, h, w = v2.RandomResizedCrop.get_params(torch.zeros(3, 375, 500), [0.08, 1.0], [3 / 4, 4 / 3])
         theirs.append(h * w / (375 * 500))
     # the same rule gives the same distribution of crop areas as torchvision's (rejections included)
     assert 0.07 < min(fracs) and max(fracs) <= 1.0
-    assert abs(np.mean(fracs) - np.mean(theirs)) < 0.03 and abs(np.median(fracs) - np.median(theirs)) < 0.04
+    assert abs(np.mean(fracs) - np.mean(theirs)) < 0.04 and abs(np.median(fracs) - np.median(theirs)) < 0.05
     lighting = aug.PCALighting(alphastd=0.0)
     x = torch.full((3, 2, 2), 100, dtype=torch.uint8)
     assert torch.equal(lighting(x, rng), x)
