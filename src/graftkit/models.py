@@ -13,7 +13,7 @@ import torch.nn as nn
 from .errors import GraftError
 from .nets import spec as specs
 from .meta import META_ATTR, make_meta
-from .package import is_package, load
+from .package import load
 
 
 def resolve(ref: str | os.PathLike | nn.Module, *, pretrained: bool = True) -> nn.Module:
@@ -30,12 +30,7 @@ def resolve(ref: str | os.PathLike | nn.Module, *, pretrained: bool = True) -> n
         return module
     path = Path(ref)
     if path.suffix == ".safetensors" or path.is_file():
-        if not path.exists():
-            raise GraftError(f"{path}: no such package file", "check the path")
-        if not is_package(path):
-            raise GraftError(f"{path}: not a graftkit package",
-                             "make one with `graft transplant` or `graft convert`")
-        return load(path)
+        return load(path)  # says clearly when the file is missing or not a package
     names = ", ".join(sorted(builtin.NAMES))
     raise GraftError(f"model {ref!r} is not understood",
                      f"use a built-in name ({names}), timm:NAME, torchvision:NAME, file.py:factory or a package file")

@@ -72,7 +72,11 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise GraftError(f"{path}: no such package file", "check the path")
-    raw = read_metadata(path).get("graftkit")
+    return _package_meta(path, read_metadata(path))
+
+
+def _package_meta(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    raw = metadata.get("graftkit")
     if raw is None:
         raise GraftError(f"{path}: a safetensors file but not a graftkit package (no graftkit metadata)",
                          "use `graft transplant` or `graft convert` to make a package, or pass it as a weights source")
@@ -107,8 +111,11 @@ def build_empty(spec: str | dict) -> nn.Module:
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """The ready-to-use module of a package, in eval mode, with its metadata as `module.graftkit_meta`."""
-    meta = read_meta(path)
-    tensors, _ = open_safetensors(path)
+    path = Path(path)
+    if not path.is_file():
+        raise GraftError(f"{path}: no such package file", "check the path")
+    tensors, metadata = open_safetensors(path)  # one header parse for tensors and metadata
+    meta = _package_meta(path, metadata)
     module = build_empty(meta["spec"])
     expected = set(module.state_dict())
     missing, unexpected = expected - set(tensors), set(tensors) - expected
