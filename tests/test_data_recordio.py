@@ -197,3 +197,17 @@ def test_a_record_that_fails_to_decode_is_skipped_and_counted(tmp_path):
     ds = ImageDataset.open(tmp_path / "mixed", train_pipeline({"input_size": [3, 16, 16]}))
     xs = [ds[i][0] for i in range(3)]
     assert all(x.shape == (3, 16, 16) for x in xs) and ds.failed == [1] and ds.num_failed == 1
+
+
+def test_record_split_inside_its_header_reads_back(tmp_path):
+    """An id whose low word equals the magic puts the magic at aligned offset 8: the split falls in the header."""
+    image = fixture(f"{IM2REC}/imgs/sneaker/00.jpg").read_bytes()
+    with RecordWriter(tmp_path / "s.rec") as w:
+        w.write(0, pack_header(2.0, MAGIC) + image)
+    raw = (tmp_path / "s.rec").read_bytes()
+    parts = _parts(raw)
+    assert parts[0][:2] == (1, 8) and parts[-1][0] == 3  # flag + label, then the rest after the magic
+    rec = unpack_header(RecordReader(tmp_path / "s.rec").read(0))
+    assert (rec.id, rec.labels, rec.image) == (MAGIC, (2.0,), image)
+    ds = ImageDataset.open(tmp_path / "s")
+    assert ds.targets.tolist() == [2] and tuple(ds[0][0].shape) == (3, 56, 56)

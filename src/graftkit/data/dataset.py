@@ -30,6 +30,7 @@ import glob
 import logging
 import os
 import random
+import struct
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -104,8 +105,9 @@ class _PackSource:
         for si, r in enumerate(self.readers):
             buf = r._buf()
             for pos, off in enumerate(r.offsets):
-                # header is at off+8 unless the record's first part is shorter than 24 bytes (never for images)
-                flag, label, _, _ = IRHEADER.unpack_from(buf, off + 8)
+                # fast path: the header straight from the mapped file; a split or multi-label record is read whole
+                cflag = struct.unpack_from("<I", buf, off + 4)[0] >> 29 if off + 8 <= len(buf) else 1
+                flag, label = (IRHEADER.unpack_from(buf, off + 8)[:2]) if cflag == 0 and off + 32 <= len(buf) else (1, 0.0)
                 if flag > 0:
                     rec = unpack_header(r.read(pos))
                     labs = rec.labels
