@@ -51,7 +51,10 @@ def test_jpeg_dct_downscaling_and_exif_rotation():
     exif[0x0112] = 6  # "rotate 90 CW to display"
     rotated = _jpeg(_photo(40, 64), exif=exif.tobytes())
     assert decode(rotated).shape == (64, 40, 3)
-    assert tuple(decode_tensor(rotated).shape) == (3, 64, 40)
+    for orientation in range(1, 9):  # torchvision's decoder (fast path) and Pillow rotate the same way
+        exif[0x0112] = orientation
+        b = _jpeg(_photo(20, 32), exif=exif.tobytes())
+        assert torch.equal(decode_tensor(b), torch.from_numpy(decode(b)).permute(2, 0, 1)), orientation
     # the torchvision fast path and Pillow agree on a plain JPEG
     plain = _jpeg(_photo(50, 70))
     assert torch.equal(decode_tensor(plain), torch.from_numpy(decode(plain)).permute(2, 0, 1))

@@ -101,25 +101,52 @@ def decode(src, min_side: int | None = None, mode: str = "RGB", exif: bool = Tru
 def decode_tensor(src, min_side: int | None = None, mode: str = "RGB") -> torch.Tensor:
     """Like decode, as a uint8 CHW tensor (a view of HWC memory, which the resize kernels prefer).
 
-    Plain RGB/gray JPEGs that need no DCT downscaling and no EXIF rotation go to
-    torchvision's libjpeg-turbo decoder (faster than Pillow's; no Image object); the
-    rest, and anything that decoder rejects, to Pillow.
+    RGB/gray JPEGs that need no DCT downscaling go to torchvision's libjpeg-turbo
+    decoder (faster than Pillow's, no Image object; it applies EXIF orientation too);
+    the rest (CMYK, downscaled, other formats), and anything it rejects, to Pillow.
     """
     if isinstance(src, (bytes, bytearray, memoryview)) and src[:3] == b"\xff\xd8\xff":
-        try:
-            with Image.open(io.BytesIO(src)) as img:
-                w, h = img.size
-                simple = (img.mode in ("RGB", "L") and not (min_side and min(w, h) >= 2 * min_side)
-                          and not _has_orientation(img))
-        except Exception:
-            simple = False
+        head = jpeg_header(src)
+        simple = (head is not None and head[2] in (1, 3)
+                  and not (min_side and min(head[0], head[1]) >= 2 * min_side))
         if simple:
             try:
                 data = torch.frombuffer(bytearray(src) if isinstance(src, bytes) else src, dtype=torch.uint8)
-                return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.GRAY if mode == "L" else tvio.ImageReadMode.RGB)
+                return tvio.decode_jpeg(data, mode=tvio.ImageReadMode.GRAY if mode == "L" else tvio.ImageReadMode.RGB,
+                                        apply_exif_orientation=head[3])
             except Exception:
                 pass  # Pillow gives the reason, or manages where libjpeg's strict mode did not
     return torch.from_numpy(decode(src, min_side, mode)).permute(2, 0, 1)
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_header(data) -> tuple[int, int, int, bool] | None:
+    """(height, width, components, has_exif) from a JPEG's markers, or None if they cannot be walked.
+
+    A few microseconds instead of an Image.open; has_exif means "ask Pillow about the orientation"."""
+    pos, n, exif = 2, len(data), False
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker in _SOF:
+            if pos + 10 > n:
+                return None
+            h = (data[pos + 5] << 8) | data[pos + 6]
+            w = (data[pos + 7] << 8) | data[pos + 8]
+            return h, w, data[pos + 9], exif
+        if marker == 0xE1 and bytes(data[pos + 4:pos + 10]) == b"Exif\0\0":
+            exif = True
+        if marker == 0xDA or length < 2:
+            return None
+        pos += 2 + length
+    return None
 
 
 def _has_orientation(img: Image.Image) -> bool:
