@@ -262,13 +262,19 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 pos.bad_epochs += 1
             pos.epoch, pos.batch = epoch + 1, 0
             pos.loss_sum, pos.correct, pos.seen = 0.0, 0, 0
-            if epoch == 0 and plan.time_budget and not max_iter:
-                # fit the schedule to the budget once, after the first epoch (still inside the warm-up)
-                fits = max(1, int(plan.time_budget // max(pos.elapsed, 1e-6)))
-                if fits < pos.epochs:
-                    say(f"time budget {plan.time_budget:g} s: {fits} epochs fit (of {pos.epochs})")
-                    pos.epochs = fits
-                    policy = LRPolicy(plan.solver, ipe, pos.epochs * ipe)
+            if plan.time_budget and not max_iter and not pos.stop_reason:
+                # fit the run to the budget from the last epoch's cost (the first one pays start-up costs, so
+                # this is re-estimated after every epoch); the cosine/poly schedule stretches to the new end
+                cost = row["seconds"] - (history[-2]["seconds"] if len(history) > 1 else 0.0)
+                left = plan.time_budget - pos.elapsed
+                fits = ctx.from_main(min(plan.solver.epochs, pos.epoch + int(left // max(cost, 1e-6))))
+                if fits != pos.epochs:
+                    if fits <= pos.epoch:
+                        pos.stop_reason = f"time budget of {plan.time_budget:g} s used"
+                    else:
+                        say(f"time budget {plan.time_budget:g} s: {fits} epochs fit")
+                        pos.epochs = fits
+                        policy = LRPolicy(plan.solver, ipe, pos.epochs * ipe)
             if plan.early_stopping and pos.bad_epochs >= plan.early_stopping:
                 pos.stop_reason = f"early stopping: no improvement for {pos.bad_epochs} epochs"
             if ctx.main:
