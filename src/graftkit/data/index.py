@@ -14,6 +14,7 @@ the same images with the same labels as im2rec's.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import random
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Sequence
 
 from ..errors import GraftError
 from .lists import IMAGE_EXTS, Entry, ImageList, classes_path, resolve_in_root, save_classes, write_lst
+
+log = logging.getLogger("graftkit.data")
 
 
 def _norm_exts(exts: Sequence[str] | None) -> tuple[str, ...]:
@@ -57,6 +60,8 @@ def index_folder(root: str | os.PathLike, exts: Sequence[str] | None = None, rec
     for name in class_dirs:
         files = _walk_images(root / name, exts, recursive)
         if not files and not keep_empty_classes:
+            log.warning("%s: class folder %r has no images with extensions %s; it is left out",
+                        root, name, ", ".join(exts))
             continue
         label = len(classes)
         classes.append(name)
