@@ -252,7 +252,7 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 ctx.average_buffers(raw)
             row = _end_epoch(pos, history, net, raw, tuning, val_loader, normalize, criterion, data, ctx, opt, cuda)
             pos.elapsed = clock() - t_start
-            row["seconds"] = round(pos.elapsed, 2)
+            row["seconds"] = history[-1]["seconds"] = round(pos.elapsed, 2)
             say(_epoch_line(row, pos))
             metric = row["val_top1"] if row.get("val_top1") is not None else -row["train_loss"]
             improved = pos.best is None or metric > pos.best

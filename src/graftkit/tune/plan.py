@@ -5,6 +5,22 @@ training starts. Caffe's solver names are accepted as aliases (`base_lr`,
 `lr_policy`, `stepsize`, `stepvalue`, `max_iter`, ...). Patterns name parameters
 or modules (`blocks.0`, `blocks.[0-3]*`, `re:^conv_stem`), plus two keywords:
 `head` (the classifier) and `body` (everything else).
+
+    head: auto              # auto | new | keep | keep_matching (old rows kept for matching class names)
+    freeze: [conv_stem, blocks.0, blocks.1]
+    freeze_bn: true         # BatchNorm statistics of frozen layers stay fixed
+    stop_gradient: blocks.2 # nothing at or below it is back-propagated (it runs without autograd)
+    lr_mult: {blocks.6: 2}  # Caffe meaning; defaults: new head 10x, biases 2x (and decay_mult 0)
+    decay_mult: {head: 1}
+    layer_decay: 0.8        # each unit below the head gets 0.8x the lr of the one above
+    unfreeze: {3: [blocks.5, blocks.6]}     # epoch -> patterns that start training then
+    aux_weights: {aux1: 0.3, aux2: 0.3}     # multi-output models (GoogLeNet); main output weight 1
+    early_stopping: 5       # epochs without a better validation top-1
+    time_budget: 300        # seconds; the schedule is fitted to it
+    solver: {optimizer: adamw, lr: 0.001, weight_decay: 0.05, policy: cosine, warmup_epochs: 1,
+             label_smoothing: 0.1, epochs: 30, batch_size: 32}
+    # or Caffe's: {type: SGD, base_lr: 0.001, lr_policy: step, stepsize: 1000, gamma: 0.1, max_iter: 5000}
+    data: {size: auto, augment: light, balanced: false, num_workers: 0}
 """
 from __future__ import annotations
 
