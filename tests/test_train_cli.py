@@ -54,7 +54,7 @@ def test_labels_one_to_k_in_a_list(graft, tmp_path):
              enumerate((k, c, j) for k, c in enumerate(("ant", "bee", "cat")) for j in range(4))]
     (data / "train.lst").write_text("\n".join(lines) + "\n")
     r = graft(*args(data / "train.lst", tmp_path / "run", "--epochs", "1"))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == 2 and r.stderr.count("graft: error") == 1, r.stderr
     assert "labels" in r.stderr and "0" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
@@ -62,13 +62,13 @@ def test_labels_one_to_k_in_a_list(graft, tmp_path):
 def test_empty_class_and_missing_layer(graft, tmp_path):
     data = make_folder(tmp_path / "data", empty=("bee",))
     r = graft(*args(data, tmp_path / "run", "--epochs", "1"))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == 2 and r.stderr.count("graft: error") == 1, r.stderr
     assert "'bee' has no images" in r.stderr
     data = make_folder(tmp_path / "data2")
     plan = tmp_path / "plan.yaml"
     plan.write_text("freeze: [features.0]\n")
     r = graft(*args(data, tmp_path / "run2", "--plan", plan))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "'features.0' names no layer" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.count("graft: error") == 1 and "'features.0' names no layer" in r.stderr, r.stderr
 
 
 def test_diverging_lr_is_diagnosed_and_checkpoints_stay_intact(graft, tmp_path):

@@ -272,7 +272,8 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                     if fits <= pos.epoch:
                         pos.stop_reason = f"time budget of {plan.time_budget:g} s used"
                     else:
-                        say(f"time budget {plan.time_budget:g} s: {fits} epochs fit")
+                        if len(history) == 1:  # later small corrections are silent
+                            say(f"time budget {plan.time_budget:g} s: about {fits} epochs fit")
                         pos.epochs = fits
                         policy = LRPolicy(plan.solver, ipe, pos.epochs * ipe)
             if plan.early_stopping and pos.bad_epochs >= plan.early_stopping:
