@@ -10,6 +10,10 @@ Each strategy gets the same training time budget (default 300 s) on the same thr
 Last line: JSON with test top-1 and training seconds of each strategy, and the fine-tune's margin over scratch.
 
     python benchmarks/fmnist_transfer.py [--budget 300] [--threads 2] [--test-limit 10000]
+
+Measured (2026-11-23, the 2-core development machine, quiet at the time, default arguments):
+    finetune 0.8713 (22 epochs, 297 s) | linear_probe 0.8027 (30 epochs, 69 s) | scratch 0.7618 (24 epochs, 294 s)
+    finetune - scratch = +10.95 points; input 112 px (28 px images upsampled 4x), AdamW, cosine, 10k test images.
 """
 from __future__ import annotations
 

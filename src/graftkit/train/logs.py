@@ -47,6 +47,9 @@ def plot_curves(path: Path, history: list[dict[str, Any]], title: str = "") -> N
         b.plot(ep, [r.get("val_top5") for r in history], "--", label="validation top-5")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.set_ylim(0, 1), b.set_title("accuracy"), b.legend()
     b.grid(alpha=.3)
+    from matplotlib.ticker import MaxNLocator
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
