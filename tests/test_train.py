@@ -257,3 +257,17 @@ def test_early_stopping_and_time_budget(tmp_path):
     assert s["epochs"] == 1 and s["stop_reason"].startswith("time budget")
     s = fit(make_model(), ds, out_dir=tmp_path / "c", plan=small_plan(epochs=50, time_budget=3), seed=1, quiet=True)
     assert 1 < s["epochs"] < 50 and s["seconds"] <= 5, s
+
+
+def test_epoch_batches_balanced_sharded_and_resumable():
+    from graftkit.train.sampling import EpochBatches
+    labels = [0] * 12 + [1] * 3 + [2] * 1
+    s = EpochBatches(len(labels), 4, seed=9, labels=labels, balanced=True)
+    drawn = [labels[i] for b in s.batches(0) for i in b]
+    assert sorted(drawn) == [0] * 12 + [1] * 12 + [2] * 12          # every class up to the largest
+    assert s.batches(0) == EpochBatches(len(labels), 4, seed=9, labels=labels, balanced=True).batches(0)
+    assert s.batches(0) != s.batches(1)
+    s.set_epoch(1, start_batch=2)
+    assert [[i for _, i in b] for b in s] == s.batches(1)[2:]        # resume from batch 2 of epoch 1
+    ranks = [EpochBatches(10, 2, seed=1, rank=r, world=2).order(0) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 5 and sorted(ranks[0] + ranks[1]) == list(range(10))
