@@ -117,16 +117,21 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
     tensors, metadata = open_safetensors(path)  # one header parse for tensors and metadata
     meta = _package_meta(path, metadata)
     module = build_empty(meta["spec"])
-    expected = set(module.state_dict())
+    expected = set(module.state_dict(keep_vars=True))  # (keep_vars: the names only, no detach per tensor)
     missing, unexpected = expected - set(tensors), set(tensors) - expected
     if missing or unexpected:
         raise GraftError(f"{path}: tensors do not fit the architecture {meta['spec']!r} "
                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
                          "the package is corrupt or was written for another version of the model")
     module.load_state_dict(tensors, strict=True, assign=True)
-    if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+    state = list(module.parameters()) + list(module.buffers())
+    if any(t.is_meta for t in state):
         # non-persistent buffers (not in the file) were left on the meta device: rebuild for real.
         module = specs.build(meta["spec"])
         module.load_state_dict(tensors, strict=True)
+        state = list(module.parameters()) + list(module.buffers())
     setattr(module, META_ATTR, meta)
-    return module.to(device).eval()
+    device = torch.device(device)
+    if any(t.device != device for t in state):  # (.to walks every submodule even when nothing moves)
+        module = module.to(device)
+    return module.eval()

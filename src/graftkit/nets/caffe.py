@@ -414,12 +414,17 @@ class CaffeNet(nn.Module):
             else:
                 mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]])
                 mod.reset_parameters()
+            name = L["module"]
+            if not isinstance(name, str) or not name or "." in name or name in self.__dict__ \
+                    or name in self._modules or hasattr(nn.Module, name) or name in self.RESERVED:
+                raise GraftError(f"layer {L['name']!r} has an invalid or duplicate module name {name!r}",
+                                 "the package is corrupt; convert the model again")
             if mod.STATEFUL or any(v is not None for v in mod._parameters.values()) or mod._buffers:
-                self.add_module(L["module"], mod)
+                self._modules[name] = mod  # (add_module's checks, done above, cost more than the insert)
             else:  # stateless layers stay plain attributes: fewer submodules make loading faster
-                object.__setattr__(self, L["module"], mod)
+                self.__dict__[name] = mod
                 self._stateless.append(mod)
-            self.layer_names[L["name"]] = L["module"]
+            self.layer_names[L["name"]] = name
         self.inputs = [i["name"] for i in graph["inputs"]]
         self.input_shapes = {i["name"]: i["shape"] for i in graph["inputs"]}
         self.data_inputs = [i["name"] for i in graph["inputs"] if not i["label"]] or self.inputs[:1]

@@ -122,6 +122,16 @@ def _fill(t: torch.Tensor, filler: dict | None, default: str) -> None:
             nn.init.kaiming_uniform_(t.view(t.shape[0], -1) if t.dim() < 2 else t, a=math.sqrt(5))
 
 
+# nn.Module.__init__ sets 17 attributes through super().__setattr__ one by one; a package
+# load builds ~140 layers, so they copy a fresh module's attributes in one update instead
+# (immutable values shared, every container a new empty one of the same type).
+_FRESH = nn.Module().__dict__
+_SHARED_ATTRS = {k: v for k, v in _FRESH.items() if not isinstance(v, (dict, set, list))}
+_CONTAINER_ATTRS = tuple((k, type(v)) for k, v in _FRESH.items() if isinstance(v, (dict, set, list)))
+assert not any(_FRESH[k] for k, _ in _CONTAINER_ATTRS)
+del _FRESH
+
+
 def _as_tensor(a: np.ndarray) -> torch.Tensor:
     """A caffemodel array as a float32 tensor, sharing its memory when it can."""
     a = np.asarray(a)
@@ -153,8 +163,31 @@ class CaffeLayer(nn.Module):
         return [bottoms[0]] if cls.SAME_SHAPE and len(bottoms) == 1 else None
 
     def __init__(self, a: dict, shapes: list[tuple]):
-        super().__init__()
-        self.a = a
+        d = self.__dict__  # nn.Module.__init__, cheaper (see _SHARED_ATTRS)
+        d.update(_SHARED_ATTRS)
+        for k, t in _CONTAINER_ATTRS:
+            d[k] = t()
+        d["a"] = a
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # nn.Module.__setattr__ costs a microsecond of type checks per call: plain values that
+        # replace no parameter, buffer or submodule go straight into __dict__
+        if isinstance(value, (torch.Tensor, nn.Module)) or name in self._parameters or name in self._buffers \
+                or name in self._modules:
+            super().__setattr__(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def _params(self, **shapes: tuple | None) -> None:
+        """Empty parameters of these shapes (None: the layer has none by that name), registered
+        straight into _parameters: register_parameter's checks cost microseconds per parameter."""
+        hooks = nn.modules.module._global_parameter_registration_hooks
+        for name, shape in shapes.items():
+            p = None if shape is None else nn.Parameter(torch.empty(tuple(shape)))
+            if hooks:
+                self.register_parameter(name, p)
+            else:
+                self._parameters[name] = p
 
     def reset_parameters(self) -> None:
         pass
@@ -165,10 +198,6 @@ class CaffeLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.a.items() if "filler" not in k)
-
-
-def _param(shape) -> nn.Parameter:
-    return nn.Parameter(torch.empty(tuple(shape)))
 
 
 # ---------------------------------------------------------------- convolutions and inner product
@@ -212,8 +241,7 @@ class Convolution(CaffeLayer):
 
     def __init__(self, a, shapes):
         super().__init__(a, shapes)
-        self.weight = _param(shapes[0])
-        self.bias = _param(shapes[1]) if a["bias_term"] else None
+        self._params(weight=shapes[0], bias=shapes[1] if a["bias_term"] else None)
         nd = len(a["kernel"])
         self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(nd)
         if self._conv is None:
@@ -287,8 +315,7 @@ class InnerProduct(CaffeLayer):
     def __init__(self, a, shapes):
         super().__init__(a, shapes)
         w = shapes[0][::-1] if a["transpose"] else shapes[0]  # kept as [out, in], PyTorch's layout
-        self.weight = _param(w)
-        self.bias = _param(shapes[1]) if a["bias_term"] else None
+        self._params(weight=w, bias=shapes[1] if a["bias_term"] else None)
         self.axis = a["axis"]
 
     def reset_parameters(self):
@@ -417,7 +444,7 @@ class PReLU(CaffeLayer):
 
     def __init__(self, a, shapes):
         super().__init__(a, shapes)
-        self.weight = _param((1,) if a["channel_shared"] else shapes[0])
+        self._params(weight=(1,) if a["channel_shared"] else shapes[0])
 
     def reset_parameters(self):
         _fill(self.weight, self.a["filler"], "0.25")
@@ -677,8 +704,7 @@ class Scale(CaffeLayer):
 
     def __init__(self, a, shapes):
         super().__init__(a, shapes)
-        self.weight = None if a["two_bottoms"] else _param(shapes[0])
-        self.bias = _param(shapes[-1]) if a["bias_term"] else None
+        self._params(weight=None if a["two_bottoms"] else shapes[0], bias=shapes[-1] if a["bias_term"] else None)
         if a["two_bottoms"]:
             self.blob_roles = ("bias",)
 
@@ -717,7 +743,7 @@ class Bias(CaffeLayer):
 
     def __init__(self, a, shapes):
         super().__init__(a, shapes)
-        self.bias = None if a["two_bottoms"] else _param(shapes[0])
+        self._params(bias=None if a["two_bottoms"] else shapes[0])
 
     def reset_parameters(self):
         if self.bias is not None:
@@ -969,8 +995,7 @@ class Embed(CaffeLayer):
 
     def __init__(self, a, shapes):
         super().__init__(a, shapes)
-        self.weight = _param(shapes[0])
-        self.bias = _param(shapes[1]) if a["bias_term"] else None
+        self._params(weight=shapes[0], bias=shapes[1] if a["bias_term"] else None)
 
     def reset_parameters(self):
         _fill(self.weight, self.a["weight_filler"], "kaiming")
