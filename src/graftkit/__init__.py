@@ -10,9 +10,20 @@ the network you want, prepare your images and fine-tune.
 __version__ = "0.1.0"
 
 from .errors import GraftError  # noqa: E402
-from .formats import read  # noqa: E402
-from .package import load, read_meta, save  # noqa: E402
-from .models import resolve  # noqa: E402
+
+# The API is imported on first use, so that `graft --help` and light imports do not pay for torch.
+_API = {"read": ".formats", "load": ".package", "save": ".package", "read_meta": ".package",
+        "resolve": ".models"}
+
+
+def __getattr__(name):
+    import importlib
+    if name in _API:
+        return getattr(importlib.import_module(_API[name], __name__), name)
+    try:  # submodules (graftkit.package, graftkit.data, ...) without an explicit import
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'graftkit' has no attribute {name!r}") from None
 
 
 def transplant(source, target, **kwargs):

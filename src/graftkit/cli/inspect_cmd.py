@@ -6,7 +6,6 @@ from typing import List
 
 import typer
 
-from .. import formats
 from .common import human_count, print_json, print_table, out
 
 
@@ -17,6 +16,7 @@ def register(app: typer.Typer) -> None:
                 trust: bool = typer.Option(False, "--trust",
                                            help="allow unpickling arbitrary objects (only for files you made)")) -> None:
         """Show the tensors a model file holds: name, source layer, kind, shape, dtype, count."""
+        from .. import formats
         sets = [formats.read(f, trust=trust) for f in files]
         if json_:
             docs = [s.to_json() for s in sets]
