@@ -408,12 +408,15 @@ class CaffeNet(nn.Module):
         self.graph = graph
         self.layer_names: dict[str, str] = {}  # Caffe layer name -> submodule name
         self._stateless: list[nn.Module] = []
+        # built on the meta device (how packages load) the fillers have nothing to fill
+        fill = modules is None and not torch.empty(0).is_meta
         for n, L in enumerate(graph["layers"]):
             if modules is not None:
                 mod = modules[n]
             else:
                 mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]])
-                mod.reset_parameters()
+                if fill:
+                    mod.reset_parameters()
             name = L["module"]
             if not isinstance(name, str) or not name or "." in name or name in self.__dict__ \
                     or name in self._modules or hasattr(nn.Module, name) or name in self.RESERVED:
@@ -444,8 +447,10 @@ class CaffeNet(nn.Module):
         """Layers that name a parameter alike (`param { name: ... }`) use one Parameter, as in Caffe."""
         owners: dict[str, nn.Parameter] = {}
         for L in self.graph["layers"]:
+            if not L.get("param_names"):
+                continue
             mod = getattr(self, L["module"])
-            for role, pname in zip(mod.blob_roles, L.get("param_names") or []):
+            for role, pname in zip(mod.blob_roles, L["param_names"]):
                 p = getattr(mod, role, None)
                 if not pname or p is None:
                     continue
