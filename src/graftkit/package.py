@@ -20,8 +20,10 @@ costs a header parse plus module construction, never a pickle.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,20 @@ def build_empty(spec: str | dict) -> nn.Module:
         return specs.build(spec)
 
 
+def _build_loaded(spec: str | dict, tensors: dict[str, torch.Tensor]) -> nn.Module | None:
+    """A converted network built straight around the package's tensors, by its converter's
+    optional `build_loaded(spec, tensors)` (None when it has none, or the tensors do not fit):
+    for nets of many small layers the empty build and load_state_dict are most of a load."""
+    if not isinstance(spec, dict) or not re.fullmatch(r"[a-z_]+", str(spec.get("converter", ""))):
+        return None
+    try:
+        converter = importlib.import_module(f"{specs.__package__}.{spec['converter']}")
+    except ModuleNotFoundError:
+        return None  # (specs.build says so)
+    build = getattr(converter, "build_loaded", None)
+    return build(spec, tensors) if build is not None else None
+
+
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """The ready-to-use module of a package, in eval mode, with its metadata as `module.graftkit_meta`."""
     path = Path(path)
@@ -116,14 +132,23 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         raise GraftError(f"{path}: no such package file", "check the path")
     tensors, metadata = open_safetensors(path)  # one header parse for tensors and metadata
     meta = _package_meta(path, metadata)
-    module = build_empty(meta["spec"])
-    expected = set(module.state_dict(keep_vars=True))  # (keep_vars: the names only, no detach per tensor)
-    missing, unexpected = expected - set(tensors), set(tensors) - expected
-    if missing or unexpected:
-        raise GraftError(f"{path}: tensors do not fit the architecture {meta['spec']!r} "
-                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
-                         "the package is corrupt or was written for another version of the model")
-    module.load_state_dict(tensors, strict=True, assign=True)
+    module = _build_loaded(meta["spec"], tensors)
+    if module is None:
+        module = build_empty(meta["spec"])
+        expected = set(module.state_dict(keep_vars=True))  # (keep_vars: the names only, no detach per tensor)
+        missing, unexpected = expected - set(tensors), set(tensors) - expected
+        if missing or unexpected:
+            spec = meta["spec"]
+            arch = repr(spec) if isinstance(spec, str) else f"(a converted {spec.get('converter')} network)"
+            raise GraftError(f"{path}: tensors do not fit the architecture {arch} "
+                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
+                             "the package is corrupt or was written for another version of the model")
+        try:
+            module.load_state_dict(tensors, strict=True, assign=True)
+        except RuntimeError as e:  # a tensor of another shape
+            detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+            raise GraftError(f"{path}: tensors do not fit the architecture ({detail})",
+                             "the package is corrupt or was written for another version of the model") from None
     state = list(module.parameters()) + list(module.buffers())
     if any(t.is_meta for t in state):
         # non-persistent buffers (not in the file) were left on the meta device: rebuild for real.

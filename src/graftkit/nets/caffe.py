@@ -30,8 +30,8 @@ import torch.nn as nn
 
 from ..errors import GraftError
 from ..meta import attach, make_meta
-from .caffe_layers import (DATA_LAYERS, LAYERS, LOSS_LAYERS, METRIC_LAYERS, SINK_LAYERS, all_of, as_bool,
-                           enum, one, sub, v2_type)
+from .caffe_layers import (DATA_LAYERS, LAYERS, LOSS_LAYERS, METRIC_LAYERS, SINK_LAYERS, GivenMismatch, all_of,
+                           as_bool, enum, one, sub, v2_type)
 
 GRAPH_VERSION = 1
 PROTOTXT_SUFFIXES = (".prototxt", ".pbtxt", ".prototxt.txt")
@@ -400,7 +400,11 @@ class CaffeNet(nn.Module):
     RESERVED = {"graph", "inputs", "outputs", "train_outputs", "loss_weights", "layer_names", "run", "layer",
                 "blobs", "data_inputs", "input_shapes"}
 
-    def __init__(self, graph: dict, modules: Sequence[nn.Module] | None = None):
+    def __init__(self, graph: dict, modules: Sequence[nn.Module] | None = None,
+                 state: Mapping[str, torch.Tensor] | None = None):
+        """From a compiled graph: with the layer modules already built (convert), around the tensors
+        of a package's `state` (build_loaded: GivenMismatch when they do not fit exactly), or else
+        with the prototxt's fillers (none on the meta device)."""
         super().__init__()
         if graph.get("version") != GRAPH_VERSION:
             raise GraftError(f"Caffe graph version {graph.get('version')} is not one this graftkit builds",
@@ -409,10 +413,19 @@ class CaffeNet(nn.Module):
         self.layer_names: dict[str, str] = {}  # Caffe layer name -> submodule name
         self._stateless: list[nn.Module] = []
         # built on the meta device (how packages load) the fillers have nothing to fill
-        fill = modules is None and not torch.empty(0).is_meta
+        fill = modules is None and state is None and not torch.empty(0).is_meta
+        given: dict[str, dict[str, torch.Tensor]] = {}  # module name -> its tensors by role
+        for key, t in (state or {}).items():
+            mname, _, role = key.rpartition(".")
+            given.setdefault(mname, {})[role] = t
         for n, L in enumerate(graph["layers"]):
             if modules is not None:
                 mod = modules[n]
+            elif state is not None:
+                mine = given.pop(L["module"], {})
+                mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]], mine)
+                if len(mine) != sum(v is not None for v in mod._parameters.values()) + len(mod._buffers):
+                    raise GivenMismatch(L["module"])
             else:
                 mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]])
                 if fill:
@@ -441,6 +454,8 @@ class CaffeNet(nn.Module):
         self._steps = [(L["module"], tuple(blobs[b] for b in L["bottoms"]), tuple(blobs[t] for t in L["tops"]))
                        for L in graph["layers"]]
         self._plans: dict[tuple[str, ...], tuple] = {}
+        if given:  # tensors for modules the graph does not have
+            raise GivenMismatch(next(iter(given)))
         self._tie_shared()
 
     def _tie_shared(self) -> None:
@@ -728,6 +743,19 @@ def caffe_blobs(net: CaffeNet) -> list[tuple[str, str, list[np.ndarray]]]:
         out.append((L["name"], L["type"], [a.detach().cpu().float().contiguous().numpy().reshape(s)
                                            for a, s in zip(arrays, L["shapes"])]))
     return out
+
+
+def build_loaded(spec: dict, tensors: Mapping[str, torch.Tensor]) -> CaffeNet | None:
+    """The module of a package built straight around its tensors (package.load's fast path: no empty
+    build, no load_state_dict); None when they do not fit the graph exactly, or the spec has no
+    graph of this version (package.load then takes the general path, which says what differs)."""
+    graph = spec.get("graph")
+    if graph is None or graph.get("version") != GRAPH_VERSION:
+        return None
+    try:
+        return CaffeNet(graph, state=tensors)
+    except GivenMismatch:
+        return None
 
 
 def build_from_spec(spec: dict) -> CaffeNet:

@@ -4,7 +4,8 @@ A layer type is a class with
     attrs(lp)                -> dict      # its hyper-parameters, resolved from the parsed LayerParameter
                                           # (Caffe's defaults applied; JSON-able, stored in the package spec)
     blob_shapes(a, bottoms)  -> [shape]   # the Caffe blobs it expects, given the bottom shapes
-    __init__(a, shapes)                   # parameters allocated (torch.empty: no init work)
+    __init__(a, shapes, given=None)       # parameters allocated (torch.empty: no init work), or the
+                                          # given tensors by name (a package's) taken as they are
     reset_parameters()                    # Caffe's fillers, for a prototxt without weights
     load_blobs(blobs)                     # take the caffemodel's arrays (already checked and reshaped)
     forward(*bottoms)                     # one tensor, or a tuple when the layer has several tops
@@ -15,7 +16,7 @@ and inner-product blobs already are PyTorch's (OIHW, [in, out/g, kh, kw], [out, 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -132,6 +133,17 @@ assert not any(_FRESH[k] for k, _ in _CONTAINER_ATTRS)
 del _FRESH
 
 
+class GivenMismatch(Exception):
+    """The tensors given to a layer do not fit it (a package for another architecture)."""
+
+
+def _given(given: Mapping[str, torch.Tensor], name: str, shape) -> torch.Tensor:
+    t = given.get(name)
+    if t is None or tuple(t.shape) != tuple(shape):
+        raise GivenMismatch(name)
+    return t
+
+
 def _as_tensor(a: np.ndarray) -> torch.Tensor:
     """A caffemodel array as a float32 tensor, sharing its memory when it can."""
     a = np.asarray(a)
@@ -162,7 +174,7 @@ class CaffeLayer(nn.Module):
         """The tops' shapes computed directly, or None: then shape inference runs the layer on meta tensors."""
         return [bottoms[0]] if cls.SAME_SHAPE and len(bottoms) == 1 else None
 
-    def __init__(self, a: dict, shapes: list[tuple]):
+    def __init__(self, a: dict, shapes: list[tuple], given: Mapping[str, torch.Tensor] | None = None):
         d = self.__dict__  # nn.Module.__init__, cheaper (see _SHARED_ATTRS)
         d.update(_SHARED_ATTRS)
         for k, t in _CONTAINER_ATTRS:
@@ -178,12 +190,18 @@ class CaffeLayer(nn.Module):
         else:
             object.__setattr__(self, name, value)
 
-    def _params(self, **shapes: tuple | None) -> None:
-        """Empty parameters of these shapes (None: the layer has none by that name), registered
-        straight into _parameters: register_parameter's checks cost microseconds per parameter."""
+    def _params(self, given: Mapping[str, torch.Tensor] | None, **shapes: tuple | None) -> None:
+        """Parameters of these shapes (None: the layer has none by that name): the `given` tensors
+        (a package's, by name) or else empty ones, registered straight into _parameters:
+        register_parameter's checks cost microseconds per parameter."""
         hooks = nn.modules.module._global_parameter_registration_hooks
         for name, shape in shapes.items():
-            p = None if shape is None else nn.Parameter(torch.empty(tuple(shape)))
+            if shape is None:
+                p = None
+            elif given is not None:
+                p = nn.Parameter(_given(given, name, shape))
+            else:
+                p = nn.Parameter(torch.empty(tuple(shape)))
             if hooks:
                 self.register_parameter(name, p)
             else:
@@ -239,9 +257,9 @@ class Convolution(CaffeLayer):
             raise GraftError(f"input {list(x)} is smaller than the kernel {a['kernel']}")
         return [(x[0], a["num_output"], *out)]
 
-    def __init__(self, a, shapes):
-        super().__init__(a, shapes)
-        self._params(weight=shapes[0], bias=shapes[1] if a["bias_term"] else None)
+    def __init__(self, a, shapes, given=None):
+        super().__init__(a, shapes, given)
+        self._params(given, weight=shapes[0], bias=shapes[1] if a["bias_term"] else None)
         nd = len(a["kernel"])
         self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(nd)
         if self._conv is None:
@@ -280,8 +298,8 @@ class Deconvolution(Convolution):
             raise GraftError(f"output size {out} is not positive")
         return [(x[0], a["num_output"], *out)]
 
-    def __init__(self, a, shapes):
-        super().__init__(a, shapes)
+    def __init__(self, a, shapes, given=None):
+        super().__init__(a, shapes, given)
         nd = len(a["kernel"])
         self._conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
         s, p, d, g = self._args
@@ -312,10 +330,10 @@ class InnerProduct(CaffeLayer):
         x = bottoms[0]
         return [(*x[:a["axis"] % len(x)], a["num_output"])]
 
-    def __init__(self, a, shapes):
-        super().__init__(a, shapes)
+    def __init__(self, a, shapes, given=None):
+        super().__init__(a, shapes, given)
         w = shapes[0][::-1] if a["transpose"] else shapes[0]  # kept as [out, in], PyTorch's layout
-        self._params(weight=w, bias=shapes[1] if a["bias_term"] else None)
+        self._params(given, weight=w, bias=shapes[1] if a["bias_term"] else None)
         self.axis = a["axis"]
 
     def reset_parameters(self):
@@ -357,8 +375,8 @@ class Pooling(CaffeLayer):
                 "stride": _spatial(p, "stride", 2, 1), "pad": _spatial(p, "pad", 2, 0),
                 "ceil": enum(one(p, "round_mode"), ("CEIL", "FLOOR"), "CEIL") == "CEIL"}
 
-    def __init__(self, a, shapes):
-        super().__init__(a, shapes)
+    def __init__(self, a, shapes, given=None):
+        super().__init__(a, shapes, given)
         self.k, self.s, self.p = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"])
         self.native = all(2 * p <= k for p, k in zip(self.p, self.k))
         self._counts: dict = {}
@@ -442,9 +460,9 @@ class PReLU(CaffeLayer):
     def blob_shapes(a, bottoms):
         return [()] if a["channel_shared"] else [(bottoms[0][1],)]
 
-    def __init__(self, a, shapes):
-        super().__init__(a, shapes)
-        self._params(weight=(1,) if a["channel_shared"] else shapes[0])
+    def __init__(self, a, shapes, given=None):
+        super().__init__(a, shapes, given)
+        self._params(given, weight=(1,) if a["channel_shared"] else shapes[0])
 
     def reset_parameters(self):
         _fill(self.weight, self.a["filler"], "0.25")
@@ -644,10 +662,11 @@ class BatchNorm(CaffeLayer):
         c = bottoms[0][1] if len(bottoms[0]) > 1 else 1
         return [(c,), (c,), (1,)]
 
-    def __init__(self, a, shapes):
-        super().__init__(a, shapes)
-        self.register_buffer("running_mean", torch.empty(shapes[0]))
-        self.register_buffer("running_var", torch.empty(shapes[1]))
+    def __init__(self, a, shapes, given=None):
+        super().__init__(a, shapes, given)
+        for name, shape in (("running_mean", shapes[0]), ("running_var", shapes[1])):
+            self.register_buffer(name, torch.empty(shape) if given is None
+                                 else _given(given, name, shape).detach())
         self.use_global_stats = a["use_global_stats"]
 
     def reset_parameters(self):
@@ -702,9 +721,10 @@ class Scale(CaffeLayer):
             return [tuple(b1)] if a["bias_term"] else []
         return [ps, ps] if a["bias_term"] else [ps]
 
-    def __init__(self, a, shapes):
-        super().__init__(a, shapes)
-        self._params(weight=None if a["two_bottoms"] else shapes[0], bias=shapes[-1] if a["bias_term"] else None)
+    def __init__(self, a, shapes, given=None):
+        super().__init__(a, shapes, given)
+        self._params(given, weight=None if a["two_bottoms"] else shapes[0],
+                     bias=shapes[-1] if a["bias_term"] else None)
         if a["two_bottoms"]:
             self.blob_roles = ("bias",)
 
@@ -741,9 +761,9 @@ class Bias(CaffeLayer):
         end = len(shape) if a["num_axes"] == -1 else axis + a["num_axes"]
         return [tuple(shape[axis:end])]
 
-    def __init__(self, a, shapes):
-        super().__init__(a, shapes)
-        self._params(bias=None if a["two_bottoms"] else shapes[0])
+    def __init__(self, a, shapes, given=None):
+        super().__init__(a, shapes, given)
+        self._params(given, bias=None if a["two_bottoms"] else shapes[0])
 
     def reset_parameters(self):
         if self.bias is not None:
@@ -993,9 +1013,9 @@ class Embed(CaffeLayer):
     def top_shapes(a, bottoms):
         return [(*bottoms[0], a["num_output"])]
 
-    def __init__(self, a, shapes):
-        super().__init__(a, shapes)
-        self._params(weight=shapes[0], bias=shapes[1] if a["bias_term"] else None)
+    def __init__(self, a, shapes, given=None):
+        super().__init__(a, shapes, given)
+        self._params(given, weight=shapes[0], bias=shapes[1] if a["bias_term"] else None)
 
     def reset_parameters(self):
         _fill(self.weight, self.a["weight_filler"], "kaiming")
