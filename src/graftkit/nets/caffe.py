@@ -398,7 +398,7 @@ def _outputs(graph: dict, label_blobs: set[str]) -> dict:
 class CaffeNet(nn.Module):
     """A Caffe net as a torch module; see the module docstring."""
     RESERVED = {"graph", "inputs", "outputs", "train_outputs", "loss_weights", "layer_names", "run", "layer",
-                "blobs", "data_inputs", "input_shapes"}
+                "blobs", "data_inputs", "input_shapes", "_stateless", "_steps", "_plans"}
 
     def __init__(self, graph: dict, modules: Sequence[nn.Module] | None = None,
                  state: Mapping[str, torch.Tensor] | None = None):
@@ -418,27 +418,29 @@ class CaffeNet(nn.Module):
         for key, t in (state or {}).items():
             mname, _, role = key.rpartition(".")
             given.setdefault(mname, {})[role] = t
+        submodules, attributes = self._modules, self.__dict__
         for n, L in enumerate(graph["layers"]):
+            name = L["module"]
+            if not isinstance(name, str) or not name or "." in name or name in attributes \
+                    or name in submodules or hasattr(nn.Module, name) or name in self.RESERVED:
+                raise GraftError(f"layer {L['name']!r} has an invalid or duplicate module name {name!r}",
+                                 "the package is corrupt; convert the model again")
             if modules is not None:
                 mod = modules[n]
             elif state is not None:
-                mine = given.pop(L["module"], {})
+                mine = given.pop(name, {})
                 mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]], mine)
-                if len(mine) != sum(v is not None for v in mod._parameters.values()) + len(mod._buffers):
-                    raise GivenMismatch(L["module"])
             else:
                 mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]])
                 if fill:
                     mod.reset_parameters()
-            name = L["module"]
-            if not isinstance(name, str) or not name or "." in name or name in self.__dict__ \
-                    or name in self._modules or hasattr(nn.Module, name) or name in self.RESERVED:
-                raise GraftError(f"layer {L['name']!r} has an invalid or duplicate module name {name!r}",
-                                 "the package is corrupt; convert the model again")
-            if mod.STATEFUL or any(v is not None for v in mod._parameters.values()) or mod._buffers:
-                self._modules[name] = mod  # (add_module's checks, done above, cost more than the insert)
+            held = len(mod._buffers) + sum(1 for v in mod._parameters.values() if v is not None)
+            if state is not None and held != len(mine):
+                raise GivenMismatch(name)
+            if held or mod.STATEFUL:
+                submodules[name] = mod  # (add_module's checks, done above, cost more than the insert)
             else:  # stateless layers stay plain attributes: fewer submodules make loading faster
-                self.__dict__[name] = mod
+                attributes[name] = mod
                 self._stateless.append(mod)
             self.layer_names[L["name"]] = name
         self.inputs = [i["name"] for i in graph["inputs"]]
@@ -451,7 +453,8 @@ class CaffeNet(nn.Module):
         for name in self.inputs + [t for L in graph["layers"] for t in L["tops"]]:
             blobs.setdefault(name, len(blobs))
         self.blobs = blobs  # blob name -> slot in the forward's list
-        self._steps = [(L["module"], tuple(blobs[b] for b in L["bottoms"]), tuple(blobs[t] for t in L["tops"]))
+        slot = blobs.__getitem__
+        self._steps = [(L["module"], tuple(map(slot, L["bottoms"])), tuple(map(slot, L["tops"])))
                        for L in graph["layers"]]
         self._plans: dict[tuple[str, ...], tuple] = {}
         if given:  # tensors for modules the graph does not have
