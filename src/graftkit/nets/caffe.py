@@ -237,7 +237,8 @@ def _module_name(name: str, taken: set[str]) -> str:
 
 def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str, list]] | None = None,
                   input_shapes: Mapping[str, Sequence[int]] | None = None, layers: list[dict] | None = None):
-    """Parsed NetParameter -> (graph JSON, layer modules on the meta device, checked blob arrays per layer).
+    """Parsed NetParameter -> (graph JSON, layer modules, checked blob arrays per layer): the modules of
+    layers with checked arrays hold them as their tensors, the others are on the meta device.
     `layers`: the phase's layers when the caller already selected and checked them."""
     phase = phase.upper()
     if phase not in _PHASES:
@@ -306,9 +307,12 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
             raise GraftError(f"layer {name!r} ({t}): its parameter shapes depend on an input whose shape the "
                              f"prototxt does not give", "pass the caffemodel, or the input shape: --input-shape "
                                                         "data=1,3,224,224, or input_shapes= in Python")
+        # the caffemodel's tensors are given to the layer as it is built; without them it is built
+        # on the meta device (no memory) and initialised or given a package's tensors later
+        given = cls.blob_tensors(attrs, checked[name]) if name in checked else None
         with meta:
-            mod = cls(attrs, [tuple(s) for s in pshapes])
-        outs = (None,) * len(tops) if not known else _top_shapes(name, t, cls, attrs, mod, bshapes)
+            mod = cls(attrs, [tuple(s) for s in pshapes], given)
+        outs = (None,) * len(tops) if not known else _top_shapes(name, t, cls, attrs, mod, pshapes, bshapes)
         if len(outs) != len(tops):
             raise GraftError(f"layer {name!r} ({t}) has {len(tops)} tops but computes {len(outs)} blobs")
         anc = frozenset().union(*(ancestry[b] for b in bottoms))
@@ -351,11 +355,14 @@ def _param_name(spec: Any) -> str | None:
     return str(name) if name else None
 
 
-def _top_shapes(name: str, t: str, cls, attrs: dict, mod: nn.Module, bshapes: list[tuple]) -> tuple:
+def _top_shapes(name: str, t: str, cls, attrs: dict, mod: nn.Module, pshapes: list, bshapes: list[tuple]) -> tuple:
     """The tops' shapes: computed by the layer class, or by running it on meta tensors (no data, no work)."""
     try:
         outs = cls.top_shapes(attrs, bshapes)
         if outs is None:
+            if not all(p.is_meta for p in mod.parameters()):  # given real weights: run a meta twin
+                with torch.device("meta"):
+                    mod = cls(attrs, [tuple(s) for s in pshapes])
             outs = mod(*[torch.empty(b, device="meta") for b in bshapes])
             outs = [tuple(o.shape) for o in (outs if isinstance(outs, tuple) else (outs,))]
     except GraftError as e:
@@ -704,14 +711,13 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
                          "Caffe pairs weights with layers by name: give the caffemodel trained with this prototxt")
     left = []
     for L, mod in zip(graph["layers"], modules):
-        arrays = checked.get(L["name"])
-        if arrays is not None:
-            mod.load_blobs(arrays)
-        elif L["shapes"]:
+        if L["name"] in checked:  # (built around the caffemodel's tensors)
+            continue
+        if L["shapes"]:
             mod.to_empty(device="cpu")
             mod.reset_parameters()
             left.append(L["name"])
-        else:
+        elif mod._parameters or mod._buffers:
             mod.to_empty(device="cpu")
     net_mod = CaffeNet(graph, modules)  # (ties shared parameters to their first user's loaded values)
     unused = sorted(set(blobs or {}) - set(checked))

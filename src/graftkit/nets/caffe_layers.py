@@ -7,7 +7,8 @@ A layer type is a class with
     __init__(a, shapes, given=None)       # parameters allocated (torch.empty: no init work), or the
                                           # given tensors by name (a package's) taken as they are
     reset_parameters()                    # Caffe's fillers, for a prototxt without weights
-    load_blobs(blobs)                     # take the caffemodel's arrays (already checked and reshaped)
+    blob_tensors(a, blobs)   -> {name: t} # the caffemodel's arrays (checked and reshaped) as the tensors
+                                          # to give the constructor
     forward(*bottoms)                     # one tensor, or a tuple when the layer has several tops
 Parameter names follow PyTorch (weight, bias, running_mean, running_var) so that
 `state_dict()` keys read `<layer>.weight`. Layouts: Caffe's convolution, deconvolution
@@ -210,9 +211,9 @@ class CaffeLayer(nn.Module):
     def reset_parameters(self) -> None:
         pass
 
-    def load_blobs(self, blobs: list[np.ndarray]) -> None:
-        for role, arr in zip(self.blob_roles, blobs):
-            setattr(self, role, nn.Parameter(_as_tensor(arr)))
+    @classmethod
+    def blob_tensors(cls, a: dict, blobs: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        return {role: _as_tensor(arr) for role, arr in zip(cls.blob_roles, blobs)}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.a.items() if "filler" not in k)
@@ -341,9 +342,10 @@ class InnerProduct(CaffeLayer):
         if self.bias is not None:
             _fill(self.bias, self.a["bias_filler"], "0")
 
-    def load_blobs(self, blobs):
-        w = blobs[0].T if self.a["transpose"] else blobs[0]
-        super().load_blobs([np.ascontiguousarray(w), *blobs[1:]])
+    @classmethod
+    def blob_tensors(cls, a, blobs):
+        w = blobs[0].T if a["transpose"] else blobs[0]
+        return super().blob_tensors(a, [np.ascontiguousarray(w), *blobs[1:]])
 
     def forward(self, x):
         axis = self.axis % x.dim()
@@ -467,8 +469,9 @@ class PReLU(CaffeLayer):
     def reset_parameters(self):
         _fill(self.weight, self.a["filler"], "0.25")
 
-    def load_blobs(self, blobs):
-        super().load_blobs([blobs[0].reshape(self.weight.shape)])
+    @classmethod
+    def blob_tensors(cls, a, blobs):
+        return super().blob_tensors(a, [blobs[0].reshape((1,) if a["channel_shared"] else blobs[0].shape)])
 
     def forward(self, x):
         return F.prelu(x, self.weight)
@@ -674,11 +677,12 @@ class BatchNorm(CaffeLayer):
             self.running_mean.zero_()
             self.running_var.fill_(1.0)
 
-    def load_blobs(self, blobs):
+    @classmethod
+    def blob_tensors(cls, a, blobs):
         f = float(np.asarray(blobs[2]).reshape(-1)[0]) if len(blobs) > 2 else 1.0
         f = 0.0 if f == 0 else 1.0 / f
-        self.running_mean = torch.from_numpy(np.asarray(blobs[0], dtype=np.float32) * np.float32(f))
-        self.running_var = torch.from_numpy(np.asarray(blobs[1], dtype=np.float32) * np.float32(f))
+        return {name: torch.from_numpy(np.asarray(b, dtype=np.float32) * np.float32(f))
+                for name, b in (("running_mean", blobs[0]), ("running_var", blobs[1]))}
 
     def forward(self, x):
         batch_stats = self.training if self.use_global_stats is None else not self.use_global_stats
@@ -727,6 +731,11 @@ class Scale(CaffeLayer):
                      bias=shapes[-1] if a["bias_term"] else None)
         if a["two_bottoms"]:
             self.blob_roles = ("bias",)
+
+    @classmethod
+    def blob_tensors(cls, a, blobs):
+        roles = ("bias",) if a["two_bottoms"] else cls.blob_roles
+        return {role: _as_tensor(arr) for role, arr in zip(roles, blobs)}
 
     def reset_parameters(self):
         if self.weight is not None:
