@@ -176,8 +176,9 @@ class _Parser:
             if f.message is not None:
                 self._message_field(f, out)
             else:
-                if not self._take(":"):
+                if toks[self.i] != ":":
                     self._expected(f"':' after '{f.name}'")
+                self.i += 1
                 if f.repeated and self._take("["):
                     values = out.setdefault(f.name, [])
                     if not self._take("]"):
@@ -196,7 +197,8 @@ class _Parser:
                     out[f.name] = self._scalar(f)
                 if f.is_array:
                     arrays.add(f.name)
-            self._take(";") or self._take(",")
+            if toks[self.i] in (";", ","):  # an optional separator
+                self.i += 1
         for name in arrays:   # blob data is a numpy array, as from a caffemodel
             out[name] = np.asarray(out[name], dtype=np.float32 if msg.fields[name].type == "float" else np.float64)
         return out
@@ -248,8 +250,9 @@ class _Parser:
         if t in ("string", "bytes"):
             if kind != "str":
                 self._expected(f"a quoted string for '{f.name}'")
-            data = b""
-            while _kind(self.toks[self.i]) == "str":
+            data = self._unescape(val, pos)
+            self.i += 1
+            while _kind(self.toks[self.i]) == "str":  # adjacent strings are concatenated
                 data += self._unescape(self.toks[self.i], self.i)
                 self.i += 1
             if t == "bytes":
