@@ -1,6 +1,6 @@
-"""Loader and packing speed: graftkit vs torchvision ImageFolder and an im2rec-style packer, in one run.
+"""Loader and packing speed: graftkit vs torchvision ImageFolder and im2rec, in one run.
 
-    python benchmarks/loader_speed.py [--images DIR] [--n 480] [--workers 2] [--batch 64]
+    python benchmarks/data_loader.py [--images DIR] [--n 480] [--workers 2] [--batch 64]
 
 Without --images it makes its own photo-sized JPEGs (500x375 up to 1024x768, quality 90,
 from scikit-image's sample photos with sensor-like noise), in class sub-folders.
@@ -11,14 +11,21 @@ Loading (same images, same batch size, same number of worker processes, uint8 ba
   graftkit      ImageDataset over a RecordIO pack stored with the shorter side at 256,
                 train_pipeline (random resized crop 224 + flip), normalize=False
   graftkit-dir  ImageDataset over the original JPEG folder (DCT-domain downscaling to 256)
-Packing (same images, same number of processes, shorter side 256, JPEG quality 95, best of 3):
-  im2rec-like   im2rec's per-image work: cv2.imread, cv2.resize, cv2.imencode, a Pool of
-                workers, RecordIO writing in the parent (MXNet itself is not installed)
-  graftkit      graftkit.data.pack (Pillow, DCT downscaling on decode, antialiased resize)
-
-Packing is also timed per image in one process (no pool), which a busy machine disturbs less.
+Packing (same images and list, shorter side 256, JPEG quality 95, `--workers` processes):
+  im2rec        MXNet's tools/im2rec.py code path with OpenCV (MXNet itself is not installed):
+                image_encode = cv2.imread, cv2.resize (default interpolation) of the shorter
+                side with im2rec's integer arithmetic, cv2.imencode at the same quality, the
+                24-byte IRHeader; --num-thread > 1 mode = one read_worker process per worker
+                fed round-robin through its own Queue, a write_worker process putting records
+                back in list order; sequential in one process when --workers is 1
+  graftkit      graftkit.data.pack (antialiased resize, bad images skipped with reasons)
+Both are timed around the whole call (process start included), interleaved, best of `--rounds` (5);
+OpenCV and torch run one thread per worker process, so both use the same CPUs. CPU time
+per image (parent + joined children) is also reported: on a shared machine it is the
+steadier comparison of the work done.
 Each loader runs `--epochs` timed epochs after one warm-up epoch (persistent workers), the
-runs interleaved; the best epoch of each counts. The last line is JSON.
+runs interleaved; the best epoch of each counts. The last line is JSON with graftkit_img_s,
+imagefolder_img_s, ratio, pack_img_s, im2rec_img_s, pack_ratio (and more).
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ import torch
 from PIL import Image
 
 from graftkit.data import ImageDataset, make_lists, train_pipeline
+from graftkit.data.lists import read_lst
 from graftkit.data.pack import PackOptions, pack
 from graftkit.data.recordio import RecordWriter, pack_header
 
@@ -72,32 +80,123 @@ def make_images(root: Path, n: int, seed: int = 0) -> Path:
     return root
 
 
-# ---- packing baseline: im2rec's image_encode, with OpenCV ------------------------------------
-def _im2rec_encode(job):
+# ---- packing baseline: tools/im2rec.py's code path, with OpenCV -------------------------------
+def _im2rec_image_encode(args, i, item, q_out):
+    """im2rec's image_encode for the options used here (no center crop, no pass-through)."""
     import cv2
-    cv2.setNumThreads(1)
-    key, label, path, resize, quality = job
-    img = cv2.imread(path, 1)
+    index, label, fullpath = item
+    header = pack_header(label, index, 0)  # mx.recordio.IRHeader(0, label, id, 0), flag 0
+    img = cv2.imread(fullpath, args["color"])
     if img is None:
-        return key, None
-    if img.shape[0] > img.shape[1]:
-        newsize = (resize, img.shape[0] * resize // img.shape[1])
+        q_out.put((i, None, item))
+        return
+    if args["resize"]:
+        if img.shape[0] > img.shape[1]:
+            newsize = (args["resize"], img.shape[0] * args["resize"] // img.shape[1])
+        else:
+            newsize = (img.shape[1] * args["resize"] // img.shape[0], args["resize"])
+        img = cv2.resize(img, newsize)
+    ret, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, args["quality"]])  # mx.recordio.pack_img
+    assert ret, "failed to encode image"
+    q_out.put((i, header + buf.tobytes(), item))
+
+
+def _im2rec_read_worker(args, q_in, q_out):
+    import cv2
+    cv2.setNumThreads(1)  # one thread per process, like torch in graftkit's workers
+    while True:
+        deq = q_in.get()
+        if deq is None:
+            break
+        i, item = deq
+        _im2rec_image_encode(args, i, item, q_out)
+
+
+def _im2rec_write_worker(q_out, rec: str):
+    count, buf, more = 0, {}, True
+    with RecordWriter(rec) as record:  # mx.recordio.MXIndexedRecordIO(idx, rec, "w")
+        while more:
+            deq = q_out.get()
+            if deq is not None:
+                i, s, item = deq
+                buf[i] = (s, item)
+            else:
+                more = False
+            while count in buf:
+                s, item = buf.pop(count)
+                if s is not None:
+                    record.write(item[0], s)  # write_idx
+                count += 1
+
+
+def im2rec_pack(lst: Path, root: Path, prefix: Path, workers: int, resize: int = 256, quality: int = 95) -> None:
+    """`im2rec.py --resize R --quality Q --num-thread W PREFIX ROOT` over an existing list."""
+    import queue
+
+    args = {"resize": resize, "quality": quality, "color": 1}
+    image_list = [(e.index, e.labels[0], str(root / e.path)) for e in read_lst(lst)]  # im2rec's read_list
+    rec = str(prefix.with_suffix(".rec"))
+    if workers > 1:
+        ctx = mp.get_context("fork")
+        q_in = [ctx.Queue(1024) for _ in range(workers)]
+        q_out = ctx.Queue(1024)
+        readers = [ctx.Process(target=_im2rec_read_worker, args=(args, q_in[i], q_out)) for i in range(workers)]
+        for p in readers:
+            p.start()
+        writer = ctx.Process(target=_im2rec_write_worker, args=(q_out, rec))
+        writer.start()
+        for i, item in enumerate(image_list):
+            q_in[i % len(q_in)].put((i, item))
+        for q in q_in:
+            q.put(None)
+        for p in readers:
+            p.join()
+        q_out.put(None)
+        writer.join()
     else:
-        newsize = (img.shape[1] * resize // img.shape[0], resize)
-    img = cv2.resize(img, newsize)
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return key, pack_header(label, key, 0) + buf.tobytes()
+        import cv2
+        cv2.setNumThreads(1)
+        q_out = queue.Queue()
+        with RecordWriter(rec) as record:
+            for i, item in enumerate(image_list):
+                _im2rec_image_encode(args, i, item, q_out)
+                _, s, _ = q_out.get()
+                if s is not None:
+                    record.write(item[0], s)
 
 
-def im2rec_like_pack(lst: Path, root: Path, prefix: Path, workers: int, resize: int = 256, quality: int = 95) -> float:
-    from graftkit.data.lists import read_lst
-    jobs = [(e.index, e.labels[0], str(root / e.path), resize, quality) for e in read_lst(lst)]
-    t = time.perf_counter()
-    with mp.get_context("fork").Pool(workers) as pool, RecordWriter(prefix.with_suffix(".rec")) as w:
-        for key, payload in pool.imap(_im2rec_encode, jobs, chunksize=8):
-            if payload is not None:
-                w.write(key, payload)
-    return len(jobs) / (time.perf_counter() - t)
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and of the children it joined) for fn()."""
+    c0, t0 = os.times(), time.perf_counter()
+    fn()
+    t, c1 = time.perf_counter() - t0, os.times()
+    return t, sum(c1[:4]) - sum(c0[:4])
+
+
+def bench_pack(lst: Path, root: Path, tmp: Path, workers: int, rounds: int = 3) -> dict:
+    """Both packers on the same list, interleaved (the order alternating), best of `rounds`."""
+    try:
+        import cv2  # noqa: F401  (imported before the fork, as im2rec.py does at its top)
+        have_cv2 = True
+    except ImportError:
+        have_cv2 = False
+    n = len(read_lst(lst))
+    runs = {"graftkit": [], "im2rec": []}
+    todo = {"graftkit": lambda: pack(lst, tmp / "pack", options=PackOptions(resize=256, quality=95),
+                                     workers=workers, progress=False),
+            "im2rec": lambda: im2rec_pack(lst, root, tmp / "im2rec", workers)}
+    for r in range(rounds):
+        for name in (("im2rec", "graftkit") if r % 2 == 0 else ("graftkit", "im2rec")):
+            if name == "graftkit" or have_cv2:
+                runs[name].append(_timed(todo[name]))
+    ours, theirs = min(runs["graftkit"]), min(runs["im2rec"]) if have_cv2 else None
+    ours_cpu, theirs_cpu = min(c for _, c in runs["graftkit"]), min(c for _, c in runs["im2rec"]) if have_cv2 else None
+    return {"pack_img_s": round(n / ours[0], 1), "im2rec_img_s": round(n / theirs[0], 1) if theirs else None,
+            "pack_ratio": round(theirs[0] / ours[0], 2) if theirs else None,
+            "pack_cpu_ms": round(1e3 * ours_cpu / n, 3), "im2rec_cpu_ms": round(1e3 * theirs_cpu / n, 3) if theirs else None,
+            "pack_cpu_ratio": round(theirs_cpu / ours_cpu, 2) if theirs else None,
+            "pack_mb": round(sum(f.stat().st_size for f in tmp.glob("pack*.rec")) / 1e6, 1),
+            "im2rec_mb": round((tmp / "im2rec.rec").stat().st_size / 1e6, 1) if theirs else None}
 
 
 # ---- loaders ------------------------------------------------------------------------------------
@@ -131,6 +230,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs per loader")
+    ap.add_argument("--rounds", type=int, default=5, help="timed runs per packer")
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="graftkit-bench-"))
@@ -138,37 +238,7 @@ def main(argv=None) -> dict:
     lst = make_lists(root, tmp / "photos")["all"]
     sizes = sorted({Image.open(p).size for p in list(root.rglob("*.jpg"))[:256]})
 
-    # packing: interleave the two packers, best of 3 (the machine may be shared: best-of is the least noisy)
-    pack_rates, base_rates = [], []
-    have_cv2 = True
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        have_cv2 = False
-    for r in range(3):
-        if have_cv2:
-            base_rates.append(im2rec_like_pack(lst, root, tmp / f"im2rec{r}", args.workers))
-        rep = pack(lst, tmp / "pack", options=PackOptions(resize=256, quality=95), workers=args.workers, progress=False)
-        pack_rates.append(rep.records / rep.seconds)
-    pack_mb = sum(Path(s).stat().st_size for s in rep.shards) / 1e6
-    # the per-image work alone, one process, no pool: far less sensitive to a busy machine
-    solo = {"graftkit": [], "im2rec-like": []}
-    if have_cv2:
-        from graftkit.data.lists import read_lst
-        from graftkit.data.pack import encode_image
-        entries = read_lst(lst)[:120]
-        blobs = [(root / e.path).read_bytes() for e in entries]
-        opts = PackOptions(resize=256, quality=95)
-        torch.set_num_threads(1)
-        for r in range(3):
-            t = time.perf_counter()
-            for e in entries:
-                _im2rec_encode((e.index, e.labels[0], str(root / e.path), 256, 95))
-            solo["im2rec-like"].append(len(entries) / (time.perf_counter() - t))
-            t = time.perf_counter()
-            for e, b in zip(entries, blobs):
-                pack_header(e.labels[0], e.index) + encode_image((root / e.path).read_bytes(), opts)
-            solo["graftkit"].append(len(entries) / (time.perf_counter() - t))
+    packing = bench_pack(lst, root, tmp, args.workers, args.rounds)
 
     # loading
     ours = ImageDataset.open(tmp / "pack", train_pipeline(normalize=False), seed=0)
@@ -196,22 +266,15 @@ def main(argv=None) -> dict:
     print(f"{'loader':40s} {'img/s':>9s} {'ratio':>7s}")
     for name, rate, rr in rows:
         print(f"{name:40s} {rate:9.1f} {rr:7.2f}")
-    print(f"{'packer':40s} {'img/s':>9s} {'ratio':>7s}")
-    pack_best = max(pack_rates)
-    base_best = max(base_rates) if base_rates else None
-    if base_best:
-        print(f"{'im2rec-like (cv2 decode/resize/encode)':40s} {base_best:9.1f} {1.0:7.2f}")
-    print(f"{'graftkit pack':40s} {pack_best:9.1f} {(pack_best / base_best) if base_best else float('nan'):7.2f}"
-          f"   ({pack_mb:.1f} MB)")
-    solo_ratio = max(solo["graftkit"]) / max(solo["im2rec-like"]) if have_cv2 else None
-    if have_cv2:
-        print(f"{'  per image, 1 process: im2rec-like':40s} {max(solo['im2rec-like']):9.1f} {1.0:7.2f}")
-        print(f"{'  per image, 1 process: graftkit':40s} {max(solo['graftkit']):9.1f} {solo_ratio:7.2f}")
+    print(f"{'packer (best of ' + str(args.rounds) + ')':40s} {'img/s':>9s} {'ratio':>7s} {'CPU ms/img':>11s}")
+    if packing["im2rec_img_s"]:
+        print(f"{'im2rec (OpenCV, its worker processes)':40s} {packing['im2rec_img_s']:9.1f} {1.0:7.2f}"
+              f" {packing['im2rec_cpu_ms']:11.2f}")
+    print(f"{'graftkit pack':40s} {packing['pack_img_s']:9.1f} {packing['pack_ratio'] or float('nan'):7.2f}"
+          f" {packing['pack_cpu_ms']:11.2f}   ({packing['pack_mb']} MB)")
     result = {"graftkit_img_s": round(best["graftkit"], 1), "imagefolder_img_s": round(best["imagefolder"], 1),
               "ratio": round(ratio, 2), "graftkit_dir_img_s": round(best["graftkit-dir"], 1),
-              "pack_img_s": round(pack_best, 1), "im2rec_like_pack_img_s": round(base_best, 1) if base_best else None,
-              "pack_ratio": round(pack_best / base_best, 2) if base_best else None,
-              "pack_1proc_ratio": round(solo_ratio, 2) if solo_ratio else None,
+              **packing,
               "images": n_img, "batch": args.batch, "workers": args.workers,
               "sizes": [f"{w}x{h}" for w, h in sizes], "failed": ours.num_failed}
     print(json.dumps(result))
