@@ -264,7 +264,7 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
     ancestry = {name: frozenset([name]) for name in shapes}  # blob -> the inputs it is computed from
     taken: set[str] = set()
     glayers, modules, checked, losses, silenced = [], [], {}, [], []
-    meta = torch.device("meta")  # layers are built without memory; the caffemodel's arrays are assigned later
+    meta = torch.device("meta")  # where layers without the caffemodel's arrays are built (no memory)
     for lp in layers:
         t, name = lp["type"], lp["name"]
         bottoms, tops = [str(b) for b in all_of(lp, "bottom")], [str(x) for x in all_of(lp, "top")]
@@ -309,9 +309,11 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
                                                         "data=1,3,224,224, or input_shapes= in Python")
         # the caffemodel's tensors are given to the layer as it is built; without them it is built
         # on the meta device (no memory) and initialised or given a package's tensors later
-        given = cls.blob_tensors(attrs, checked[name]) if name in checked else None
-        with meta:
-            mod = cls(attrs, [tuple(s) for s in pshapes], given)
+        if name in checked:
+            mod = cls(attrs, [tuple(s) for s in pshapes], cls.blob_tensors(attrs, checked[name]))
+        else:
+            with meta:
+                mod = cls(attrs, [tuple(s) for s in pshapes])
         outs = (None,) * len(tops) if not known else _top_shapes(name, t, cls, attrs, mod, pshapes, bshapes)
         if len(outs) != len(tops):
             raise GraftError(f"layer {name!r} ({t}) has {len(tops)} tops but computes {len(outs)} blobs")
