@@ -7,14 +7,16 @@ by graftkit's caffemodel writer), best of N, page cache warm for both sides:
            with every weight page touched once, and with the package saved, i.e. `graft convert` without
            process start-up)
   load:    graftkit.load(package) -> ready torch module                     vs  cv2.dnn.readNetFromCaffe
-The contenders run alternately, round after round (the order rotated each round), and each keeps its
-best time: a burst of load from other processes hits all of them alike.
+The contenders run alternately, round after round in a shuffled (seeded) order, and each keeps its
+best time: a burst of load from other processes hits all of them alike, and none always runs right
+after the same other one (a run after OpenCV's or a save's large frees is ~1 ms slower for anyone).
 Targets (issue 3): convert no slower than OpenCV (ratio >= 1); load >= 10x faster. Last line: JSON.
 Usage: python benchmarks/caffe_convert.py [N]
 """
 from __future__ import annotations
 
 import json
+import random
 import sys
 import tempfile
 import time
@@ -33,11 +35,12 @@ N = int(sys.argv[1]) if len(sys.argv) > 1 else 7
 
 
 def best_alternating(fns: dict, n=N) -> dict[str, float]:
-    """Best time of each function, run in turn n times (the order rotated every round)."""
-    names = list(fns)
+    """Best time of each function, run in turn n times (the order shuffled every round)."""
+    names, rng = list(fns), random.Random(0)
     best = {k: float("inf") for k in names}
-    for r in range(n):
-        for k in names[r % len(names):] + names[:r % len(names)]:
+    for _ in range(n):
+        rng.shuffle(names)
+        for k in names:
             t = time.perf_counter()
             fns[k]()
             best[k] = min(best[k], time.perf_counter() - t)
