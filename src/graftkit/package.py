@@ -113,8 +113,9 @@ def build_empty(spec: str | dict) -> nn.Module:
 
 def _build_loaded(spec: str | dict, tensors: dict[str, torch.Tensor]) -> nn.Module | None:
     """A converted network built straight around the package's tensors, by its converter's
-    optional `build_loaded(spec, tensors)` (None when it has none, or the tensors do not fit):
-    for nets of many small layers the empty build and load_state_dict are most of a load."""
+    optional `build_loaded(spec, tensors)` (None when it has none, or the tensors do not fit;
+    the module it returns holds exactly these tensors, nothing else): for nets of many small
+    layers the empty build and load_state_dict are most of a load."""
     if not isinstance(spec, dict) or not re.fullmatch(r"[a-z_]+", str(spec.get("converter", ""))):
         return None
     try:
@@ -132,7 +133,8 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         raise GraftError(f"{path}: no such package file", "check the path")
     tensors, metadata = open_safetensors(path)  # one header parse for tensors and metadata
     meta = _package_meta(path, metadata)
-    module = _build_loaded(meta["spec"], tensors)
+    module = _build_loaded(meta["spec"], tensors)  # (holds the file's tensors only: on the CPU, none meta)
+    on_device = module is not None and torch.device(device).type == "cpu"
     if module is None:
         module = build_empty(meta["spec"])
         expected = set(module.state_dict(keep_vars=True))  # (keep_vars: the names only, no detach per tensor)
@@ -149,14 +151,13 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
             detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
             raise GraftError(f"{path}: tensors do not fit the architecture ({detail})",
                              "the package is corrupt or was written for another version of the model") from None
-    state = list(module.parameters()) + list(module.buffers())
-    if any(t.is_meta for t in state):
-        # non-persistent buffers (not in the file) were left on the meta device: rebuild for real.
-        module = specs.build(meta["spec"])
-        module.load_state_dict(tensors, strict=True)
-        state = list(module.parameters()) + list(module.buffers())
+        if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+            # non-persistent buffers (not in the file) were left on the meta device: rebuild for real.
+            module = specs.build(meta["spec"])
+            module.load_state_dict(tensors, strict=True)
+    if not on_device:
+        device = torch.device(device)
+        if any(t.device != device for t in list(module.parameters()) + list(module.buffers())):
+            module = module.to(device)  # (.to walks every submodule even when nothing moves)
     setattr(module, META_ATTR, meta)
-    device = torch.device(device)
-    if any(t.device != device for t in state):  # (.to walks every submodule even when nothing moves)
-        module = module.to(device)
     return module.eval()

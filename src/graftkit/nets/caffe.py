@@ -529,7 +529,16 @@ class CaffeNet(nn.Module):
         return _IncompatibleKeys(missing, unexpected)
 
     def train(self, mode: bool = True):
-        super().train(mode)
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        for mod in self._modules.values():
+            if mod is None:
+                continue
+            if type(mod).train is nn.Module.train and not mod._modules:
+                mod.training = mode  # a plain leaf: what Module.train would do, without its recursion
+            else:
+                mod.train(mode)
         for mod in self._stateless:
             mod.training = mode
         return self
