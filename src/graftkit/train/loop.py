@@ -203,16 +203,17 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                     continue
                 x, y = batch
                 lr = policy.apply(opt, pos.it)
+                _check_labels(y, k, data, epoch, pos.it)  # on the host: no device sync
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 if normalize is not None:
                     x = normalize(x)
                 if cuda and plan.solver.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                _check_labels(y, k, data, epoch, pos.it)
                 with amp:
                     outputs = net(x)
                     loss, main, parts = tuning.loss(outputs, y, criterion)
-                if not torch.isfinite(loss.detach()).all() or float(loss.detach()) > DIVERGED:
+                value = float(loss.detach())  # read once: on a GPU each read waits for the step
+                if not math.isfinite(value) or value > DIVERGED:
                     raise _diagnose(loss, x, raw, lr, plan, epoch, pos, ckpt_path)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -224,12 +225,12 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 scaler.update()
                 pos.it += 1
                 pos.batch += 1
-                pos.loss_sum += float(loss.detach()) * len(y)
+                pos.loss_sum += value * len(y)
                 pos.correct += int((main.detach().argmax(1) == y).sum())
                 pos.seen += len(y)
                 pos.elapsed = clock() - t_start
                 if board:
-                    board.step(pos.it, float(loss.detach()), lr)
+                    board.step(pos.it, value, lr)
                 speed = progress.tasks[-1].speed
                 progress.update(task, advance=1, rate=f"loss {pos.loss_sum / pos.seen:.3f} lr {lr:.2g}"
                                 + (f" {speed * plan.solver.batch_size:.0f} img/s" if speed else ""))

@@ -78,7 +78,11 @@ class EpochBatches(Sampler):
 
 
 class Seeded(Dataset):
-    """dataset[(epoch, index)] computed under RNGs seeded from (seed, epoch, index)."""
+    """dataset[(epoch, index)] computed under RNGs seeded from (seed, epoch, index).
+
+    The caller's RNG states are saved and restored once per batch (`__getitems__`, which the
+    DataLoader calls), not once per item: saving numpy's state and torch.manual_seed's seeding
+    of every accelerator cost ~0.2 ms an item, a few percent of a small model's training step."""
 
     def __init__(self, base: Dataset, seed: int):
         self.base, self.seed = base, seed
@@ -87,15 +91,30 @@ class Seeded(Dataset):
         return len(self.base)
 
     def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        s = _mix(self.seed, epoch, index)
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list:
         saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
         try:
-            torch.manual_seed(s)
-            np.random.seed(s & 0xFFFFFFFF)
-            random.seed(s)
-            return self.base[index]
+            return [self._item(key) for key in keys]
         finally:
             torch.set_rng_state(saved[0])
             np.random.set_state(saved[1])
             random.setstate(saved[2])
+
+    def _item(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        s = _mix(self.seed, epoch, index)
+        _seed_torch(s)
+        np.random.seed(s & 0xFFFFFFFF)
+        random.seed(s)
+        return self.base[index]
+
+
+def _seed_torch(s: int) -> None:
+    """torch.manual_seed(s), which also seeds accelerators in use; without one, only the CPU generator
+    (a seed queued for a CUDA that this process never starts changes nothing, and costs 0.1 ms)."""
+    if torch.cuda.is_initialized() or torch.backends.mps.is_available():
+        torch.manual_seed(s)
+    else:
+        torch.default_generator.manual_seed(s)
