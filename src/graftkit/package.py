@@ -20,10 +20,8 @@ costs a header parse plus module construction, never a pickle.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -111,21 +109,6 @@ def build_empty(spec: str | dict) -> nn.Module:
         return specs.build(spec)
 
 
-def _build_loaded(spec: str | dict, tensors: dict[str, torch.Tensor]) -> nn.Module | None:
-    """A converted network built straight around the package's tensors, by its converter's
-    optional `build_loaded(spec, tensors)` (None when it has none, or the tensors do not fit;
-    the module it returns holds exactly these tensors, nothing else): for nets of many small
-    layers the empty build and load_state_dict are most of a load."""
-    if not isinstance(spec, dict) or not re.fullmatch(r"[a-z_]+", str(spec.get("converter", ""))):
-        return None
-    try:
-        converter = importlib.import_module(f"{specs.__package__}.{spec['converter']}")
-    except ModuleNotFoundError:
-        return None  # (specs.build says so)
-    build = getattr(converter, "build_loaded", None)
-    return build(spec, tensors) if build is not None else None
-
-
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """The ready-to-use module of a package, in eval mode, with its metadata as `module.graftkit_meta`."""
     path = Path(path)
@@ -133,7 +116,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
         raise GraftError(f"{path}: no such package file", "check the path")
     tensors, metadata = open_safetensors(path)  # one header parse for tensors and metadata
     meta = _package_meta(path, metadata)
-    module = _build_loaded(meta["spec"], tensors)  # (holds the file's tensors only: on the CPU, none meta)
+    module = specs.build_loaded(meta["spec"], tensors)  # (holds the file's tensors only: on the CPU, none meta)
     on_device = module is not None and torch.device(device).type == "cpu"
     if module is None:
         module = build_empty(meta["spec"])

@@ -559,7 +559,7 @@ V1_TYPE_NAMES = {
     "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
     "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
     "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
-    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold", "NONE": "None",
 }
 
 # Wire types (protobuf encoding): which one each scalar type travels as.

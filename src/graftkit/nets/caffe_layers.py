@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import GraftError
+from ..formats.caffe_proto import V1_TYPE_NAMES
 
 # ---------------------------------------------------------------- parsed-prototxt access
 # The prototxt parser gives repeated fields as lists (a field seen once may also come
@@ -1049,20 +1050,7 @@ LOSS_LAYERS = ("SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "H
 METRIC_LAYERS = ("Accuracy",)
 SINK_LAYERS = ("Silence", "HDF5Output")
 
-# Legacy V1 `layers { type: ENUM }` -> the V2 type string (caffe.proto V1LayerParameter.LayerType).
-V1_TYPES = {
-    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat",
-    "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DATA": "Data",
-    "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData",
-    "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten",
-    "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
-    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct",
-    "LRN": "LRN", "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
-    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
-    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
-    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold", "NONE": "None",
-}
+# Legacy V1 `layers { type: ENUM }` -> the V2 type string: formats.caffe_proto.V1_TYPE_NAMES.
 V1_TYPE_NUMBERS = {0: "NONE", 35: "ABSVAL", 1: "ACCURACY", 30: "ARGMAX", 2: "BNLL", 3: "CONCAT",
                    37: "CONTRASTIVE_LOSS", 4: "CONVOLUTION", 5: "DATA", 39: "DECONVOLUTION", 6: "DROPOUT",
                    32: "DUMMY_DATA", 7: "EUCLIDEAN_LOSS", 25: "ELTWISE", 38: "EXP", 8: "FLATTEN",
@@ -1078,4 +1066,4 @@ def v2_type(t: Any) -> str:
     if isinstance(t, int) and not isinstance(t, bool):
         t = V1_TYPE_NUMBERS.get(t, str(t))
     t = str(t)
-    return V1_TYPES.get(t, t)
+    return V1_TYPE_NAMES.get(t, t)

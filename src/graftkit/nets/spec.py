@@ -64,14 +64,7 @@ def with_kwargs(spec: str, **kwargs: Any) -> str:
 def build(spec: str | dict, **overrides: Any) -> nn.Module:
     """A freshly initialised module for an architecture spec."""
     if isinstance(spec, dict):
-        converter = spec.get("converter", "")
-        if not re.fullmatch(r"[a-z_]+", converter):
-            raise GraftError(f"package spec names an unknown converter {converter!r}")
-        try:
-            mod = importlib.import_module(f"{__package__}.{converter}")
-        except ModuleNotFoundError:
-            raise GraftError(f"this graftkit cannot rebuild {converter!r} networks", "upgrade graftkit") from None
-        return mod.build_from_spec(spec)
+        return _converter(spec).build_from_spec(spec)
     scheme, name, kwargs = parse(spec)
     kwargs.update(overrides)
     if scheme == "timm":
@@ -92,6 +85,27 @@ def build(spec: str | dict, **overrides: Any) -> nn.Module:
         except TypeError as e:
             raise GraftError(f"torchvision:{name} does not accept these options {kwargs}: {e}") from None
     return _build_from_file(name, kwargs)
+
+
+def _converter(spec: dict):
+    """The nets/<converter>.py module that rebuilds a converted network's spec."""
+    converter = str(spec.get("converter", ""))
+    if not re.fullmatch(r"[a-z_]+", converter):
+        raise GraftError(f"package spec names an unknown converter {converter!r}")
+    try:
+        return importlib.import_module(f"{__package__}.{converter}")
+    except ModuleNotFoundError:
+        raise GraftError(f"this graftkit cannot rebuild {converter!r} networks", "upgrade graftkit") from None
+
+
+def build_loaded(spec: str | dict, tensors: dict) -> nn.Module | None:
+    """A converted network built straight around its tensors by the converter's optional
+    `build_loaded(spec, tensors)` (None when it has none or the tensors do not fit): for nets of
+    many small layers, an empty build plus load_state_dict is most of a package load."""
+    if not isinstance(spec, dict):
+        return None
+    build = getattr(_converter(spec), "build_loaded", None)
+    return build(spec, tensors) if build is not None else None
 
 
 def _build_from_file(spec: str, kwargs: dict[str, Any]) -> nn.Module:
