@@ -116,7 +116,10 @@ def decode_tensor(src, min_side: int | None = None, mode: str = "RGB") -> torch.
                                         apply_exif_orientation=head[3])
             except Exception:
                 pass  # Pillow gives the reason, or manages where libjpeg's strict mode did not
-    return torch.from_numpy(decode(src, min_side, mode)).permute(2, 0, 1)
+    array = decode(src, min_side, mode)
+    if not array.flags.writeable:  # Pillow's buffer is read-only; tensors must own writable memory
+        array = array.copy()
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
