@@ -10,6 +10,7 @@ Every offset is checked, because the file is untrusted data.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -64,16 +65,14 @@ def open_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     base = 8 + n
     for name, info in header.items():
         try:
-            dtype = DTYPES[info["dtype"]]
-            shape = [int(d) for d in info["shape"]]
-            start, end = (int(o) for o in info["data_offsets"])
+            code = info["dtype"]
+            dtype, shape, (start, end) = DTYPES[code], info["shape"], info["data_offsets"]
+            count = math.prod(shape)
         except (KeyError, TypeError, ValueError):
             raise GraftError(f"{path}: corrupt safetensors entry for {name!r}: {info!r}") from None
-        count = 1
-        for d in shape:
-            count *= d
-        itemsize = ITEMSIZE[info["dtype"]]
-        if not (0 <= start <= end <= data_len) or end - start != count * itemsize or min(shape, default=0) < 0:
+        if (type(count) is not int or type(start) is not int or type(end) is not int
+                or not 0 <= start <= end <= data_len or end - start != count * ITEMSIZE[code]
+                or (shape and min(shape) < 0)):
             raise GraftError(f"{path}: tensor {name!r} lies outside the file or has the wrong size",
                              "the file is truncated or corrupt")
         if count == 0:
