@@ -14,6 +14,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
+import graftkit
 from graftkit.errors import GraftError
 from graftkit.meta import attach, make_meta
 from graftkit.train import RunInterrupted, fit
@@ -165,6 +166,8 @@ def test_auxiliary_losses_weighted_like_googlenet(tmp_path):
     start = model.state_dict()["aux1.weight"].clone()
     fit(make_model(aux=True), NoisyImages(), out_dir=tmp_path, plan=small_plan(epochs=1), seed=1, quiet=True)
     assert not torch.equal(start, weights(tmp_path / "last.safetensors")["aux1.weight"])
+    # the package tells serving which output was trained as the main one
+    assert graftkit.read_meta(tmp_path / "last.safetensors")["extra"]["main_output"] == "logits"
 
 
 def test_nan_loss_is_diagnosed_and_the_last_good_checkpoint_kept(tmp_path):

@@ -171,7 +171,9 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                             provenance={"fine_tuned_from": str(model_ref) if model_ref else meta_of(raw).get("spec"),
                                         "train_data": str(train) if isinstance(train, (str, os.PathLike)) else None},
                             extra={"train": {"epoch": pos.epoch, "iteration": pos.it, "seed": seed,
-                                             "head": tuning.head_report}})
+                                             "head": tuning.head_report},
+                                   # serving (evaluate/predict/export) then uses the output trained as main
+                                   **({"main_output": tuning.main_output} if tuning.main_output else {})})
 
     if state is not None:
         checkpoint.set_rng_state(state["rng"])

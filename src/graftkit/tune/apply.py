@@ -42,6 +42,7 @@ class Tuning:
     head_report: dict
     params: list[ParamInfo]
     stop_gradient: str | None = None
+    main_output: str | None = None  # the dict output trained as the main one (saved for serving)
     _hooks: list = field(default_factory=list, repr=False)
 
     # -- optimizer -----------------------------------------------------------------------------
@@ -116,6 +117,7 @@ class Tuning:
         if main not in out:
             raise GraftError(f"the model's outputs are {sorted(out)}; the plan must say which is the main one",
                              "set main_output in the plan")
+        self.main_output = main
         return out[main], {k: v for k, v in out.items() if k != main}
 
     def loss(self, out: Any, target: torch.Tensor, criterion) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
