@@ -3,6 +3,10 @@
 The CLI prints a GraftError as a single line and exits with status 2; anything
 else escaping is a bug in graftkit and keeps its traceback.
 """
+from __future__ import annotations
+
+import contextlib
+import os
 
 
 class GraftError(Exception):
@@ -11,3 +15,16 @@ class GraftError(Exception):
     def __init__(self, message: str, hint: str | None = None):
         self.hint = hint
         super().__init__(f"{message} ({hint})" if hint else message)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str = "file"):
+    """Turn the OS errors of opening a user's `path` into one-line GraftErrors."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise GraftError(f"{path}: no such file", "check the path") from None
+    except IsADirectoryError:
+        raise GraftError(f"{path}: is a folder, not a {what}", f"name the {what} inside it") from None
+    except OSError as e:
+        raise GraftError(f"{path}: cannot read: {e.strerror}") from None

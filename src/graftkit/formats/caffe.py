@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_open
-from ..errors import GraftError
+from ..errors import GraftError, reading
 from . import caffe_proto, protowire
 from .base import TensorRecord, TensorSet
 from .caffe_proto import V1_TYPE_NAMES
@@ -41,18 +41,10 @@ def sniff(path: Path, head: bytes) -> bool:
 
 def _map(path: Path):
     """The file's bytes as a private (copy-on-write) memory map: tensors can view it and stay writable."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise GraftError(f"{path}: the file is empty (0 bytes)", "the download or copy was probably interrupted")
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    except FileNotFoundError:
-        raise GraftError(f"{path}: no such file", "check the path") from None
-    except IsADirectoryError:
-        raise GraftError(f"{path}: is a folder, not a Caffe file", "name the .caffemodel inside it") from None
-    except OSError as e:
-        raise GraftError(f"{path}: cannot read: {e.strerror}") from None
+    with reading(path, "Caffe file"), open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise GraftError(f"{path}: the file is empty (0 bytes)", "the download or copy was probably interrupted")
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
 
 
 def _looks_like_text(buf) -> bool:

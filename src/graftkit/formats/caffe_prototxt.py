@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GraftError
+from ..errors import GraftError, reading
 from .caffe_proto import Field, Message, message
 
 _TOKEN = re.compile(r"""
@@ -78,14 +78,8 @@ def parse(text_or_path: str | os.PathLike, message_name: str = "NetParameter") -
 
 def parse_file(path: str | os.PathLike, message_name: str = "NetParameter") -> dict[str, Any]:
     path = Path(path)
-    try:
+    with reading(path, "prototxt file"):
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise GraftError(f"{path}: no such file", "check the path") from None
-    except IsADirectoryError:
-        raise GraftError(f"{path}: is a folder, not a prototxt file", "name the .prototxt file inside it") from None
-    except OSError as e:
-        raise GraftError(f"{path}: cannot read: {e.strerror}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
