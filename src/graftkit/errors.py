@@ -17,6 +17,12 @@ class GraftError(Exception):
         super().__init__(f"{message} ({hint})" if hint else message)
 
 
+def some(names, limit: int = 5) -> str:
+    """'a, b, c, d, e, ...': the first few of a list, for naming offenders in one line."""
+    names = [str(n) for n in names]
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 @contextlib.contextmanager
 def reading(path: str | os.PathLike, what: str = "file"):
     """Turn the OS errors of opening a user's `path` into one-line GraftErrors."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import GraftError
+from ..errors import GraftError, some
 from ..meta import attach, make_meta
 from .caffe_layers import (DATA_LAYERS, LAYERS, LOSS_LAYERS, METRIC_LAYERS, SINK_LAYERS, GivenMismatch, all_of,
                            as_bool, enum, one, sub, v2_type)
@@ -718,7 +718,7 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
     graph, modules, checked = compile_graph(net, phase, blobs, input_shapes, layers)
     if model is not None and not checked and any(L["shapes"] for L in graph["layers"]):
         raise GraftError(f"{model}: none of its layers matches a layer of {proto} by name "
-                         f"(it holds {', '.join(list(blobs)[:5])}{' ...' if len(blobs) > 5 else ''})",
+                         f"(it holds {some(blobs)})",
                          "Caffe pairs weights with layers by name: give the caffemodel trained with this prototxt")
     left = []
     for L, mod in zip(graph["layers"], modules):

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import GraftError
+from ..errors import GraftError, some
 from ..formats import keras as kfile
 from ..meta import attach, make_meta
 
@@ -874,7 +874,7 @@ def claims(paths: list[Path]) -> bool:
 def check_supported(config: dict, source: str) -> None:
     bad = unsupported_layers(config)
     if bad:
-        what = "; ".join(f"{cls} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+        what = "; ".join(f"{cls} ({some(names)})"
                          for cls, names in bad.items())
         raise GraftError(f"{source}: graftkit cannot run these custom or unsupported Keras layers: {what}",
                          "graftkit cannot run custom layer code; write the architecture in PyTorch and move the "

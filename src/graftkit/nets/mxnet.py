@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import GraftError
+from ..errors import GraftError, some
 from ..formats import mxnet as mxfile
 from ..meta import attach, make_meta
 
@@ -385,7 +385,7 @@ def check_ops(graph: dict[str, Any]) -> None:
         if bad:
             unknown.setdefault(str(bad), []).append(str(node.get("name")))
     if unknown:
-        listing = "; ".join(f"{op} (used by {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+        listing = "; ".join(f"{op} (used by {some(names)})"
                             for op, names in unknown.items())
         raise GraftError(f"unsupported MXNet op(s): {listing}",
                          "graftkit converts Convolution, FullyConnected, Pooling, BatchNorm, activations, "

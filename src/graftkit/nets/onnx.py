@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import GraftError
+from ..errors import GraftError, some
 from ..formats.onnx_file import load_model
 from ..meta import attach, make_meta
 
@@ -137,7 +137,7 @@ def check_ops(model, where: str) -> None:
             key = n.op_type if not domain else f"{domain}.{n.op_type}"
             unknown.setdefault(key, []).append(n.name or f"#{i}")
     if unknown:
-        listing = "; ".join(f"{op} (used by {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+        listing = "; ".join(f"{op} (used by {some(names)})"
                             for op, names in unknown.items())
         raise GraftError(f"{where}: unsupported ONNX op(s) at opset {opsets.get('', '?')}: {listing}",
                          "re-export with a different opset, or replace these ops")
