@@ -23,7 +23,6 @@ import json
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from graftkit import formats  # noqa: E402
 from graftkit.formats import caffe, caffe_proto, caffe_prototxt  # noqa: E402
+
+from timing import best  # benchmarks/timing.py (the script folder is on sys.path)
 
 PROTOTXT = ROOT / "tests" / "fixtures" / "caffe" / "alexnet.deploy.prototxt"
 
@@ -64,15 +65,6 @@ def blob_shapes(net: dict) -> list[tuple[str, str, list[tuple[int, ...]]]]:
         else:   # ReLU, LRN, Dropout, Softmax keep the shape
             shapes[tops[0]] = shapes[bottoms[0]]
     return out
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def read_graftkit(path: Path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import timm
@@ -20,16 +19,9 @@ import torch
 import graftkit
 from graftkit.formats.safetensors_file import open_safetensors
 
+from timing import best  # benchmarks/timing.py (the script folder is on sys.path)
+
 MODELS = sys.argv[1:] or ["efficientnet_lite0", "resnet50", "vit_base_patch16_224"]
-
-
-def best(fn, n=7) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -50,7 +42,7 @@ def main() -> None:
             r = {"MB": round(mb, 1),
                  "torch_load_s": best(lambda: torch.load(pth, weights_only=True)),
                  "graftkit_tensors_s": best(lambda: open_safetensors(pkg)),
-                 "torch_module_s": best(torch_module, n=3),
+                 "torch_module_s": best(torch_module, 3),
                  "graftkit_load_s": best(lambda: graftkit.load(pkg))}
             r["tensors_ratio"] = r["torch_load_s"] / r["graftkit_tensors_s"]
             r["module_ratio"] = r["torch_module_s"] / r["graftkit_load_s"]
