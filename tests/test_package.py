@@ -34,6 +34,31 @@ def test_plain_safetensors_sees_exact_state_dict_keys(saved):
     assert set(load_file(str(path))) == set(net.state_dict())
 
 
+def test_written_data_is_what_safetensors_reads_and_lies_aligned(saved, tmp_path):
+    from safetensors.torch import load_file
+    net, path = saved
+    state, back = net.state_dict(), load_file(str(path))
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())
+    loaded = graftkit.load(path)
+    # tensors whose size is a multiple of 64 bytes start 64-byte aligned, as a fresh allocation does
+    sizes = [(t.data_ptr(), t.numel() * t.element_size()) for t in loaded.state_dict().values() if t.numel()]
+    assert all(ptr % 64 == 0 for ptr, size in sizes if size % 64 == 0)
+    # any dtype safetensors stores, 0-d and empty tensors included
+    odd = {"b": torch.tensor(3.0, dtype=torch.bfloat16), "e": torch.empty(0, 3), "i": torch.arange(5),
+           "m": torch.tensor([[True, False]]).t()}  # (not contiguous)
+    with open(tmp_path / "odd.safetensors", "wb") as f:
+        graftkit.formats.safetensors_file.write_safetensors(f, odd)
+    back = load_file(str(tmp_path / "odd.safetensors"))
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in odd.items())
+
+
+def test_metadata_json_that_orjson_refuses_still_loads(saved, tmp_path):
+    net, _ = saved
+    path = graftkit.save(net, tmp_path / "nan.safetensors", extra={"best_loss": float("nan"), "big": 2 ** 70})
+    extra = graftkit.load(path).graftkit_meta["extra"]
+    assert extra["big"] == 2 ** 70 and extra["best_loss"] != extra["best_loss"]
+
+
 def test_read_keeps_module_order(saved):
     net, path = saved
     ts = graftkit.read(path)

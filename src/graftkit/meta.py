@@ -6,13 +6,18 @@ modules they build without importing the package layer above them.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from typing import Any
 
 import torch.nn as nn
 
+from . import fastjson
+
 FORMAT = "graftkit.package"
 VERSION = 1
 META_ATTR = "graftkit_meta"  # where a module keeps its package metadata
+SPEC_TEXT_PREFIX = "graftkit.spec."  # metadata keys of the spec's long text fields
+SPEC_TEXT_MIN = 4096
 
 
 def make_meta(spec: str | dict, *, classes=None, preprocessing=None, provenance=None, report=None,
@@ -22,6 +27,31 @@ def make_meta(spec: str | dict, *, classes=None, preprocessing=None, provenance=
     prov.update(provenance or {})
     return {"format": FORMAT, "version": VERSION, "spec": spec, "classes": list(classes) if classes else None,
             "preprocessing": preprocessing, "provenance": prov, "report": report, "extra": extra or {}}
+
+
+def to_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """The safetensors header strings of a package: the JSON under "graftkit", except the spec's
+    long text fields (a prototxt, a symbol file), each its own string under "graftkit.spec.FIELD":
+    plain text for any safetensors tool, and not JSON-escaped twice, which makes loading slower."""
+    spec, texts = meta.get("spec"), {}
+    if isinstance(spec, dict):
+        texts = {k: v for k, v in spec.items() if isinstance(v, str) and len(v) >= SPEC_TEXT_MIN}
+        if texts:
+            meta = {**meta, "spec": {k: v for k, v in spec.items() if k not in texts}}
+    return {"graftkit": json.dumps(meta, separators=(",", ":")),
+            **{SPEC_TEXT_PREFIX + k: v for k, v in texts.items()}}
+
+
+def from_metadata(metadata: dict[str, str]) -> dict[str, Any] | None:
+    """The package metadata from the header strings (None: not a package); json.JSONDecodeError if corrupt."""
+    raw = metadata.get("graftkit")
+    if raw is None:
+        return None
+    meta = fastjson.loads(raw)
+    spec = meta.get("spec") if isinstance(meta, dict) else None
+    if isinstance(spec, dict):
+        spec.update((k[len(SPEC_TEXT_PREFIX):], v) for k, v in metadata.items() if k.startswith(SPEC_TEXT_PREFIX))
+    return meta
 
 
 def meta_of(module: nn.Module) -> dict[str, Any]:

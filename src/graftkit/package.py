@@ -1,8 +1,9 @@
 """The graftkit model package: one .safetensors file = weights + everything needed to use them.
 
 The tensors are exactly the module's state_dict(), so plain `safetensors` plus the
-architecture can load a package without graftkit. The header's metadata holds one
-key, "graftkit", whose value is this JSON document:
+architecture can load a package without graftkit. The header's metadata holds the
+key "graftkit", whose value is this JSON document (the spec's long text fields, such
+as a Caffe prototxt, each sit in a key of their own, "graftkit.spec.FIELD"):
 
     {"format": "graftkit.package", "version": 1,
      "spec": "timm:efficientnet_lite0?num_classes=10" | {"converter": "caffe", ...},
@@ -27,12 +28,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
 from .atomic import atomic_path
 from .errors import GraftError
-from .formats.safetensors_file import open_safetensors, read_metadata
-from .meta import FORMAT, META_ATTR, VERSION, imagenet_preprocessing, make_meta, meta_of  # noqa: F401
+from .formats.safetensors_file import open_safetensors, read_metadata, write_safetensors
+from .meta import (FORMAT, META_ATTR, VERSION, from_metadata, imagenet_preprocessing, make_meta,  # noqa: F401
+                   meta_of, to_metadata)
 from .nets import spec as specs
 
 
@@ -51,18 +52,11 @@ def save(module: nn.Module, path: str | os.PathLike, *, spec: str | dict | None 
                      provenance={**(old.get("provenance") or {}), **(provenance or {})},
                      report=report if report is not None else old.get("report"),
                      extra={**(old.get("extra") or {}), **(extra or {})})
-    state, seen = {}, set()
-    for name, t in module.state_dict().items():
-        t = t.detach().to("cpu").contiguous()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
-        if key in seen:  # safetensors refuses shared memory; keep every state_dict key all the same
-            t = t.clone()
-        seen.add(key)
-        state[name] = t
-    meta["order"] = list(state)  # safetensors sorts its header; keep the module's own order
+    state = {name: t.detach().to("cpu") for name, t in module.state_dict().items()}
+    meta["order"] = list(state)  # readers such as safetensors sort the names: keep the module's order
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"graftkit": json.dumps(meta)})
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write_safetensors(f, state, to_metadata(meta))
     setattr(module, META_ATTR, meta)
     return path
 
@@ -76,15 +70,16 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _package_meta(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
-    raw = metadata.get("graftkit")
-    if raw is None:
-        raise GraftError(f"{path}: a safetensors file but not a graftkit package (no graftkit metadata)",
-                         "use `graft transplant` or `graft convert` to make a package, or pass it as a weights source")
     try:
-        meta = json.loads(raw)
+        meta = from_metadata(metadata)
     except json.JSONDecodeError:
         raise GraftError(f"{path}: the package's graftkit metadata is corrupt") from None
-    if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
+    if meta is None:
+        raise GraftError(f"{path}: a safetensors file but not a graftkit package (no graftkit metadata)",
+                         "use `graft transplant` or `graft convert` to make a package, or pass it as a weights source")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise GraftError(f"{path}: the package's graftkit metadata is corrupt (not a graftkit package document)")
+    if not isinstance(meta.get("version", 0), int) or meta.get("version", 0) > VERSION:
         raise GraftError(f"{path}: package version {meta.get('version')} is newer than this graftkit reads",
                          "upgrade graftkit")
     return meta

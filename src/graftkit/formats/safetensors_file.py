@@ -1,11 +1,14 @@
-"""safetensors files (and graftkit packages, which are safetensors files), read zero-copy.
+"""safetensors files (and graftkit packages, which are safetensors files), read zero-copy
+and written straight from the tensors' memory.
 
 The format is an 8-byte little-endian header length, a JSON header mapping each
 tensor name to {dtype, shape, data_offsets} (plus an optional "__metadata__" of
 strings), then the raw little-endian data. We map the file copy-on-write and
 wrap each tensor around its bytes with torch.frombuffer, so opening a file costs
 a header parse whatever its size: pages are read only when a tensor is used.
-Every offset is checked, because the file is untrusted data.
+Every offset is checked, because the file is untrusted data. Writing streams each
+tensor's bytes to the file, where safetensors' save_file first copies every tensor into
+a bytes object (2.4x slower for GoogLeNet's 28 MB).
 """
 from __future__ import annotations
 
@@ -13,12 +16,15 @@ import json
 import math
 import mmap
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import fastjson
 from ..errors import GraftError
+from ..meta import SPEC_TEXT_PREFIX, from_metadata
 from .base import TensorRecord, TensorSet
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -26,7 +32,9 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "U8": torch.uint8, "BOOL": torch.bool,
           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in DTYPES.items()}
+CODES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
+ALIGN = 64  # bytes: where written data starts (a CPU allocation's alignment)
 
 
 def sniff(path: Path, head: bytes) -> bool:
@@ -51,7 +59,7 @@ def open_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
                 raise GraftError(f"{path}: corrupt safetensors header (length {n} > file size {size})",
                                  "the file is truncated or not safetensors")
             try:
-                header = json.loads(f.read(n))
+                header = fastjson.loads(f.read(n))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise GraftError(f"{path}: corrupt safetensors header: {e}", "the file is damaged") from None
             data_len = size - 8 - n
@@ -77,9 +85,41 @@ def open_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
                              "the file is truncated or corrupt")
         if count == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
-        else:
-            tensors[name] = torch.frombuffer(buf, dtype=dtype, count=count, offset=base + start).view(shape)
+        else:  # (a 1-d tensor needs no view; view(*shape) parses faster than view(shape))
+            flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=base + start)
+            tensors[name] = flat if len(shape) == 1 else flat.view(*shape) if shape else flat.view(())
     return tensors, metadata
+
+
+def write_safetensors(f, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` (CPU, any dtype safetensors knows) to the open binary file `f`.
+
+    The data starts 64-byte aligned (the header is padded with spaces, which the format allows)
+    and tensors whose size is a multiple of 64 bytes come first, in their dict order: so most
+    tensors lie as a fresh allocation would, and SIMD kernels compute the same results from a
+    loaded package as from the module that was saved."""
+    if sys.byteorder != "little":  # safetensors data is little-endian; torch tensors are native
+        raise GraftError("writing safetensors needs a little-endian machine")
+    sizes = {}
+    for name, t in tensors.items():
+        code = CODES.get(t.dtype)
+        if code is None:
+            raise GraftError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        sizes[name] = (code, t.numel() * ITEMSIZE[code])
+    names = sorted(tensors, key=lambda k: sizes[k][1] % ALIGN != 0)  # (stable: dict order otherwise)
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    end = 0
+    for name in names:
+        code, size = sizes[name]
+        start, end = end, end + size
+        header[name] = {"dtype": code, "shape": list(tensors[name].shape), "data_offsets": [start, end]}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % ALIGN)
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    for name in names:
+        t = tensors[name]
+        if t.numel():
+            f.write(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -93,7 +133,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         if n > MAX_HEADER:
             raise GraftError(f"{path}: not a safetensors file (bad header length)")
         try:
-            header = json.loads(f.read(n))
+            header = fastjson.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise GraftError(f"{path}: corrupt safetensors header", "the file is damaged or not safetensors") from None
     return (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
@@ -131,14 +171,15 @@ def records_from_state_dict(state: dict[str, torch.Tensor]) -> list[TensorRecord
 
 def read(path: Path, *, trust: bool = False) -> TensorSet:
     tensors, metadata = open_safetensors(path)
-    meta: dict[str, Any] = {k: v for k, v in metadata.items() if k != "graftkit"}
+    meta: dict[str, Any] = {k: v for k, v in metadata.items()
+                            if k != "graftkit" and not k.startswith(SPEC_TEXT_PREFIX)}
     fmt = "safetensors"
-    if "graftkit" in metadata:
-        fmt = "graftkit package"
-        try:
-            meta["graftkit"] = json.loads(metadata["graftkit"])
-        except json.JSONDecodeError:
-            raise GraftError(f"{path}: the graftkit metadata in this package is corrupt") from None
+    try:
+        package_meta = from_metadata(metadata)
+    except json.JSONDecodeError:
+        raise GraftError(f"{path}: the graftkit metadata in this package is corrupt") from None
+    if package_meta is not None:
+        fmt, meta["graftkit"] = "graftkit package", package_meta
     order = (meta.get("graftkit") or {}).get("order") or []
     rank = {k: i for i, k in enumerate(order)}
     # Source order: the package's recorded module order, else the file's data order.
