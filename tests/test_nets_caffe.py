@@ -2,6 +2,7 @@
 and against literal transcriptions of Caffe's own CPU loops where OpenCV deviates from Caffe."""
 from __future__ import annotations
 
+import json
 import math
 
 import cv2
@@ -207,6 +208,11 @@ def test_module_names_state_dict_in_place_layers_and_run():
     assert g.conv1_7x7_s2.weight.shape == (64, 3, 7, 7)
     assert "inception_3a_1x1.weight" in g.state_dict()
     assert g.layer("pool5/7x7_s1") is g.pool5_7x7_s1
+    # parameter-free layers are plain callables (CaffeOp), never submodules; layers with state are modules
+    pool = g.layer("pool5/7x7_s1")
+    assert not isinstance(pool, torch.nn.Module) and "pool5_7x7_s1" not in dict(g.named_children())
+    assert pool(torch.ones(1, 2, 7, 7)).shape == (1, 2, 1, 1)
+    assert isinstance(g.layer("pool5/drop_7x7_s1"), torch.nn.Module)  # Dropout: behaves differently in training
 
 
 def test_batchnorm_scale_factor_and_use_global_stats(tmp_path):
@@ -240,6 +246,14 @@ def test_prototxt_alone_gives_initialised_weights_and_a_package_rebuilds_it(tmp_
     x = torch.randn(1, 3, 227, 227)
     with torch.no_grad():
         assert torch.equal(back(x), net(x))
+    # the prototxt is kept as plain text in a metadata key of its own, and comes back in the spec
+    from safetensors import safe_open
+    with safe_open(str(pkg), "pt") as f:
+        metadata = f.metadata()
+    text = metadata["graftkit.spec.prototxt"]
+    assert text == fixture("caffe/squeezenet_v1.1.deploy.prototxt").read_text()
+    assert "prototxt" not in json.loads(metadata["graftkit"])["spec"]
+    assert back.graftkit_meta["spec"]["prototxt"] == text == graftkit.read_meta(pkg)["spec"]["prototxt"]
     # a spec holding only the prototxt (no compiled graph) rebuilds the same architecture
     spec = {k: v for k, v in net.graftkit_meta["spec"].items() if k != "graph"}
     again = caffe.build_from_spec(spec)

@@ -4,6 +4,8 @@
     y = net(x)                                   # NCHW in; the net's default output(s) out
     blobs = net.run({"data": x}, outputs=["pool5/7x7_s1", "loss3/classifier"])
     net.conv1_7x7_s2.weight                      # submodules named after the layers
+    net.layer("pool5/7x7_s1")                    # any layer by its Caffe name (parameter-free ones
+                                                 # are plain callables, CaffeOp, not submodules)
 
 Conversion happens once: the prototxt is parsed, the layers of the requested phase
 selected (include/exclude rules), unsupported types reported before anything else,
@@ -357,12 +359,13 @@ def _param_name(spec: Any) -> str | None:
     return str(name) if name else None
 
 
-def _top_shapes(name: str, t: str, cls, attrs: dict, mod: nn.Module, pshapes: list, bshapes: list[tuple]) -> tuple:
+def _top_shapes(name: str, t: str, cls, attrs: dict, mod, pshapes: list, bshapes: list[tuple]) -> tuple:
     """The tops' shapes: computed by the layer class, or by running it on meta tensors (no data, no work)."""
     try:
         outs = cls.top_shapes(attrs, bshapes)
         if outs is None:
-            if not all(p.is_meta for p in mod.parameters()):  # given real weights: run a meta twin
+            if isinstance(mod, nn.Module) and not all(p.is_meta for p in mod.parameters()):
+                # given real weights: run a meta twin
                 with torch.device("meta"):
                     mod = cls(attrs, [tuple(s) for s in pshapes])
             outs = mod(*[torch.empty(b, device="meta") for b in bshapes])
@@ -420,35 +423,38 @@ class CaffeNet(nn.Module):
                              "upgrade graftkit")
         self.graph = graph
         self.layer_names: dict[str, str] = {}  # Caffe layer name -> submodule name
-        self._stateless: list[nn.Module] = []
+        self._stateless: list = []  # layers without state (CaffeOps, and modules that hold nothing)
         # built on the meta device (how packages load) the fillers have nothing to fill
         fill = modules is None and state is None and not torch.empty(0).is_meta
         given: dict[str, dict[str, torch.Tensor]] = {}  # module name -> its tensors by role
         for key, t in (state or {}).items():
             mname, _, role = key.rpartition(".")
             given.setdefault(mname, {})[role] = t
-        submodules, attributes = self._modules, self.__dict__
+        submodules, attributes, taken = self._modules, self.__dict__, self._TAKEN
         for n, L in enumerate(graph["layers"]):
             name = L["module"]
             if not isinstance(name, str) or not name or "." in name or name in attributes \
-                    or name in submodules or hasattr(nn.Module, name) or name in self.RESERVED:
+                    or name in submodules or name in taken:
                 raise GraftError(f"layer {L['name']!r} has an invalid or duplicate module name {name!r}",
                                  "the package is corrupt; convert the model again")
             if modules is not None:
                 mod = modules[n]
             elif state is not None:
                 mine = given.pop(name, {})
-                mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]], mine)
+                held = len(mine)
+                mod = LAYERS[L["type"]](L["attrs"], L["shapes"], mine)
+                if mine:  # tensors the layer did not take
+                    raise GivenMismatch(name)
             else:
                 mod = LAYERS[L["type"]](L["attrs"], [tuple(s) for s in L["shapes"]])
                 if fill:
                     mod.reset_parameters()
-            held = len(mod._buffers) + sum(1 for v in mod._parameters.values() if v is not None)
-            if state is not None and held != len(mine):
-                raise GivenMismatch(name)
+            if state is None:
+                held = isinstance(mod, nn.Module) and (
+                    len(mod._buffers) + sum(1 for v in mod._parameters.values() if v is not None))
             if held or mod.STATEFUL:
                 submodules[name] = mod  # (add_module's checks, done above, cost more than the insert)
-            else:  # stateless layers stay plain attributes: fewer submodules make loading faster
+            else:  # layers without state are plain attributes (most are not even modules: CaffeOp)
                 attributes[name] = mod
                 self._stateless.append(mod)
             self.layer_names[L["name"]] = name
@@ -469,6 +475,8 @@ class CaffeNet(nn.Module):
         if given:  # tensors for modules the graph does not have
             raise GivenMismatch(next(iter(given)))
         self._tie_shared()
+
+    _TAKEN = frozenset(dir(nn.Module)) | RESERVED  # names a layer's module cannot have
 
     def _tie_shared(self) -> None:
         """Layers that name a parameter alike (`param { name: ... }`) use one Parameter, as in Caffe."""
@@ -728,7 +736,7 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
             mod.to_empty(device="cpu")
             mod.reset_parameters()
             left.append(L["name"])
-        elif mod._parameters or mod._buffers:
+        elif isinstance(mod, nn.Module) and (mod._parameters or mod._buffers):
             mod.to_empty(device="cpu")
     net_mod = CaffeNet(graph, modules)  # (ties shared parameters to their first user's loaded values)
     unused = sorted(set(blobs or {}) - set(checked))

@@ -1,4 +1,5 @@
-"""Caffe layer types as torch modules, each computing exactly what Caffe computes.
+"""Caffe layer types, each computing exactly what Caffe computes: torch modules for the layers
+with parameters (CaffeLayer), plain callables for the others (CaffeOp).
 
 A layer type is a class with
     attrs(lp)                -> dict      # its hyper-parameters, resolved from the parsed LayerParameter
@@ -135,13 +136,17 @@ assert not any(_FRESH[k] for k, _ in _CONTAINER_ATTRS)
 del _FRESH
 
 
+_PARAMETER_REGISTRATION_HOOKS = nn.modules.module._global_parameter_registration_hooks  # (a dict, changed in place)
+
+
 class GivenMismatch(Exception):
     """The tensors given to a layer do not fit it (a package for another architecture)."""
 
 
-def _given(given: Mapping[str, torch.Tensor], name: str, shape) -> torch.Tensor:
-    t = given.get(name)
-    if t is None or tuple(t.shape) != tuple(shape):
+def _given(given: dict[str, torch.Tensor], name: str, shape) -> torch.Tensor:
+    """The given tensor `name` of this shape, taken out of `given` (what is left over does not fit)."""
+    t = given.pop(name, None)
+    if t is None or t.shape != tuple(shape):
         raise GivenMismatch(name)
     return t
 
@@ -156,8 +161,8 @@ def _as_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-class CaffeLayer(nn.Module):
-    """Base: a layer without parameters."""
+class LayerType:
+    """What every Caffe layer type states (class-level rules, the same for both bases below)."""
     KIND = "other"
     SAME_SHAPE = False  # one bottom, one top of the same shape (lets shape inference skip the layer)
     STATEFUL = False    # registered as a submodule even without parameters (behaves differently in training)
@@ -176,7 +181,39 @@ class CaffeLayer(nn.Module):
         """The tops' shapes computed directly, or None: then shape inference runs the layer on meta tensors."""
         return [bottoms[0]] if cls.SAME_SHAPE and len(bottoms) == 1 else None
 
-    def __init__(self, a: dict, shapes: list[tuple], given: Mapping[str, torch.Tensor] | None = None):
+    def reset_parameters(self) -> None:
+        pass
+
+    @classmethod
+    def blob_tensors(cls, a: dict, blobs: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        return {role: _as_tensor(arr) for role, arr in zip(cls.blob_roles, blobs)}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.a.items() if "filler" not in k)
+
+
+class CaffeOp(LayerType):
+    """Base of the layers without parameters: a plain callable, not a module. A net has many
+    (GoogLeNet: 84 of its 142 layers) and they were never submodules, so a module's machinery
+    would only make loading slower. Run them as `op(x)`; to see a blob, use `net.run(..., outputs=)`."""
+    training = False
+
+    def __init__(self, a: dict, shapes: list[tuple], given: dict[str, torch.Tensor] | None = None):
+        self.a = a
+
+    def __call__(self, *xs):
+        return self.forward(*xs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class CaffeLayer(LayerType, nn.Module):
+    """Base of the layers with parameters or training behaviour: torch modules."""
+
+    def __init__(self, a: dict, shapes: list[tuple], given: dict[str, torch.Tensor] | None = None):
+        """`given`: the layer's tensors by role (a package's or a caffemodel's); the layer takes
+        them out of the dict, so that what is left over does not fit it."""
         d = self.__dict__  # nn.Module.__init__, cheaper (see _SHARED_ATTRS)
         d.update(_SHARED_ATTRS)
         for k, t in _CONTAINER_ATTRS:
@@ -194,9 +231,9 @@ class CaffeLayer(nn.Module):
 
     def _params(self, given: Mapping[str, torch.Tensor] | None, **shapes: tuple | None) -> None:
         """Parameters of these shapes (None: the layer has none by that name): the `given` tensors
-        (a package's, by name) or else empty ones, registered straight into _parameters:
+        (taken out of it by name) or else empty ones, registered straight into _parameters:
         register_parameter's checks cost microseconds per parameter."""
-        hooks = nn.modules.module._global_parameter_registration_hooks
+        hooks = _PARAMETER_REGISTRATION_HOOKS
         for name, shape in shapes.items():
             if shape is None:
                 p = None
@@ -209,18 +246,11 @@ class CaffeLayer(nn.Module):
             else:
                 self._parameters[name] = p
 
-    def reset_parameters(self) -> None:
-        pass
-
-    @classmethod
-    def blob_tensors(cls, a: dict, blobs: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        return {role: _as_tensor(arr) for role, arr in zip(cls.blob_roles, blobs)}
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.a.items() if "filler" not in k)
-
 
 # ---------------------------------------------------------------- convolutions and inner product
+
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
 
 class Convolution(CaffeLayer):
     KIND = "conv"
@@ -262,11 +292,11 @@ class Convolution(CaffeLayer):
     def __init__(self, a, shapes, given=None):
         super().__init__(a, shapes, given)
         self._params(given, weight=shapes[0], bias=shapes[1] if a["bias_term"] else None)
-        nd = len(a["kernel"])
-        self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(nd)
-        if self._conv is None:
-            raise GraftError(f"{nd}-D convolutions are not supported")
-        self._args = (tuple(a["stride"]), tuple(a["pad"]), tuple(a["dilation"]), a["group"])
+        conv = _CONVS.get(len(a["kernel"]))
+        if conv is None:
+            raise GraftError(f"{len(a['kernel'])}-D convolutions are not supported")
+        self.__dict__.update(_conv=conv, _args=(tuple(a["stride"]), tuple(a["pad"]), tuple(a["dilation"]),
+                                                a["group"]))
 
     def reset_parameters(self):
         _fill(self.weight, self.a["weight_filler"], "kaiming")
@@ -357,7 +387,7 @@ class InnerProduct(CaffeLayer):
 
 # ---------------------------------------------------------------- pooling
 
-class Pooling(CaffeLayer):
+class Pooling(CaffeOp):
     """MAX/AVE pooling with Caffe's output size: rounded up by default (round_mode CEIL),
     dropping a last window that would start in the padding; AVE divides by the window
     clipped to the padded input. PyTorch's ceil_mode/count_include_pad compute exactly
@@ -380,9 +410,8 @@ class Pooling(CaffeLayer):
 
     def __init__(self, a, shapes, given=None):
         super().__init__(a, shapes, given)
-        self.k, self.s, self.p = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"])
-        self.native = all(2 * p <= k for p, k in zip(self.p, self.k))
-        self._counts: dict = {}
+        k, s, p = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"])
+        self.__dict__.update(k=k, s=s, p=p, native=all(2 * q <= n for q, n in zip(p, k)), _counts={})
 
     @staticmethod
     def top_shapes(a, bottoms):
@@ -437,7 +466,7 @@ class Pooling(CaffeLayer):
 
 # ---------------------------------------------------------------- element-wise activations
 
-class ReLU(CaffeLayer):
+class ReLU(CaffeOp):
     SAME_SHAPE = True
 
     @staticmethod
@@ -478,7 +507,7 @@ class PReLU(CaffeLayer):
         return F.prelu(x, self.weight)
 
 
-class ELU(CaffeLayer):
+class ELU(CaffeOp):
     SAME_SHAPE = True
 
     @staticmethod
@@ -489,35 +518,35 @@ class ELU(CaffeLayer):
         return F.elu(x, self.a["alpha"])
 
 
-class Sigmoid(CaffeLayer):
+class Sigmoid(CaffeOp):
     SAME_SHAPE = True
 
     def forward(self, x):
         return torch.sigmoid(x)
 
 
-class TanH(CaffeLayer):
+class TanH(CaffeOp):
     SAME_SHAPE = True
 
     def forward(self, x):
         return torch.tanh(x)
 
 
-class AbsVal(CaffeLayer):
+class AbsVal(CaffeOp):
     SAME_SHAPE = True
 
     def forward(self, x):
         return torch.abs(x)
 
 
-class BNLL(CaffeLayer):
+class BNLL(CaffeOp):
     SAME_SHAPE = True
 
     def forward(self, x):  # log(1 + exp(x)), computed without overflow as Caffe does
         return torch.clamp(x, min=0) + torch.log1p(torch.exp(-torch.abs(x)))
 
 
-class Swish(CaffeLayer):
+class Swish(CaffeOp):
     SAME_SHAPE = True
 
     @staticmethod
@@ -528,7 +557,7 @@ class Swish(CaffeLayer):
         return x * torch.sigmoid(self.a["beta"] * x)
 
 
-class Power(CaffeLayer):
+class Power(CaffeOp):
     """(shift + scale * x) ^ power"""
     SAME_SHAPE = True
 
@@ -545,7 +574,7 @@ class Power(CaffeLayer):
         return y if a["power"] == 1 else torch.pow(y, a["power"])
 
 
-class Exp(CaffeLayer):
+class Exp(CaffeOp):
     """base ^ (shift + scale * x), base -1 meaning e."""
     SAME_SHAPE = True
 
@@ -563,7 +592,7 @@ class Exp(CaffeLayer):
         return y * outer if outer != 1 else y
 
 
-class Log(CaffeLayer):
+class Log(CaffeOp):
     """log_base(shift + scale * x), base -1 meaning e."""
     SAME_SHAPE = True
 
@@ -579,7 +608,7 @@ class Log(CaffeLayer):
         return y if a["base"] == -1 else y * (1.0 / math.log(a["base"]))
 
 
-class Threshold(CaffeLayer):
+class Threshold(CaffeOp):
     SAME_SHAPE = True
 
     @staticmethod
@@ -590,7 +619,7 @@ class Threshold(CaffeLayer):
         return (x > self.a["threshold"]).to(x.dtype)
 
 
-class Clip(CaffeLayer):
+class Clip(CaffeOp):
     SAME_SHAPE = True
 
     @staticmethod
@@ -623,7 +652,7 @@ class Dropout(CaffeLayer):
 
 # ---------------------------------------------------------------- normalisation
 
-class LRN(CaffeLayer):
+class LRN(CaffeOp):
     """ACROSS_CHANNELS: x / (k + alpha/n * sum of squares over n channels)^beta.
     WITHIN_CHANNEL: x / (1 + alpha/n^2 * sum over an n x n window)^beta (Caffe ignores k here)."""
     SAME_SHAPE = True
@@ -786,7 +815,7 @@ class Bias(CaffeLayer):
 
 # ---------------------------------------------------------------- blob plumbing
 
-class Eltwise(CaffeLayer):
+class Eltwise(CaffeOp):
     @staticmethod
     def attrs(lp):
         p = sub(lp, "eltwise_param")
@@ -823,7 +852,7 @@ class Eltwise(CaffeLayer):
         return y
 
 
-class Concat(CaffeLayer):
+class Concat(CaffeOp):
     @staticmethod
     def attrs(lp):
         p = sub(lp, "concat_param")
@@ -843,7 +872,7 @@ class Concat(CaffeLayer):
         return torch.cat(xs, self.a["axis"]) if len(xs) > 1 else xs[0]
 
 
-class Slice(CaffeLayer):
+class Slice(CaffeOp):
     @staticmethod
     def attrs(lp):
         p = sub(lp, "slice_param")
@@ -863,7 +892,7 @@ class Slice(CaffeLayer):
         return tuple(x.narrow(axis, lo, hi - lo) for lo, hi in zip(edges[:-1], edges[1:]))
 
 
-class Split(CaffeLayer):
+class Split(CaffeOp):
     @staticmethod
     def attrs(lp):
         return {"tops": len(all_of(lp, "top"))}
@@ -876,7 +905,7 @@ class Split(CaffeLayer):
         return (x,) * self.a["tops"]
 
 
-class Flatten(CaffeLayer):
+class Flatten(CaffeOp):
     @staticmethod
     def attrs(lp):
         p = sub(lp, "flatten_param")
@@ -886,7 +915,7 @@ class Flatten(CaffeLayer):
         return x.flatten(self.a["axis"], self.a["end_axis"])
 
 
-class Reshape(CaffeLayer):
+class Reshape(CaffeOp):
     """dims of `shape` replace input axes [axis, axis+num_axes); 0 copies, -1 is inferred."""
 
     @staticmethod
@@ -905,7 +934,7 @@ class Reshape(CaffeLayer):
         return x.reshape(shape[:start] + new + shape[end:])
 
 
-class Softmax(CaffeLayer):
+class Softmax(CaffeOp):
     SAME_SHAPE = True
 
     @staticmethod
@@ -916,7 +945,7 @@ class Softmax(CaffeLayer):
         return F.softmax(x, self.a["axis"])
 
 
-class Crop(CaffeLayer):
+class Crop(CaffeOp):
     """bottom[0] cropped to bottom[1]'s shape on the axes from `axis` on, at `offset`."""
 
     @staticmethod
@@ -935,7 +964,7 @@ class Crop(CaffeLayer):
         return x
 
 
-class ArgMax(CaffeLayer):
+class ArgMax(CaffeOp):
     @staticmethod
     def attrs(lp):
         p = sub(lp, "argmax_param")
@@ -954,7 +983,7 @@ class ArgMax(CaffeLayer):
         return v if a["out_max_val"] else i.to(x.dtype)
 
 
-class MVN(CaffeLayer):
+class MVN(CaffeOp):
     """Mean-variance normalisation per channel (or across channels): (x - mean) / (std + eps)."""
     SAME_SHAPE = True
 
@@ -972,7 +1001,7 @@ class MVN(CaffeLayer):
         return y / (torch.sqrt((y * y).mean(dims, keepdim=True)) + self.a["eps"])
 
 
-class Reduction(CaffeLayer):
+class Reduction(CaffeOp):
     """SUM / ASUM / SUMSQ / MEAN over all axes from `axis` on, times coeff."""
 
     @staticmethod
@@ -990,7 +1019,7 @@ class Reduction(CaffeLayer):
         return y * a["coeff"] if a["coeff"] != 1 else y
 
 
-class Tile(CaffeLayer):
+class Tile(CaffeOp):
     @staticmethod
     def attrs(lp):
         p = sub(lp, "tile_param")
@@ -1038,7 +1067,7 @@ class Embed(CaffeLayer):
 
 
 # Layer types with their class. Inputs, losses and Silence are handled by the graph.
-LAYERS: dict[str, type[CaffeLayer]] = {c.__name__: c for c in (
+LAYERS: dict[str, type[LayerType]] = {c.__name__: c for c in (
     Convolution, Deconvolution, InnerProduct, Pooling, ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL,
     Swish, Power, Exp, Log, Threshold, Clip, Dropout, LRN, BatchNorm, Scale, Bias, Eltwise, Concat,
     Slice, Split, Flatten, Reshape, Softmax, Crop, ArgMax, MVN, Reduction, Tile, Embed)}
