@@ -151,3 +151,29 @@ def test_nhwc_graph_takes_nchw(tmp_path):
     (expected,) = _ort(path, {"x": x.transpose(0, 2, 3, 1)})
     with torch.no_grad():
         assert rel_err(net(torch.from_numpy(x)).numpy(), expected) < 1e-6
+
+
+def test_nhwc_output_is_returned_nchw(tmp_path):
+    """A graph that turns its 4-D output NHWC at the end (Transpose perm [0, 2, 3, 1]) returns it NCHW,
+    under its own name; the other outputs are untouched."""
+    from onnx import numpy_helper
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["c"], ["seg"], perm=[0, 2, 3, 1], name="to_nhwc"),
+             helper.make_node("ReduceMean", ["c"], ["pooled"], axes=[2, 3], keepdims=0, name="mean")]
+    graph = helper.make_graph(nodes, "nhwc_out", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 5])],
+                              [helper.make_tensor_value_info("seg", TensorProto.FLOAT, [1, 6, 5, 4]),
+                               helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "nhwc_out.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    net = graftkit.convert(path)
+    assert net.graftkit_meta["provenance"]["nhwc_outputs_made_nchw"] == ["seg"]
+    x = rng.standard_normal((1, 3, 6, 5)).astype(np.float32)
+    seg, pooled = _ort(path, {"x": x})
+    with torch.no_grad():
+        out = net(torch.from_numpy(x))
+    assert out["seg"].shape == (1, 4, 6, 5)
+    assert rel_err(out["seg"].numpy(), seg.transpose(0, 3, 1, 2)) < 1e-6
+    assert rel_err(out["pooled"].numpy(), pooled) < 1e-6

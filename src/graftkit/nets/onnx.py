@@ -9,8 +9,9 @@ short on things exporters commonly emit, which we normalise first:
   - omitted optional inputs written as '' (e.g. Clip without max): dropped when trailing.
 An op onnx2torch does not know is refused by name, with the nodes using it,
 before anything is built. The converted module returns a dict by output name
-when the graph has several outputs, and takes NCHW input even where the graph
-was written for NHWC (its leading Transpose is dropped, see `nchw_inputs`).
+when the graph has several outputs, and takes and returns NCHW even where the graph
+was written for NHWC (its leading and trailing Transposes are dropped, see
+`nchw_inputs` and `nchw_outputs`).
 `convert(..., verify_with_onnxruntime=True)` (the default) runs onnxruntime and
 the module on the same random input and refuses a mismatch.
 
@@ -124,6 +125,30 @@ def nchw_inputs(model) -> list[str]:
     return changed
 
 
+def nchw_outputs(model) -> list[str]:
+    """Make 4-D graph outputs that the graph turns NHWC at its very end (Transpose(perm=[0, 2, 3, 1]))
+    NCHW: that Transpose becomes an Identity, so the output keeps its name. Returns the outputs changed."""
+    import onnx
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    changed = []
+    for out in g.output:
+        dims = out.type.tensor_type.shape.dim
+        t = producer.get(out.name)
+        if t is None or t.op_type != "Transpose" or _perm(t) != [0, 2, 3, 1]:
+            continue
+        t.op_type = "Identity"
+        del t.attribute[:]
+        if len(dims) == 4:
+            old = [onnx.TensorShapeProto.Dimension() for _ in dims]
+            for o, d in zip(old, dims):
+                o.CopyFrom(d)
+            del dims[:]
+            dims.extend(old[i] for i in (0, 3, 1, 2))
+        changed.append(out.name)
+    return changed
+
+
 def check_ops(model, where: str) -> None:
     """Refuse ops onnx2torch cannot convert, naming them and the nodes that use them."""
     from onnx2torch.node_converters.registry import get_converter
@@ -233,9 +258,11 @@ def _random_inputs(model) -> dict[str, np.ndarray] | None:
     return feeds
 
 
-def verify(net: nn.Module, model, original: bytes, nhwc: list[str], path: Path) -> float | None:
+def verify(net: nn.Module, model, original: bytes, nhwc: list[str], path: Path,
+           nhwc_out: list[str] = ()) -> float | None:
     """Max relative error of `net` against onnxruntime running the `original` model on the same random
-    input (None when shapes are dynamic). Inputs in `nhwc` are fed to onnxruntime transposed."""
+    input (None when shapes are dynamic). Inputs in `nhwc` are fed to onnxruntime transposed, and its
+    outputs in `nhwc_out` are transposed back."""
     import onnxruntime as ort
     feeds = _random_inputs(model)
     if feeds is None:
@@ -248,6 +275,8 @@ def verify(net: nn.Module, model, original: bytes, nhwc: list[str], path: Path) 
         ours = {net.outputs[0]: ours} if torch.is_tensor(ours) else dict(zip(net.outputs, ours))
     worst = 0.0
     for name, exp in zip(net.outputs, expected):
+        if name in nhwc_out:
+            exp = exp.transpose(0, 3, 1, 2)
         got = ours[name].detach().numpy().astype(np.float64)
         scale = max(float(np.abs(exp).max()), 1e-12)
         worst = max(worst, float(np.abs(got - exp).max()) / scale)
@@ -261,7 +290,7 @@ def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True, **kwargs
     path = next(Path(p) for p in paths if Path(p).suffix.lower() == ".onnx")
     model = load_model(path)
     original = model.SerializeToString() if verify_with_onnxruntime else b""
-    nhwc = nchw_inputs(model)
+    nhwc, nhwc_out = nchw_inputs(model), nchw_outputs(model)
     net = to_module(model, str(path))
     spec = {"converter": "onnx", "graph": graph_spec(model), "inputs": net.inputs,
             "outputs": net.outputs}
@@ -269,9 +298,11 @@ def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True, **kwargs
             "producer": f"{model.producer_name} {model.producer_version}".strip()}
     if nhwc:
         prov["nhwc_inputs_made_nchw"] = nhwc
+    if nhwc_out:
+        prov["nhwc_outputs_made_nchw"] = nhwc_out
     net.eval()
     if verify_with_onnxruntime:
-        err = verify(net, model, original, nhwc, path)
+        err = verify(net, model, original, nhwc, path, nhwc_out)
         if err is not None:
             prov["onnxruntime_max_rel_err"] = err
     return attach(net, make_meta(spec, provenance=prov))
