@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import graftkit
 from conftest import cases, fixture, rel_err
+from graftkit.errors import GraftError
 from graftkit.transplant import transplant
 
 
@@ -22,9 +23,9 @@ def run(net: nn.Module, x: np.ndarray) -> np.ndarray:
         return net.eval()(torch.from_numpy(np.ascontiguousarray(x))).numpy()
 
 
-def graft_all(path, net):
+def graft_all(path, net, **kwargs):
     """Transplant every tensor of `path` into `net`, strictly; nothing of the source may be left over."""
-    net, report = transplant(graftkit.read(fixture(path)), net, strict=True)
+    net, report = transplant(graftkit.read(fixture(path)), net, strict=True, **kwargs)
     assert not report.unused, report.unused
     return net, report
 
@@ -42,10 +43,13 @@ def tf_same(x, k, s, value=0.0):
 
 
 class SeedCNN(nn.Module):
-    """Keras seed_cnn: conv same, conv valid, avgpool (x2 blocks), Flatten in NHWC order, dense 512, dense 10."""
+    """Keras seed_cnn written the PyTorch way: conv same, conv valid, avgpool (x2 blocks), nn.Flatten
+    (NCHW order: transplant reorders the Keras Dense's columns), dense 512, dense 10.
+    nhwc=True flattens in Keras's NHWC order instead (for keras_flatten="hwc")."""
 
-    def __init__(self):
+    def __init__(self, nhwc: bool = False):
         super().__init__()
+        self.nhwc = nhwc
         self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
         self.conv2 = nn.Conv2d(32, 32, 3)
         self.conv3 = nn.Conv2d(32, 64, 3, padding=1)
@@ -56,7 +60,7 @@ class SeedCNN(nn.Module):
     def forward(self, x):
         x = F.avg_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
         x = F.avg_pool2d(F.relu(self.conv4(F.relu(self.conv3(x)))), 2)
-        x = x.permute(0, 2, 3, 1).flatten(1)           # Keras flattens NHWC
+        x = (x.permute(0, 2, 3, 1) if self.nhwc else x).flatten(1)
         return F.softmax(self.fc2(F.relu(self.fc1(x))), dim=1)
 
 
@@ -91,9 +95,12 @@ def seed_inputs():
 
 
 @pytest.mark.parametrize("case", [c for c in cases("keras") if "seed" in c["id"]], ids=lambda c: c["id"])
-def test_keras_seed_cnn(case):
-    net, report = graft_all(case["model"][0], SeedCNN())
+@pytest.mark.parametrize("keras_flatten", ["chw", "hwc"])
+def test_keras_seed_cnn(case, keras_flatten):
+    net, report = graft_all(case["model"][0], SeedCNN(nhwc=keras_flatten == "hwc"), keras_flatten=keras_flatten)
     assert report.summary()["by_pass"] == {"structure": 12}
+    reordered = [e.target for e in report.entries if "HWC" in e.reason]
+    assert reordered == (["fc1.weight"] if keras_flatten == "chw" else [])
     probs = run(net, seed_inputs())
     expected = np.load(fixture(case["expected"]["probs"]))
     assert rel_err(probs, expected) < case["rtol"]
@@ -254,3 +261,8 @@ def test_caffe_mobilenet_batchnorm_scale_and_1x1_classifier_into_timm(tmp_path):
     assert bn["bn1.weight"] == "conv1/scale.weight" and bn["bn1.running_var"] == "conv1/bn.running_var"
     assert "1x1 convolution as dense" in next(e.reason for e in report.entries if e.target == "classifier.weight")
     assert rel_err(run(net, x), expected) < 1e-4
+
+
+def test_keras_flatten_choice_is_checked():
+    with pytest.raises(GraftError, match="keras_flatten 'nchw' is not chw or hwc"):
+        transplant(graftkit.read(fixture("keras/seed_cnn.h5")), SeedCNN(), keras_flatten="nchw")

@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
                                               help="the target's class names: a text file (one per line) or "
                                                    "a comma-separated list; --policy classes copies their rows"),
         seed: int = typer.Option(0, "--seed", help="random seed of the widen policy"),
+        keras_flatten: str = typer.Option("chw", "--keras-flatten",
+                                          help="a Keras Dense after Flatten: chw reorders its columns for a target "
+                                               "that flattens NCHW (nn.Flatten); hwc keeps Keras's order"),
     ) -> None:
         """Copy every source tensor that fits into TARGET (by name, normalised name, rules, then structure)."""
         from ..errors import GraftError
@@ -42,7 +45,8 @@ def register(app: typer.Typer) -> None:
         target_classes = _class_names(classes) if classes else None
         tensors, src_classes = source_tensors(src, trust=trust)
         module, report = graft(tensors, into, rules=rule, policy=policy, strict=strict, class_names=target_classes,
-                               source_class_names=src_classes, trust=trust, seed=seed)
+                               source_class_names=src_classes, trust=trust, seed=seed,
+                               keras_flatten=keras_flatten)
         report.source = src
         if json_:
             print_json(report.to_json())

@@ -10,6 +10,9 @@ Passes, each recorded per tensor as `matched_by`:
                 with a gapped alignment (align.py), tensors paired by role inside units
 Pairs whose shapes differ are adapted only under a `policy` (adapt.py); otherwise the
 target tensor is left at its initial value and the report says why.
+A Keras Dense that reads a Flatten of an image has its weight columns in Keras's HWC
+order; they are reordered to PyTorch's CHW (what `nn.Flatten` gives on NCHW) unless
+keras_flatten="hwc" (a target that permutes to NHWC itself before flattening).
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ __all__ = ["transplant", "Report", "source_tensors", "parse_rule"]
 
 
 def transplant(source, target, rules=None, policy: str = "skip", strict: bool = False, class_names=None,
-               source_class_names=None, trust: bool = False, seed: int = 0) -> tuple[nn.Module, Report]:
+               source_class_names=None, trust: bool = False, seed: int = 0,
+               keras_flatten: str = "chw") -> tuple[nn.Module, Report]:
     """Copy what fits from `source` into `target`; returns (target module, report).
 
     source: a TensorSet, a checkpoint path, a model reference (built-in name, spec, package),
@@ -43,8 +47,12 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
             fresh, pretrained=False). rules: ["REGEX=>REPL", ...] applied to source names.
     policy: skip | classes | channels | widen | slice. class_names / source_class_names
     override the class names found in the metadata. strict: GraftError if anything is left.
+    keras_flatten: chw (reorder a Keras Dense-after-Flatten's columns for an NCHW flatten) | hwc (keep them).
     """
     check_policy(policy)
+    if keras_flatten not in ("chw", "hwc"):
+        raise GraftError(f"keras_flatten {keras_flatten!r} is not chw or hwc",
+                         "chw: the target flattens NCHW (as nn.Flatten does); hwc: it flattens NHWC, as Keras")
     parsed = [parse_rule(r) for r in (rules or [])]
     src, src_classes = source_tensors(source, trust=trust)
     _check_rules(parsed, list(src))              # before building the target: fail fast
@@ -54,6 +62,7 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
     src_classes = list(source_class_names) if source_class_names else src_classes
 
     pairs = _match(src, tgt, parsed)
+    hwc = _keras_flatten_feeds(src, module) if keras_flatten == "chw" else {}
     report = Report(source=src.source or type(source).__name__, target=_describe(target), policy=policy)
     state = module.state_dict()
 
@@ -73,6 +82,10 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
         if name in widened:
             values[name], entry.reason = widened[name]
             entry.status = "adapted"
+        elif sname in hwc and tuple(s.shape) == tuple(t.shape):
+            from ..nets.keras import chw_columns
+            values[name] = chw_columns(s, hwc[sname])
+            entry.reason = "columns reordered from Keras's HWC flatten to PyTorch's CHW"
         elif tuple(s.shape) == tuple(t.shape):
             values[name] = s
         elif _same_but_unit_dims(s, t):
@@ -105,6 +118,21 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
                          f"first {first.target}: {first.reason}",
                          "fix the names with --rule, choose a --policy, or drop --strict")
     return module, report
+
+
+def _keras_flatten_feeds(src: TensorSet, module: nn.Module) -> dict[str, list]:
+    """Source weight name -> [H, W, C] for each Keras Dense that reads a Flatten of an image; none when
+    the target is itself a converted Keras net (it flattens as Keras does)."""
+    if src.format != "keras" or not src.graph:
+        return {}
+    from ..nets.keras import KerasNet, flatten_feeds  # (h5py and the Keras converter: only for Keras sources)
+    if isinstance(module, KerasNet):
+        return {}
+    try:
+        feeds = flatten_feeds(src.graph, src.meta.get("keras_version", "3"))
+    except GraftError:  # a config graftkit cannot build: the weights still transplant as they are
+        return {}
+    return {f"{layer}.weight": hwc for layer, hwc in feeds.items() if f"{layer}.weight" in src}
 
 
 def _follow_weights(report: Report, units) -> None:
