@@ -94,7 +94,6 @@ def nchw_inputs(model) -> list[str]:
 
     Such graphs open with Transpose(perm=[0, 3, 1, 2]) on the input; we drop those
     transposes and declare the input NCHW. Returns the inputs changed."""
-    import onnx
     g = model.graph
     inits = {t.name for t in g.initializer}
     outputs = {o.name for o in g.output}
@@ -116,19 +115,24 @@ def nchw_inputs(model) -> list[str]:
             stale = [v for v in g.value_info if v.name == t.output[0]]
             for v in stale:
                 g.value_info.remove(v)
-        old = [onnx.TensorShapeProto.Dimension() for _ in dims]
-        for o, d in zip(old, dims):
-            o.CopyFrom(d)
-        del dims[:]
-        dims.extend(old[i] for i in (0, 3, 1, 2))
+        _to_nchw(dims)
         changed.append(inp.name)
     return changed
+
+
+def _to_nchw(dims) -> None:
+    """Reorder a declared NHWC shape (a repeated Dimension field) to NCHW, in place."""
+    import onnx
+    old = [onnx.TensorShapeProto.Dimension() for _ in dims]
+    for o, d in zip(old, dims):
+        o.CopyFrom(d)
+    del dims[:]
+    dims.extend(old[i] for i in (0, 3, 1, 2))
 
 
 def nchw_outputs(model) -> list[str]:
     """Make 4-D graph outputs that the graph turns NHWC at its very end (Transpose(perm=[0, 2, 3, 1]))
     NCHW: that Transpose becomes an Identity, so the output keeps its name. Returns the outputs changed."""
-    import onnx
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     changed = []
@@ -140,11 +144,7 @@ def nchw_outputs(model) -> list[str]:
         t.op_type = "Identity"
         del t.attribute[:]
         if len(dims) == 4:
-            old = [onnx.TensorShapeProto.Dimension() for _ in dims]
-            for o, d in zip(old, dims):
-                o.CopyFrom(d)
-            del dims[:]
-            dims.extend(old[i] for i in (0, 3, 1, 2))
+            _to_nchw(dims)
         changed.append(out.name)
     return changed
 
