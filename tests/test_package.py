@@ -108,3 +108,19 @@ def test_cli_missing_file_is_one_line(graft, tmp_path):
     r = graft("inspect", tmp_path / "nope.pth")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
+
+
+def test_saved_files_get_ordinary_permissions(saved, tmp_path):
+    """Atomic writes go through a private temporary file; the result is readable like any new file,
+    and replacing a file keeps its permissions."""
+    import os
+    net, _ = saved
+    umask = os.umask(0o022)
+    try:
+        path = graftkit.save(net, tmp_path / "p.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.chmod(path, 0o640)
+        graftkit.save(net, path)
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)

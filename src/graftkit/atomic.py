@@ -29,6 +29,16 @@ def start_writeback(f, start: int, end: int) -> None:
     _sync_file_range(f.fileno(), ctypes.c_longlong(start), ctypes.c_longlong(end - start), _SYNC_FILE_RANGE_WRITE)
 
 
+def _mode_for(path: Path) -> int:
+    """The permissions of the file being replaced, else those of a new file under the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only on success."""
@@ -41,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))  # (mkstemp creates 0600: give what a plain open() would)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
