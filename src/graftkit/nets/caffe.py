@@ -422,7 +422,7 @@ class CaffeNet(nn.Module):
             raise GraftError(f"Caffe graph version {graph.get('version')} is not one this graftkit builds",
                              "upgrade graftkit")
         self.graph = graph
-        self.layer_names: dict[str, str] = {}  # Caffe layer name -> submodule name
+        self.layer_names: dict[str, str] = {}  # Caffe layer name -> attribute name
         self._stateless: list = []  # layers without state (CaffeOps, and modules that hold nothing)
         # built on the meta device (how packages load) the fillers have nothing to fill
         fill = modules is None and state is None and not torch.empty(0).is_meta
@@ -557,7 +557,7 @@ class CaffeNet(nn.Module):
                 f"outputs={self.outputs}")
 
     def layer(self, caffe_name: str) -> nn.Module:
-        """The submodule of a Caffe layer, by its Caffe name."""
+        """A layer (its module, or its CaffeOp when it has no state) by its Caffe name."""
         try:
             return getattr(self, self.layer_names[caffe_name])
         except KeyError:
