@@ -556,7 +556,7 @@ class CaffeNet(nn.Module):
                 f"({len(self._modules)} with parameters or training behaviour shown), inputs={self.inputs}, "
                 f"outputs={self.outputs}")
 
-    def layer(self, caffe_name: str) -> nn.Module:
+    def layer(self, caffe_name: str):
         """A layer (its module, or its CaffeOp when it has no state) by its Caffe name."""
         try:
             return getattr(self, self.layer_names[caffe_name])
