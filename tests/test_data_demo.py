@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,12 @@ def test_cli_demo_set_writes_class_folders_of_png(tmp_path):
         assert a.shape == (28, 28) and lookup[a.tobytes()] == f.parent.name
     r = run_graft("data", "demo-set", out)
     assert r.returncode == 2 and "already exists" in r.stderr and r.stderr.count("\n") == 1
-    counts = demo_set.write_demo_set(tmp_path / "all")
+    umask = os.umask(0o022)
+    try:
+        counts = demo_set.write_demo_set(tmp_path / "all")
+    finally:
+        os.umask(umask)
     assert counts == {"train": 1000, "val": 500, "test": 500}
+    assert (tmp_path / "all").stat().st_mode & 0o777 == 0o755  # not mkdtemp's private 0700
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["test", "train", "val"]
     assert not [p for p in Path(tmp_path).iterdir() if p.name.endswith(".part")]

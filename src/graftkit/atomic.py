@@ -29,14 +29,17 @@ def start_writeback(f, start: int, end: int) -> None:
     _sync_file_range(f.fileno(), ctypes.c_longlong(start), ctypes.c_longlong(end - start), _SYNC_FILE_RANGE_WRITE)
 
 
-def _mode_for(path: Path) -> int:
-    """The permissions of the file being replaced, else those of a new file under the umask."""
+def mode_for(path: Path, directory: bool = False) -> int:
+    """Permissions for what replaces `path` (mkstemp/mkdtemp create private 0600/0700 ones): those of
+    the file being replaced, else what a plain open() or mkdir() would give under the umask."""
     try:
-        return path.stat().st_mode & 0o7777
+        if not directory:
+            return path.stat().st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 @contextlib.contextmanager
@@ -51,7 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, _mode_for(path))  # (mkstemp creates 0600: give what a plain open() would)
+        os.chmod(tmp, mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic import mode_for
 from ..errors import GraftError
 
 RESOURCE = Path(__file__).resolve().parent.parent / "resources" / "fashion_mnist_demo" / "fashion_mnist_demo.npz"
@@ -69,6 +70,7 @@ def write_demo_set(out: str | os.PathLike, split: str = "all") -> dict[str, int]
             for s in splits:
                 folder = tmp / s if split == "all" else tmp
                 counts[s] = _write_split(folder, z[f"{s}_images"], z[f"{s}_labels"], z[f"{s}_source_index"])
+        os.chmod(tmp, mode_for(out, directory=True))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
