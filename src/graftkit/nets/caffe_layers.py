@@ -295,6 +295,7 @@ class Convolution(CaffeLayer):
         conv = _CONVS.get(len(a["kernel"]))
         if conv is None:
             raise GraftError(f"{len(a['kernel'])}-D convolutions are not supported")
+        # (plain values straight into __dict__: a package load builds dozens of these)
         self.__dict__.update(_conv=conv, _args=(tuple(a["stride"]), tuple(a["pad"]), tuple(a["dilation"]),
                                                 a["group"]))
 
@@ -410,8 +411,9 @@ class Pooling(CaffeOp):
 
     def __init__(self, a, shapes, given=None):
         super().__init__(a, shapes, given)
-        k, s, p = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"])
-        self.__dict__.update(k=k, s=s, p=p, native=all(2 * q <= n for q, n in zip(p, k)), _counts={})
+        self.k, self.s, self.p = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"])
+        self.native = all(2 * p <= k for p, k in zip(self.p, self.k))
+        self._counts: dict = {}
 
     @staticmethod
     def top_shapes(a, bottoms):
