@@ -44,3 +44,20 @@ def run_graft(*args: str, cwd=None) -> subprocess.CompletedProcess:
 @pytest.fixture
 def graft():
     return run_graft
+
+
+def random_bn(net, seed: int, affine: bool = True):
+    """Informative BatchNorm statistics (and affine parameters): fresh ones (mean 0, var 1, weight 1,
+    bias 0) would hide layout and copying mistakes. Returns the net, its mode unchanged."""
+    import torch
+    import torch.nn as nn
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                if affine:
+                    m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return net

@@ -16,25 +16,13 @@ from onnx import TensorProto, helper
 import graftkit
 from graftkit.errors import GraftError
 
-from conftest import rel_err, run_graft
+from conftest import random_bn, rel_err, run_graft
 
 MODELS = {
     "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
     "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
     "efficientnet_lite0": lambda: timm.create_model("efficientnet_lite0", num_classes=10),
 }
-
-
-def _randomize_bn(net: nn.Module) -> nn.Module:
-    """Fresh BatchNorm statistics (mean 0, var 1) would hide layout mistakes: make them informative."""
-    g = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return net
 
 
 def _export(net: nn.Module, path, x, **kwargs):
@@ -53,7 +41,7 @@ def test_exported_model_matches_onnxruntime(name, tmp_path):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 64)
     path = tmp_path / f"{name}.onnx"
-    _export(_randomize_bn(MODELS[name]()), path, x, output_names=["logits"])
+    _export(random_bn(MODELS[name](), seed=1), path, x, output_names=["logits"])
     net = graftkit.convert(path)
     assert net.graftkit_meta["spec"]["converter"] == "onnx"
     assert net.graftkit_meta["provenance"]["onnxruntime_max_rel_err"] < 1e-5
@@ -68,7 +56,7 @@ def test_package_rebuilds_from_weightless_graph(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(1, 3, 48, 48)
     path = tmp_path / "m.onnx"
-    _export(_randomize_bn(MODELS["mobilenet_v3_small"]()), path, x)
+    _export(random_bn(MODELS["mobilenet_v3_small"](), seed=1), path, x)
     net = graftkit.convert(path)
     spec_graph = net.graftkit_meta["spec"]["graph"]
     assert len(spec_graph) < path.stat().st_size / 4  # the weights are not in the spec

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import run_graft
+from conftest import random_bn, run_graft
 from graftkit.errors import GraftError
 from graftkit.formats.base import TensorRecord, TensorSet
 from graftkit.transplant import transplant
@@ -447,20 +447,11 @@ def test_cli_policy_classes_keeps_the_named_imagenet_classes(tmp_path, capsys, m
 
 # ---------------------------------------------------------------- structure on real architectures
 
-def _random_bn_stats(net):
-    g = torch.Generator().manual_seed(3)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return net.eval()
-
-
 def test_torchvision_mobilenet_v2_into_timm_by_structure():
     # No name in common (features.1.conv.0.0 vs blocks.0.0.conv_dw): all by structure, same function.
     import torchvision
     torch.manual_seed(0)
-    src = _random_bn_stats(torchvision.models.mobilenet_v2())
+    src = random_bn(torchvision.models.mobilenet_v2(), seed=3, affine=False).eval()
     net, report = transplant(src, "timm:mobilenetv2_100", strict=True)
     assert report.summary()["by_pass"] == {"structure": 314} and not report.unused
     x = torch.randn(2, 3, 64, 64)
@@ -472,7 +463,7 @@ def test_resnet_with_shortcuts_stored_first_and_anonymous_names():
     # torchvision resnet18, every block's downsample stored BEFORE its body, layers renamed layer_000...
     import torchvision
     torch.manual_seed(0)
-    src = _random_bn_stats(torchvision.models.resnet18())
+    src = random_bn(torchvision.models.resnet18(), seed=3, affine=False).eval()
     state = src.state_dict()
     modules = list(dict.fromkeys(k.rpartition(".")[0] for k in state))
     order = []
