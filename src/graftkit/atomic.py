@@ -22,7 +22,7 @@ _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range if sys.plat
 def start_writeback(f, start: int, end: int) -> None:
     """Ask the kernel to start writing bytes [start, end) of the open file `f` to disk now (Linux;
     elsewhere nothing): a large file's disk writes then overlap with producing the rest of it,
-    and the fsync that ends an atomic write waits for little (GoogLeNet's package: 18 -> 12 ms)."""
+    and the fsync that ends an atomic write waits for little (benchmarks/caffe_convert.py, "+save")."""
     if _sync_file_range is None or end <= start:
         return
     f.flush()

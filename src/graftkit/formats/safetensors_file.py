@@ -8,7 +8,7 @@ wrap each tensor around its bytes with torch.frombuffer, so opening a file costs
 a header parse whatever its size: pages are read only when a tensor is used.
 Every offset is checked, because the file is untrusted data. Writing streams each
 tensor's bytes to the file, where safetensors' save_file first copies every tensor into
-a bytes object (2.4x slower for GoogLeNet's 28 MB).
+a bytes object (measured by benchmarks/caffe_convert.py, "+save").
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ _madvise = ctypes.CDLL(None, use_errno=True).madvise if sys.platform == "linux" 
 
 def _page_in(t: torch.Tensor) -> None:
     """Map a tensor's pages in one call before writing it: a converted net's tensors view the
-    source file's memory map, and a write that faults them in page by page takes 2x longer.
+    source file's memory map, and a write that faults them in page by page is much slower.
     (Only a hint: an older kernel refuses it and nothing changes.)"""
     if _madvise is None:
         return
