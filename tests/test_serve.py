@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import graftkit
+import graftkit.nets.spec  # (make_package builds from a spec before any package is saved)
 from graftkit.cli.main import main as graft_main
 from graftkit.errors import GraftError
 from graftkit.serve import evaluate, export_onnx, export_torchscript, predict
@@ -56,7 +57,7 @@ def make_package(folder, outputs="tensor", classes=MODEL_CLASSES):
     src = folder / "colournet.py"
     src.write_text(NET_SOURCE)
     spec = f"{src}:make?outputs={outputs}"
-    net = graftkit.nets.spec.build(spec)
+    net = graftkit.nets.spec.build(spec, trust=True)
     with torch.no_grad():
         net.fc.weight.copy_(torch.eye(3) * 4)
         net.fc.bias.zero_()
@@ -94,10 +95,12 @@ def pkg(tmp_path_factory):
 
 
 def run_cli(capsys, *args):
-    """The real `graft` entry point, in-process; returns (exit code, stdout, stderr)."""
+    """The real `graft` entry point, in-process; returns (exit code, stdout, stderr). The packages
+    here are built from this test's own Python file, so the serving commands get --trust."""
     code = 0
+    trust = ["--trust"] if args and args[0] in ("evaluate", "predict", "export") else []
     try:
-        graft_main([str(a) for a in args])
+        graft_main([str(a) for a in args] + trust)
     except SystemExit as e:
         code = e.code or 0
     captured = capsys.readouterr()
@@ -111,7 +114,7 @@ def test_confusion_matches_known_answers_with_classes_matched_by_name(pkg):
     data_classes = ["blue", "green", "red"]
     items = ([(COLOURS["blue"], 0)] * 3 + [(COLOURS["green"], 1)] * 2 + [(COLOURS["red"], 1)]  # 1 wrong label
              + [(COLOURS["red"], 2)] * 4)
-    r = evaluate(pkg, ImagesDataset(data_classes, items), batch_size=4, progress=False)
+    r = evaluate(pkg, ImagesDataset(data_classes, items), batch_size=4, progress=False, trust=True)
     assert r["confusion"] == [[3, 0, 0], [0, 2, 1], [0, 0, 4]]
     assert r["n"] == 10 and r["top1"] == pytest.approx(0.9)
     assert r["per_class"] == {"blue": 1.0, "green": pytest.approx(2 / 3), "red": 1.0}
@@ -122,8 +125,8 @@ def test_confusion_agrees_with_a_direct_computation(pkg):
     gen = np.random.default_rng(0)
     colours = [tuple(int(v) for v in gen.integers(0, 256, 3)) for _ in range(40)]
     labels = [int(v) for v in gen.integers(0, 3, 40)]
-    r = evaluate(pkg, ImagesDataset(MODEL_CLASSES, list(zip(colours, labels))), batch_size=16, progress=False)
-    model = graftkit.load(pkg)
+    r = evaluate(pkg, ImagesDataset(MODEL_CLASSES, list(zip(colours, labels))), batch_size=16, progress=False, trust=True)
+    model = graftkit.load(pkg, trust=True)
     x = torch.stack([ImagesDataset(MODEL_CLASSES, [(c, 0)])[0][0] for c in colours])
     logits = model(x)
     pred = logits.argmax(1).tolist()
@@ -141,7 +144,7 @@ def test_confusion_agrees_with_a_direct_computation(pkg):
 def test_model_with_extra_classes_gets_an_other_column(tmp_path):
     path = make_package(tmp_path, classes=["red", "green", "blue"])
     items = [(COLOURS["red"], 0), (COLOURS["blue"], 0), (COLOURS["red"], 1)]
-    r = evaluate(path, ImagesDataset(["red", "green"], items), progress=False)
+    r = evaluate(path, ImagesDataset(["red", "green"], items), progress=False, trust=True)
     # blue is a model class the data lacks: predictions of it go to "(other)".
     assert r["columns"] == ["red", "green", "(other)"]
     assert r["confusion"] == [[1, 0, 1], [1, 0, 0]]
@@ -149,12 +152,12 @@ def test_model_with_extra_classes_gets_an_other_column(tmp_path):
 
 def test_class_mismatch_is_one_clear_error(pkg):
     with pytest.raises(GraftError, match="classes the model does not know: 'purple'"):
-        evaluate(pkg, ImagesDataset(["red", "purple"], [(COLOURS["red"], 0)]), progress=False)
+        evaluate(pkg, ImagesDataset(["red", "purple"], [(COLOURS["red"], 0)]), progress=False, trust=True)
 
 
 def test_evaluate_writes_metrics_and_confusion_png(pkg, tmp_path):
     items = [(COLOURS["red"], 0), (COLOURS["green"], 1), (COLOURS["blue"], 2)]
-    evaluate(pkg, ImagesDataset(MODEL_CLASSES, items), out_dir=tmp_path / "out", progress=False)
+    evaluate(pkg, ImagesDataset(MODEL_CLASSES, items), out_dir=tmp_path / "out", progress=False, trust=True)
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["top1"] == 1.0
     png = (tmp_path / "out" / "confusion.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(tmp_path / "out" / "confusion.png").size[0] > 100
@@ -187,7 +190,7 @@ def test_cli_evaluate_folder_json_and_plot(capsys, pkg, folder, tmp_path):
 def test_evaluate_a_list_gives_the_same_answer(pkg, folder, tmp_path):
     from graftkit.data import make_lists
     lst = make_lists(folder, tmp_path / "all.lst")["all"]
-    r = evaluate(pkg, lst, progress=False)
+    r = evaluate(pkg, lst, progress=False, trust=True)
     assert r["confusion"] == [[2, 0, 0], [0, 3, 1], [0, 0, 1]] and r["skipped"] == 1
 
 
@@ -197,7 +200,7 @@ def test_evaluate_a_recordio_pack(pkg, folder, tmp_path):
     lst = make_lists(folder, tmp_path / "all.lst")["all"]
     done = pack(lst, tmp_path / "packs" / "all", options=PackOptions(encoding=".png"), workers=1, progress=False)
     assert done.records == 7  # the broken file is left out when packing
-    r = evaluate(pkg, tmp_path / "packs" / "all", progress=False)
+    r = evaluate(pkg, tmp_path / "packs" / "all", progress=False, trust=True)
     assert r["confusion"] == [[2, 0, 0], [0, 3, 1], [0, 0, 1]] and "skipped" not in r
 
 
@@ -227,7 +230,7 @@ def images(tmp_path_factory):
 
 
 def test_predict_files_and_folders_recursively(pkg, images):
-    results = predict(pkg, [images / "b.bmp", images / "a"], top_k=2, progress=False)
+    results = predict(pkg, [images / "b.bmp", images / "a"], top_k=2, progress=False, trust=True)
     assert [r["input"] for r in results] == [str(images / "b.bmp"), str(images / "a" / "deep" / "g.jpg"),
                                              str(images / "a" / "r.png")]
     assert [r["predictions"][0]["class"] for r in results] == ["blue", "green", "red"]
@@ -237,9 +240,9 @@ def test_predict_files_and_folders_recursively(pkg, images):
 
 
 def test_predict_probabilities_are_the_softmax_of_the_model(pkg, images):
-    (r,) = predict(pkg, [images / "a" / "r.png"], top_k=3, progress=False)
+    (r,) = predict(pkg, [images / "a" / "r.png"], top_k=3, progress=False, trust=True)
     x = (torch.tensor(COLOURS["red"], dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, 8, 8) / 255 - 0.5) / 0.5
-    want = graftkit.load(pkg)(x).detach().softmax(1)[0]
+    want = graftkit.load(pkg, trust=True)(x).detach().softmax(1)[0]
     got = {p["index"]: p["prob"] for p in r["predictions"]}
     assert got == pytest.approx({i: float(want[i]) for i in range(3)}, abs=1e-5)
 
@@ -265,7 +268,7 @@ def test_bad_inputs_give_one_line_and_exit_2(capsys, pkg, images, tmp_path, args
 
 
 def test_real_process_exit_status_and_single_line(graft, pkg, tmp_path):
-    r = graft("evaluate", pkg, tmp_path / "nowhere")
+    r = graft("evaluate", pkg, tmp_path / "nowhere", "--trust")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "nowhere: not a folder, .lst, .csv or RecordIO pack" in r.stderr
 
@@ -277,14 +280,14 @@ def test_onnx_export_agrees_with_pytorch_and_drops_aux_heads(tmp_path, outputs):
     import onnx
     import onnxruntime as ort
     path = make_package(tmp_path, outputs)
-    info = export_onnx(path, tmp_path / "m.onnx", dynamic_batch=True)
+    info = export_onnx(path, tmp_path / "m.onnx", dynamic_batch=True, trust=True)
     assert info["max_rel_err"] < 1e-5
     proto = onnx.load(str(tmp_path / "m.onnx"))
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["graftkit"])
     assert meta["classes"] == MODEL_CLASSES and meta["preprocessing"]["input_size"] == [3, 8, 8]
     x = torch.randn(5, 3, 8, 8)
     (got,) = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input": x.numpy()})
-    model = graftkit.load(path)
+    model = graftkit.load(path, trust=True)
     raw = model(x)
     main = {"tensor": lambda o: o, "dict": lambda o: o["loss3/classifier"], "tuple": lambda o: o[0]}[outputs](raw)
     assert got.shape == (5, 3)
@@ -294,13 +297,13 @@ def test_onnx_export_agrees_with_pytorch_and_drops_aux_heads(tmp_path, outputs):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated in favour of torch.export
 def test_torchscript_export_agrees_with_pytorch(tmp_path):
     path = make_package(tmp_path, "dict")
-    info = export_torchscript(path, tmp_path / "m.pt")
+    info = export_torchscript(path, tmp_path / "m.pt", trust=True)
     assert info["max_abs_err"] < 1e-6
     extra = {"graftkit.json": ""}
     loaded = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
     assert json.loads(extra["graftkit.json"])["classes"] == MODEL_CLASSES
     x = torch.randn(4, 3, 8, 8)
-    assert torch.allclose(loaded(x), graftkit.load(path)(x)["loss3/classifier"], atol=1e-6)
+    assert torch.allclose(loaded(x), graftkit.load(path, trust=True)(x)["loss3/classifier"], atol=1e-6)
 
 
 def test_export_of_a_real_architecture(tmp_path, capsys):
@@ -322,14 +325,14 @@ def test_failed_check_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "RTOL", -1.0)  # nothing can pass: the file must not appear
     path = make_package(tmp_path)
     with pytest.raises(GraftError, match="disagrees with PyTorch"):
-        export_onnx(path, tmp_path / "m.onnx")
+        export_onnx(path, tmp_path / "m.onnx", trust=True)
     assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.glob(".m.onnx*"))
 
 
 def test_unsupported_operator_is_one_error_and_no_file(tmp_path, capsys):
     (tmp_path / "colournet.py").write_text(NET_SOURCE)
     spec = f"{tmp_path / 'colournet.py'}:make_svd"
-    path = graftkit.save(graftkit.nets.spec.build(spec), tmp_path / "svd.safetensors", spec=spec,
+    path = graftkit.save(graftkit.nets.spec.build(spec, trust=True), tmp_path / "svd.safetensors", spec=spec,
                          classes=MODEL_CLASSES, preprocessing={**PREP, "input_size": [3, 3, 3]})
     code, _, err = run_cli(capsys, "export", path, "--onnx", tmp_path / "svd.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1

@@ -42,7 +42,7 @@ def test_train_writes_packages_logs_curves_and_summary(graft, tmp_path):
     assert len(summary["val"]["confusion"]) == 3 and set(summary["val"]["per_class"]) == {"ant", "bee", "cat"}
     assert (run / "log.csv").read_text().count("\n") == 3
     from graftkit import load
-    net = load(run / "best.safetensors")
+    net = load(run / "best.safetensors", trust=True)  # (the test's own model file)
     meta = net.graftkit_meta
     assert meta["classes"] == ["ant", "bee", "cat"] and meta["preprocessing"]["input_size"] == [3, 32, 32]
     assert net.fc.out_features == 3

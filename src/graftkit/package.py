@@ -93,19 +93,22 @@ def is_package(path: str | os.PathLike) -> bool:
         return False
 
 
-def build_empty(spec: str | dict) -> nn.Module:
+def build_empty(spec: str | dict, *, trust: bool = False) -> nn.Module:
     """The architecture without initialising weights (built on the meta device when that is safe)."""
     try:
         with torch.device("meta"):
-            return specs.build(spec)
+            return specs.build(spec, trust=trust)
     except GraftError:
         raise
     except Exception:  # some modules compute real values in __init__: build them normally
-        return specs.build(spec)
+        return specs.build(spec, trust=trust)
 
 
-def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
-    """The ready-to-use module of a package, in eval mode, with its metadata as `module.graftkit_meta`."""
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", trust: bool = False) -> nn.Module:
+    """The ready-to-use module of a package, in eval mode, with its metadata as `module.graftkit_meta`.
+
+    A package is data: a spec naming a Python file, or passing options off the allow-list
+    (`nets.spec`), is refused unless `trust=True`."""
     path = Path(path)
     if not path.is_file():
         raise GraftError(f"{path}: no such package file", "check the path")
@@ -114,7 +117,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
     module = specs.build_loaded(meta["spec"], tensors)  # (holds the file's tensors only: on the CPU, none meta)
     on_device = module is not None and torch.device(device).type == "cpu"
     if module is None:
-        module = build_empty(meta["spec"])
+        module = build_empty(meta["spec"], trust=trust)
         expected = set(module.state_dict(keep_vars=True))  # (keep_vars: the names only, no detach per tensor)
         missing, unexpected = expected - set(tensors), set(tensors) - expected
         if missing or unexpected:
@@ -131,7 +134,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.M
                              "the package is corrupt or was written for another version of the model") from None
         if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
             # non-persistent buffers (not in the file) were left on the meta device: rebuild for real.
-            module = specs.build(meta["spec"])
+            module = specs.build(meta["spec"], trust=trust)
             module.load_state_dict(tensors, strict=True)
     if not on_device:
         device = torch.device(device)

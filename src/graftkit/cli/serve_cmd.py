@@ -18,10 +18,11 @@ def register(app: typer.Typer) -> None:
                  out_dir: Optional[Path] = typer.Option(None, "-o", "--out",
                                                         help="write metrics.json and confusion.png here"),
                  batch_size: int = typer.Option(64, "--batch-size", min=1),
+                 trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
                  device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: best)")) -> None:
         """Top-1, top-5, per-class accuracy and confusion matrix of MODEL on DATA (classes matched by name)."""
         from ..serve import evaluate as run
-        result = run(model, data, batch_size=batch_size, device=device, out_dir=out_dir)
+        result = run(model, data, batch_size=batch_size, device=device, out_dir=out_dir, trust=trust)
         if json_:
             print_json(result)
             return
@@ -43,11 +44,12 @@ def register(app: typer.Typer) -> None:
                 batch_size: int = typer.Option(32, "--batch-size", min=1),
                 timeout: float = typer.Option(10.0, "--timeout", help="seconds allowed per URL download"),
                 max_mb: float = typer.Option(20.0, "--max-mb", help="largest URL download accepted, in MiB"),
+                trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
                 device: Optional[str] = typer.Option(None, "--device")) -> None:
         """The top-K classes and probabilities of each image."""
         from ..serve import predict as run
         results = run(model, inputs, top_k=top_k, batch_size=batch_size, device=device, timeout=timeout,
-                      max_bytes=int(max_mb * 2**20), strict=False)
+                      max_bytes=int(max_mb * 2**20), strict=False, trust=trust)
         good = [r for r in results if "predictions" in r]
         if json_:
             print_json(results)
@@ -69,10 +71,12 @@ def register(app: typer.Typer) -> None:
                torchscript: Optional[Path] = typer.Option(None, "--torchscript", help="write a TorchScript file here"),
                opset: int = typer.Option(17, "--opset", help="ONNX opset version"),
                dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="let the batch size vary (ONNX)"),
-               json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+               json_: bool = typer.Option(False, "--json", help="print JSON"),
+               trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
+    ) -> None:
         """Export MODEL's main output (aux heads dropped) and check it against PyTorch."""
         from ..serve import export as run
-        done = run(model, onnx=onnx, torchscript=torchscript, opset=opset, dynamic_batch=dynamic_batch)
+        done = run(model, onnx=onnx, torchscript=torchscript, opset=opset, dynamic_batch=dynamic_batch, trust=trust)
         if json_:
             print_json(done)
             return

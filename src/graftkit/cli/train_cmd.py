@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
               workers: Optional[int] = typer.Option(None, "--workers", help="data loader worker processes"),
               checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="also checkpoint every N iterations"),
               device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)"),
+              trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
               json_: bool = typer.Option(False, "--json", help="print summary.json on stdout")) -> None:
         """Fine-tune MODEL on your images; writes best/last packages, checkpoint, log.csv, TensorBoard events,
         curves.png and summary.json into the run folder."""
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
                      policy=policy, freeze=list(freeze), head=head, size=size, num_workers=workers,
                      checkpoint_every=checkpoint_every, time_budget=time_budget)
         try:
-            summary = fit(model, train_data, val_data, out_dir=out, plan=plan, seed=seed, resume=resume, device=device)
+            summary = fit(model, train_data, val_data, out_dir=out, plan=plan, seed=seed, resume=resume, device=device, trust=trust)
         except RunInterrupted as e:
             print(f"graft: stopped: {e}", file=sys.stderr)
             raise typer.Exit(130)

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         strict: bool = typer.Option(False, "--strict", help="fail if any target tensor is left at initialisation"),
         dry_run: bool = typer.Option(False, "--dry-run", help="report only, write nothing"),
         json_: bool = typer.Option(False, "--json", help="print the report as JSON"),
-        trust: bool = typer.Option(False, "--trust", help="allow unpickling arbitrary objects (only for files you made)"),
+        trust: bool = typer.Option(False, "--trust", help="allow unpickling, and building a package whose architecture is a Python file (only for files you made)"),
         classes: Optional[str] = typer.Option(None, "--classes",
                                               help="the target's class names: a text file (one per line) or "
                                                    "a comma-separated list; --policy classes copies their rows"),

@@ -7,6 +7,12 @@ A spec is either a string
 or a dict describing a converted foreign graph, {"converter": "caffe", ...}, which
 the converter module of that name rebuilds (`nets.<converter>.build_from_spec`).
 Values in the query string are parsed as JSON where possible (10 -> int, true -> bool).
+
+Trust: a spec read from a package is untrusted data. Unless the caller passes
+`trust=True` (`--trust`), `build` never imports a Python file, and keyword arguments
+must be architecture options on the allow-list below with values in bounds: nothing
+that names a file (timm's `checkpoint_path`), downloads (`pretrained`, `weights`) or
+allocates without limit. A spec the user types themselves is built with trust.
 """
 from __future__ import annotations
 
@@ -61,12 +67,54 @@ def with_kwargs(spec: str, **kwargs: Any) -> str:
                                  for k, v in merged.items())
 
 
-def build(spec: str | dict, **overrides: Any) -> nn.Module:
-    """A freshly initialised module for an architecture spec."""
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_INT_OPTIONS = {"num_classes": (0, 100_000), "in_chans": (1, 64), "num_features": (1, 65_536),
+                "img_size": (8, 4096), "patch_size": (1, 1024), "output_stride": (8, 64)}
+_RATE_OPTIONS = {"drop_rate", "drop_path_rate", "drop_block_rate", "dropout", "attention_dropout",
+                 "bn_eps", "bn_momentum", "width_mult", "channel_multiplier", "depth_multiplier"}
+_BOOL_OPTIONS = {"aux_logits", "transform_input", "init_weights", "zero_init_residual", "class_token",
+                 "global_pool_flatten"}
+_NAME_OPTIONS = {"global_pool", "act_layer", "norm_layer", "pool_type", "head_norm_first"}
+SAFE_OPTIONS = frozenset({*_INT_OPTIONS, *_RATE_OPTIONS, *_BOOL_OPTIONS, *_NAME_OPTIONS})
+
+
+def check_options(kwargs: dict[str, Any], where: str) -> None:
+    """Refuse keyword arguments an untrusted spec may not pass (see the module docstring)."""
+    for key, value in kwargs.items():
+        if key not in SAFE_OPTIONS:
+            raise GraftError(f"{where}: option {key!r} is not an architecture option graftkit passes on from "
+                             "an untrusted spec (it could read files, download or run code)",
+                             f"allowed: {', '.join(sorted(SAFE_OPTIONS))}; pass --trust (trust=True) "
+                             "only if you trust the file's author")
+        if key in _INT_OPTIONS:
+            lo, hi = _INT_OPTIONS[key]
+            values = value if key == "img_size" and isinstance(value, list) and len(value) == 2 else [value]
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in values)
+        elif key in _RATE_OPTIONS:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 16
+        elif key in _BOOL_OPTIONS:
+            ok = isinstance(value, bool)
+        else:
+            ok = value is None or (isinstance(value, str) and bool(_NAME.fullmatch(value)))
+        if not ok:
+            raise GraftError(f"{where}: option {key}={value!r} is out of bounds or of the wrong type",
+                             "the package is corrupt or was not written by graftkit")
+
+
+def build(spec: str | dict, *, trust: bool = False, **overrides: Any) -> nn.Module:
+    """A freshly initialised module for an architecture spec. Without `trust`, a spec that
+    names a Python file or passes options off the allow-list is refused (module docstring)."""
     if isinstance(spec, dict):
         return _converter(spec).build_from_spec(spec)
     scheme, name, kwargs = parse(spec)
     kwargs.update(overrides)
+    if not trust:
+        if scheme == "file":
+            path = _FILE_SPEC.match(name)["file"]
+            raise GraftError(f"this model's architecture is the Python file {path}: building it would run that "
+                             "file's code, and graftkit does not run code from a model file unasked",
+                             "pass --trust (trust=True) only if you made the file or trust its author")
+        check_options(kwargs, f"spec {spec!r}")
     if scheme == "timm":
         import timm
         if not timm.is_model(name):

@@ -122,7 +122,7 @@ def _open_data(data: Any, model: nn.Module):
 
 def evaluate(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 64,
              device: str | torch.device | None = None, out_dir: str | os.PathLike | None = None,
-             num_workers: int = 0, progress: bool | None = None) -> dict[str, Any]:
+             num_workers: int = 0, progress: bool | None = None, trust: bool = False) -> dict[str, Any]:
     """Score `model` (a module or any reference graftkit.models.resolve takes) on `data`.
 
     `data` is a class folder, a .lst file or a RecordIO pack (or a dataset with a
@@ -130,7 +130,7 @@ def evaluate(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int
     with `out_dir`, also writes metrics.json and confusion.png there.
     """
     from ..models import resolve
-    model = resolve(model)
+    model = resolve(model, trust=trust)  # (a package naming Python code builds only with trust)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = _open_data(data, model)
     shape = input_shape_of(model)

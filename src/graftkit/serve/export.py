@@ -52,17 +52,18 @@ def compare(ours: torch.Tensor, reference: torch.Tensor, what: str) -> dict[str,
     return check
 
 
-def _resolve(model: nn.Module | str | os.PathLike) -> nn.Module:
+def _resolve(model: nn.Module | str | os.PathLike, trust: bool = False) -> nn.Module:
     from ..models import resolve
-    return resolve(model).cpu().eval()
+    return resolve(model, trust=trust).cpu().eval()
 
 
 def export_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False, input_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
+                dynamic_batch: bool = False, input_shape: tuple[int, int, int] | None = None,
+                trust: bool = False) -> dict[str, Any]:
     """Write `model` as ONNX at `path` once onnxruntime reproduces PyTorch on a random input."""
     import onnx
     import onnxruntime as ort
-    model = _resolve(model)
+    model = _resolve(model, trust)
     net = MainOutput(model).eval()
     shape = tuple(input_shape or input_shape_of(model))
     example = _sample(shape, 2 if dynamic_batch else 1, seed=0)
@@ -96,9 +97,9 @@ def export_onnx(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *
 
 
 def export_torchscript(model: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
-                       input_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
+                       input_shape: tuple[int, int, int] | None = None, trust: bool = False) -> dict[str, Any]:
     """Write `model` as TorchScript (traced; scripted when tracing fails) once it reproduces PyTorch."""
-    model = _resolve(model)
+    model = _resolve(model, trust)
     net = MainOutput(model).eval()
     shape = tuple(input_shape or input_shape_of(model))
     example, probe = _sample(shape, 2, seed=0), _sample(shape, 3, seed=1)
@@ -126,11 +127,11 @@ def export_torchscript(model: nn.Module | str | os.PathLike, path: str | os.Path
 
 def export(model: nn.Module | str | os.PathLike, *, onnx: str | os.PathLike | None = None,
            torchscript: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET,
-           dynamic_batch: bool = False) -> list[dict[str, Any]]:
+           dynamic_batch: bool = False, trust: bool = False) -> list[dict[str, Any]]:
     """Export to every target given; each result holds the path and the measured error against PyTorch."""
     if onnx is None and torchscript is None:
         raise GraftError("nothing to export", "give --onnx OUT.onnx and/or --torchscript OUT.pt")
-    model = _resolve(model)
+    model = _resolve(model, trust)
     done = []
     if onnx is not None:
         done.append(export_onnx(model, onnx, opset=opset, dynamic_batch=dynamic_batch))

@@ -72,7 +72,7 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.PathLike], *, top_k: int = 5,
             batch_size: int = 32, device: str | torch.device | None = None,
             timeout: float = DEFAULT_TIMEOUT, max_bytes: int = DEFAULT_MAX_BYTES, strict: bool = True,
-            progress: bool | None = None) -> list[dict[str, Any]]:
+            progress: bool | None = None, trust: bool = False) -> list[dict[str, Any]]:
     """Top-`top_k` classes with probabilities for every image in `inputs` (files, folders, URLs).
 
     Returns one entry per image: {"input", "predictions": [{"class", "index", "prob"}, ...]};
@@ -82,7 +82,7 @@ def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.Path
     from ..data.transforms import eval_pipeline
     if top_k < 1:
         raise GraftError(f"top-k must be at least 1, not {top_k}")
-    model = resolve(model)
+    model = resolve(model, trust=trust)  # (a package naming Python code builds only with trust)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     refs = expand_inputs(inputs)
     pipeline = eval_pipeline(preprocessing_of(model))

@@ -71,7 +71,7 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
         out_dir: str | os.PathLike, plan: Plan | None = None, classes: list[str] | None = None, seed: int = 0,
         resume: bool = False, epochs: int | None = None, time_budget: float | None = None,
         device: str | None = None, quiet: bool | None = None, interrupt_after: int | None = None,
-        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+        log: Callable[[str], None] | None = None, trust: bool = False) -> dict[str, Any]:
     """Fine-tune `model` on `train`; writes best/last packages, checkpoint, logs, curves and summary.json.
 
     model: a module or a reference (`lite0`, `timm:NAME`, a package). train/val: a class folder, a
@@ -97,7 +97,7 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
 
     _seed_all(seed)
     model_ref = model if isinstance(model, (str, os.PathLike)) else None
-    module = resolve(model)
+    module = resolve(model, trust=trust)
     data: RunData = open_run_data(train, val, plan, meta_of(module), classes=classes, seed=seed)
     k = len(data.classes)
     module, tuning = apply(module, plan, data.classes)

@@ -56,7 +56,7 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
     parsed = [parse_rule(r) for r in (rules or [])]
     src, src_classes = source_tensors(source, trust=trust)
     _check_rules(parsed, list(src))              # before building the target: fail fast
-    module = _target_module(target)
+    module = _target_module(target, trust)
     tgt = records_from_module(module)
     tgt_classes = list(class_names) if class_names else (meta_of(module).get("classes") or None)
     src_classes = list(source_class_names) if source_class_names else src_classes
@@ -188,7 +188,7 @@ def source_tensors(source, *, trust: bool = False) -> tuple[TensorSet, list | No
         ref = str(source)
         if _is_model_ref(ref):
             from ..models import resolve
-            module = resolve(ref, pretrained=True)
+            module = resolve(ref, pretrained=True, trust=trust)
             ts = records_from_module(module)
             ts.source = ref
             return ts, meta_of(module).get("classes")
@@ -208,12 +208,12 @@ def _is_model_ref(ref: str) -> bool:
                                                                 and Path(ref).is_file() and is_package(ref))
 
 
-def _target_module(target) -> nn.Module:
+def _target_module(target, trust: bool) -> nn.Module:
     if isinstance(target, nn.Module):
         return target
     if isinstance(target, (str, os.PathLike)):
         from ..models import resolve
-        return resolve(str(target), pretrained=False)
+        return resolve(str(target), pretrained=False, trust=trust)
     raise GraftError(f"cannot use a {type(target).__name__} as a transplant target",
                      "pass an nn.Module or a model spec such as timm:efficientnet_lite0")
 
