@@ -35,10 +35,10 @@ def rel_err(ours, expected) -> float:
     return float(np.abs(ours - expected).max() / np.abs(expected).max())
 
 
-def run_graft(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def run_graft(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     """Run the real `graft` command line in a subprocess."""
     return subprocess.run([sys.executable, "-m", "graftkit.cli.main", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd)
+                          text=True, cwd=cwd, env=env)
 
 
 @pytest.fixture

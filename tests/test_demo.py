@@ -16,10 +16,10 @@ def test_demo_refuses_a_folder_in_use(capsys, tmp_path):
     assert (tmp_path / "old.txt").read_text() == "keep me"
 
 
-@pytest.mark.slow  # one training iteration, then validation, test evaluation and predictions: ~1-3 min on 2 cores
-def test_demo_smoke_with_a_tiny_time_budget(capsys, tmp_path):
+@pytest.mark.slow  # features, probes, a probe or a short fine-tune, evaluation and predictions: ~2-3 min on 2 cores
+def test_demo_smoke_with_a_small_time_budget(capsys, tmp_path):
     out = tmp_path / "demo"
-    code, stdout, err = run_cli(capsys, "demo", "-o", out, "--time-budget", "1")
+    code, stdout, err = run_cli(capsys, "demo", "-o", out, "--time-budget", "45")
     assert code == 0, err
     doc = json.loads((out / "summary.json").read_text())
     # every file the summary names exists, and the numbers agree with the files they come from
@@ -31,10 +31,13 @@ def test_demo_smoke_with_a_tiny_time_budget(capsys, tmp_path):
     assert doc["data_checks"]["train"] == {"images": 1000, "errors": 0, "warnings": 0}
     assert (out / "data" / "packs" / "train.rec").stat().st_size > 0
     train = json.loads((out / "run" / "summary.json").read_text())
-    assert train["train_images"] == 1000 and "time budget" in train["stop_reason"]
+    assert train["train_images"] == 1000 and train["strategy"]["asked"] == "auto"
+    assert doc["strategy"]["chosen"] == train["strategy"]["chosen"] and doc["strategy"]["why"]
+    fine_tuned = train["epochs"] > 0
+    assert ("time budget" in train["stop_reason"]) == fine_tuned and ("curves" in doc["files"]) == fine_tuned
     predictions = json.loads((out / "predictions.json").read_text())
     assert len(predictions) == 10 and all(len(p["predictions"]) == 3 for p in predictions)
-    for png in ("run/curves.png", "eval/confusion.png"):
+    for png in (["run/curves.png"] if fine_tuned else []) + ["eval/confusion.png"]:
         assert Image.open(out / png).format == "PNG"
     report = (out / "report.md").read_text()
     assert f"{doc['test_top1']:.1%}" in report

@@ -25,7 +25,7 @@ def make_folder(root, classes=("ant", "bee", "cat"), per=4, empty=()):
 
 
 def args(data, out, *extra):
-    return ["train", "--model", SPEC, "--train", str(data), "-o", str(out), "--batch-size", "4", "--size", "32",
+    return ["train", "--model", SPEC, "--strategy", "finetune", "--train", str(data), "-o", str(out), "--batch-size", "4", "--size", "32",
             *map(str, extra)]
 
 

@@ -13,7 +13,7 @@ from .errors import GraftError  # noqa: E402
 
 # The API is imported on first use, so that `graft --help` and light imports do not pay for torch.
 _API = {"read": ".formats", "load": ".package", "save": ".package", "read_meta": ".package",
-        "resolve": ".models"}
+        "resolve": ".models", "features": ".advise"}
 
 
 def __getattr__(name):
@@ -38,4 +38,5 @@ def convert(paths, **kwargs):
     return _convert(paths, **kwargs)
 
 
-__all__ = ["read", "load", "save", "read_meta", "resolve", "transplant", "convert", "GraftError", "__version__"]
+__all__ = ["read", "load", "save", "read_meta", "resolve", "features", "transplant", "convert", "GraftError",
+           "__version__"]

@@ -10,7 +10,7 @@ import typer
 from ..errors import GraftError
 
 # Each module defines register(app: typer.Typer) and adds its commands.
-COMMAND_MODULES = ("inspect_cmd", "transplant_cmd", "convert_cmd", "data_cmd", "train_cmd",
+COMMAND_MODULES = ("inspect_cmd", "transplant_cmd", "convert_cmd", "data_cmd", "advise_cmd", "train_cmd",
                    "serve_cmd", "demo_cmd")
 
 

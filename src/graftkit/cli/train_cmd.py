@@ -19,6 +19,10 @@ def _plan(plan_file: Optional[Path], **flags):
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(model: str = typer.Option("lite0", "--model", "-m", help="lite0, timm:NAME, torchvision:NAME, file.py:fn or a package"),
+              strategy: Optional[str] = typer.Option(None, "--strategy", "-s",
+                                                     help="auto (default: measure, then choose), probe, probe-at:DEPTH, "
+                                                          "lp-ft, partial, partial-at:DEPTH, finetune or scratch"),
+              cache: Optional[Path] = typer.Option(None, "--cache", help="feature cache folder (default ~/.cache/graftkit/features)"),
               train_data: Path = typer.Option(..., "--train", help="training data: class folder, .lst or RecordIO pack"),
               val_data: Optional[Path] = typer.Option(None, "--val", help="validation data (same kinds)"),
               out: Path = typer.Option(..., "--out", "-o", help="run folder (packages, checkpoint, logs, curves)"),
@@ -40,14 +44,17 @@ def register(app: typer.Typer) -> None:
               device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)"),
               trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
               json_: bool = typer.Option(False, "--json", help="print summary.json on stdout")) -> None:
-        """Fine-tune MODEL on your images; writes best/last packages, checkpoint, log.csv, TensorBoard events,
-        curves.png and summary.json into the run folder."""
-        from ..train import RunInterrupted, fit
-        plan = _plan(plan_file, epochs=epochs, max_iter=max_iter, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                     policy=policy, freeze=list(freeze), head=head, size=size, num_workers=workers,
+        """Train MODEL on your images with a strategy (auto: probe the features, then choose a linear probe, a
+        partial or a full fine-tune); writes best/last packages, summary.json and, for fine-tunes, checkpoint,
+        log.csv, TensorBoard events and curves.png into the run folder."""
+        from ..advise import train as run
+        from ..train import RunInterrupted
+        plan = _plan(plan_file, strategy=strategy, epochs=epochs, max_iter=max_iter, lr=lr, batch_size=batch_size,
+                     optimizer=optimizer, policy=policy, freeze=list(freeze), head=head, size=size, num_workers=workers,
                      checkpoint_every=checkpoint_every, time_budget=time_budget)
         try:
-            summary = fit(model, train_data, val_data, out_dir=out, plan=plan, seed=seed, resume=resume, device=device, trust=trust)
+            summary = run(model, train_data, val_data, out_dir=out, plan=plan, seed=seed, resume=resume, device=device,
+                          trust=trust, cache_dir=cache, quiet=json_, log=err.print)
         except RunInterrupted as e:
             print(f"graft: stopped: {e}", file=sys.stderr)
             raise typer.Exit(130)
@@ -55,8 +62,10 @@ def register(app: typer.Typer) -> None:
             print_json(summary)
         else:
             best = summary["best"].get("val_top1")
-            err.print(f"done: {summary['epochs']} epochs, {summary['seconds']:.0f} s"
-                      + (f", best validation top-1 {best:.4f} (epoch {summary['best_epoch']})" if best is not None else "")
+            how = (f"{summary['epochs']} epochs" if summary["epochs"] else summary["strategy"]["chosen"])
+            err.print(f"done: {how}, {summary['seconds']:.0f} s"
+                      + (f", best validation top-1 {best:.4f}" + (f" (epoch {summary['best_epoch']})" if summary["epochs"] else "")
+                         if best is not None else "")
                       + f"; packages in {out}/best.safetensors and {out}/last.safetensors")
 
     plan_app = typer.Typer(no_args_is_help=True, help="Fine-tuning plans.")

@@ -105,6 +105,8 @@ def build(spec: str | dict, *, trust: bool = False, **overrides: Any) -> nn.Modu
     """A freshly initialised module for an architecture spec. Without `trust`, a spec that
     names a Python file or passes options off the allow-list is refused (module docstring)."""
     if isinstance(spec, dict):
+        if spec.get("converter") == "probe":  # wraps another spec, which the same trust rules apply to
+            return _converter(spec).build_from_spec(spec, trust=trust)
         return _converter(spec).build_from_spec(spec)
     scheme, name, kwargs = parse(spec)
     kwargs.update(overrides)

@@ -3,7 +3,7 @@
     data/{train,val,test}/<class>/*.png    the demo set written out as image folders
     data/{train,val,test}.lst (+ .classes.json)   indexed, then checked
     data/packs/{train,val,test}.rec (+ .idx)      packed RecordIO
-    run/   best.safetensors, last.safetensors, log.csv, curves.png, summary.json   (graftkit.train.fit)
+    run/   best.safetensors, last.safetensors, summary.json (+ log.csv, curves.png when it fine-tunes)  (graftkit.advise.train)
     eval/  metrics.json, confusion.png       (the best model on the held-out test split)
     predictions.json                         a few test images, top-3 each
     report.md, summary.json                  what happened, with the numbers and where the files are
@@ -35,7 +35,8 @@ def run_demo(out_dir: str | os.PathLike = "graft-demo", *, time_budget: float = 
     from .. import data as gdata
     from ..data.check import check, fix
     from ..data.pack import PackOptions, pack
-    from .. import train as gtrain
+    from ..advise import train as train_with_strategy
+    from ..tune import Plan
     from .evaluate import evaluate
     from .predict import predict
 
@@ -68,12 +69,12 @@ def run_demo(out_dir: str | os.PathLike = "graft-demo", *, time_budget: float = 
         f"{folders / 'packs'}")
     step("data", t)
 
-    # 2. fine-tune
+    # 2. train: strategy auto measures the features, then probes or fine-tunes
     t = time.perf_counter()
     run_dir = out / "run"
-    say(f"fine-tuning {MODEL} (ImageNet weights) with the default plan for at most {time_budget:g} s")
-    summary = gtrain.fit(MODEL, packs["train"], packs["val"], out_dir=run_dir, seed=seed,
-                         time_budget=time_budget, epochs=epochs)
+    say(f"training {MODEL} (ImageNet weights) for at most {time_budget:g} s; strategy auto measures first")
+    summary = train_with_strategy(MODEL, packs["train"], packs["val"], out_dir=run_dir, seed=seed,
+                                  time_budget=time_budget, plan=Plan.load(None, epochs=epochs), log=say)
     step("train", t)
     best = run_dir / "best.safetensors"
 
@@ -90,6 +91,7 @@ def run_demo(out_dir: str | os.PathLike = "graft-demo", *, time_budget: float = 
 
     timings["total"] = round(time.perf_counter() - t0, 2)
     doc = _summary(summary, metrics, predictions, timings, time_budget)
+    doc["files"] = {k: v for k, v in doc["files"].items() if (out / v).exists()}  # a probe writes no curves
     doc["data_checks"] = checks
     with atomic_open(out / "summary.json", "w") as f:
         json.dump(doc, f, indent=2)
@@ -116,6 +118,7 @@ def _summary(train: dict[str, Any], metrics: dict[str, Any], predictions: list[d
         "model": MODEL,
         "test_top1": metrics["top1"], "test_top5": metrics["top5"], "test_images": metrics["n"],
         "val_top1": (train.get("best") or {}).get("val_top1"),
+        "strategy": {k: train["strategy"].get(k) for k in ("chosen", "why", "scenario")},
         "train_images": train.get("train_images"), "epochs": train.get("epochs"),
         "train_seconds": train.get("seconds"), "time_budget": time_budget,
         "stop_reason": train.get("stop_reason"), "warnings": train.get("warnings", []),
@@ -142,6 +145,7 @@ def _report(doc: dict[str, Any], metrics: dict[str, Any], predictions: list[dict
         f"- trained on {doc['train_images']} images for {doc['epochs']} epoch{'' if doc['epochs'] == 1 else 's'} "
         f"in {doc['train_seconds']} s (budget {doc['time_budget']:g} s; {doc['stop_reason']}) "
         f"on {doc['machine']['device']} with {doc['machine']['threads']} threads",
+        f"- strategy **{doc['strategy']['chosen']}** (auto): {doc['strategy']['scenario']}; {doc['strategy']['why']}",
         f"- whole demo: {doc['seconds']['total']:.0f} s", "",
         "## Per-class test accuracy", "", "| class | accuracy |", "|---|---:|",
         *[f"| {c} | {'-' if a is None else f'{a:.1%}'} |" for c, a in metrics["per_class"].items()], "",
@@ -149,7 +153,7 @@ def _report(doc: dict[str, Any], metrics: dict[str, Any], predictions: list[dict
         *[f"| {Path(p['input']).name} | {Path(p['input']).parent.name} | "
           + ", ".join(f"{q['class']} {q['prob']:.2f}" for q in p.get("predictions", [])) + " |" for p in predictions],
         "", "## Files (in this folder)", "", *[f"- {k}: `{v}`" for k, v in files.items()], "",
-        "![curves](run/curves.png)", "", "![confusion](eval/confusion.png)", "",
+        *(["![curves](run/curves.png)", ""] if "curves" in files else []), "![confusion](eval/confusion.png)", "",
     ]
     if doc["warnings"]:
         lines += ["## Warnings", "", *[f"- {w}" for w in doc["warnings"]], ""]

@@ -74,7 +74,10 @@ class Tuning:
         return thawed
 
     def frozen_norms(self, model: nn.Module, epoch: int) -> list[nn.Module]:
-        """BatchNorm layers whose statistics stay fixed: all their parameters frozen at this epoch."""
+        """BatchNorm layers whose statistics stay fixed: all their parameters frozen at this epoch
+        (every one with the plan's bn_stats: frozen)."""
+        if self.plan.bn_stats == "frozen":
+            return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.plan.freeze_bn:
             return []
         status = {p.name: p.frozen or (p.unfreeze_at is not None and epoch < p.unfreeze_at) for p in self.params}

@@ -6,9 +6,11 @@ training starts. Caffe's solver names are accepted as aliases (`base_lr`,
 or modules (`blocks.0`, `blocks.[0-3]*`, `re:^conv_stem`), plus two keywords:
 `head` (the classifier) and `body` (everything else).
 
+    strategy: auto          # auto | probe | probe-at:DEPTH | lp-ft | partial | finetune | scratch (graftkit.advise)
     head: auto              # auto | new | keep | keep_matching (old rows kept for matching class names)
     freeze: [conv_stem, blocks.0, blocks.1]
     freeze_bn: true         # BatchNorm statistics of frozen layers stay fixed
+    bn_stats: update        # update | frozen (every BatchNorm keeps its running statistics)
     stop_gradient: blocks.2 # nothing at or below it is back-propagated (it runs without autograd)
     lr_mult: {blocks.6: 2}  # Caffe meaning; defaults: new head 10x, biases 2x (and decay_mult 0)
     decay_mult: {head: 1}
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,9 @@ from ..errors import GraftError
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "radam")
 POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "cosine", "onecycle")
 HEAD_MODES = ("auto", "new", "keep", "keep_matching")
+# How to use the pretrained network (graftkit.advise): `auto` measures and chooses.
+STRATEGIES = ("auto", "probe", "probe-at:DEPTH", "lp-ft", "partial", "partial-at:DEPTH", "finetune", "scratch")
+_STRATEGY = re.compile(r"^(auto|probe|lp-ft|partial|finetune|scratch|(probe|partial)-at:[A-Za-z0-9_.]+)$")
 # Caffe's solver.prototxt names -> ours.
 _CAFFE_ALIASES = {"base_lr": "lr", "lr_policy": "policy", "type": "optimizer", "max_iter": "max_iter",
                   "stepsize": "step_iters", "stepvalue": "milestone_iters", "clip_gradients": "clip_grad_norm",
@@ -83,9 +89,11 @@ class Data:
 
 @dataclass
 class Plan:
+    strategy: str = "auto"           # see STRATEGIES; fit() itself always fine-tunes
     head: str = "auto"
     freeze: list[str] = field(default_factory=list)
     freeze_bn: bool = True           # BatchNorm statistics of frozen layers stay fixed
+    bn_stats: str = "update"         # update | frozen: every BatchNorm keeps its running statistics (lp-ft)
     stop_gradient: str | None = None
     lr_mult: dict[str, float] = field(default_factory=dict)
     decay_mult: dict[str, float] = field(default_factory=dict)
@@ -146,6 +154,11 @@ class Plan:
         s = self.solver
         if self.budget_clock not in ("wall", "cpu"):
             raise GraftError(f"{where}: budget_clock must be wall or cpu, not {self.budget_clock!r}")
+        if self.bn_stats not in ("update", "frozen"):
+            raise GraftError(f"{where}: bn_stats must be update or frozen, not {self.bn_stats!r}")
+        if not isinstance(self.strategy, str) or not _STRATEGY.match(self.strategy):
+            raise GraftError(f"{where}: strategy {self.strategy!r} is not understood",
+                             f"use one of {', '.join(STRATEGIES)}")
         if self.head not in HEAD_MODES:
             raise GraftError(f"{where}: head must be one of {', '.join(HEAD_MODES)}, not {self.head!r}")
         if s.optimizer not in OPTIMIZERS:

@@ -1,0 +1,181 @@
+"""Train with a strategy: measure and choose (auto), or run the one asked for.
+
+    probe, probe-at:DEPTH   the network cut at DEPTH + pooling + the cross-validated linear probe,
+                            saved as a package (nets.probe) that evaluates, predicts and exports
+    lp-ft                   the probe becomes the new head, then everything is fine-tuned
+    partial(-at:DEPTH)      fine-tune with everything up to DEPTH frozen (plan stop_gradient)
+    finetune                graftkit.train.fit with the plan as it is
+    scratch                 the same architecture from random weights, same plan
+
+The run folder gets what fit() writes (best/last packages, summary.json, ...); summary.json
+also records the strategy, the reason and the measurements behind it.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import package
+from ..errors import GraftError
+from ..meta import META_ATTR, meta_of
+from ..nets import probe as probenet
+from ..tune import Plan
+from .advice import Advice, recommend
+from .features import features, tap_point
+
+
+def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strategy: str | None = None,
+          plan: Plan | None = None, time_budget: float | None = None, seed: int = 0, cache_dir=None,
+          trust: bool = False, device: str | None = None, quiet: bool | None = None,
+          log: Callable[[str], None] | None = None, **fit_kwargs: Any) -> dict[str, Any]:
+    """Train `model` on `train_data` with `strategy` (default: the plan's, which defaults to auto).
+    Returns the run summary (also in out_dir/summary.json)."""
+    from ..data import ImageDataset
+    from ..models import resolve
+    from ..train import fit
+    from ..train.data import preprocessing_for
+    from ..train.logs import write_json
+    plan = copy.deepcopy(plan) if plan is not None else Plan.load()
+    if time_budget is not None:
+        plan.time_budget = float(time_budget)
+    strategy = strategy or plan.strategy
+    plan.strategy = strategy
+    plan.validate()
+    say = log or (print if not quiet else (lambda _m: None))
+    if strategy in ("finetune", "scratch"):
+        module = resolve(model, trust=trust) if strategy == "finetune" else _fresh(model, trust)
+        summary = fit(module, train_data, val_data, out_dir=out_dir, plan=plan, seed=seed, device=device,
+                      quiet=quiet, log=log, **fit_kwargs)
+        return _record(out_dir, summary, {"asked": strategy, "chosen": strategy, "why": "asked for"})
+    if fit_kwargs.get("resume"):
+        raise GraftError(f"--resume continues a fine-tune; strategy {strategy} measures first",
+                         "resume with --strategy finetune (or the strategy the run chose, see its summary.json)")
+    t0 = time.perf_counter()
+    module = resolve(model, trust=trust)
+    ds = ImageDataset.open(train_data) if not isinstance(train_data, ImageDataset) else train_data
+    pre = preprocessing_for(meta_of(module).get("preprocessing"), plan, ds)
+    val_n = len(ImageDataset.open(val_data)) if isinstance(val_data, (str, os.PathLike)) else 0
+    advice = recommend(module, ds, budget=plan.time_budget, preprocessing=pre, cache_dir=cache_dir, seed=seed,
+                       progress=None if not quiet else False, strategy=strategy, extra_images=val_n)
+    chosen = advice.strategy
+    record = {"asked": strategy, "chosen": chosen, "why": advice.why, "scenario": advice.scenario,
+              "evidence": advice.to_json()}
+    say(f"strategy {chosen}" + (f" (auto): {advice.scenario}; {advice.why}" if strategy == "auto" else ""))
+    if chosen.startswith("probe"):
+        summary = _probe_run(module, ds, val_data, advice, pre, Path(out_dir), cache_dir, quiet, t0, model)
+        write_json(Path(out_dir) / "summary.json", summary)
+        return _record(out_dir, summary, record)
+    spent = time.perf_counter() - t0
+    if plan.time_budget is not None:
+        plan.time_budget = max(1.0, plan.time_budget - spent)  # the measuring came out of the budget
+    if chosen == "lp-ft":
+        module = _with_probe_head(module, advice.probe_at(advice.depth), list(ds.classes))
+        plan.head = "keep"
+        plan.head_lr_mult = 1.0  # the head is trained already: it must not pull the features around
+        # The probe was fitted on features under the running statistics; batch statistics of data far
+        # from ImageNet differ so much that in train mode the probe's head scores near chance
+        # (Fashion-MNIST: 82% in eval mode, 3% in train mode), and lp-ft would start from nothing.
+        plan.bn_stats = "frozen"
+    elif chosen.startswith("partial-at:"):
+        plan.stop_gradient = tap_point(module, advice.depth)[1]
+    summary = fit(module, ds, val_data, out_dir=out_dir, plan=plan, seed=seed, device=device, quiet=quiet, log=log,
+                  **fit_kwargs)
+    summary["seconds_measuring"] = round(spent, 2)
+    return _record(out_dir, summary, record)
+
+
+def _record(out_dir, summary: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    from ..train.logs import write_json
+    summary["strategy"] = record
+    write_json(Path(out_dir) / "summary.json", summary)
+    return summary
+
+
+def _fresh(model, trust: bool) -> nn.Module:
+    """The same architecture with random weights (scratch)."""
+    from ..models import resolve
+    if isinstance(model, nn.Module):
+        spec = meta_of(model).get("spec")
+    elif package.is_package(model):
+        spec = package.read_meta(model)["spec"]
+    else:
+        return resolve(model, pretrained=False, trust=trust)
+    from ..nets import spec as specs
+    module = specs.build(spec, trust=trust)
+    meta = dict(meta_of(model) if isinstance(model, nn.Module) else package.read_meta(model))
+    setattr(module, META_ATTR, {**meta, "report": None})
+    return module
+
+
+def _with_probe_head(module: nn.Module, result, classes: list[str]) -> nn.Module:
+    """The network with a new head for `classes`, initialised from the probe (lp-ft's first stage)."""
+    from ..tune.head import find_head, prepare
+    module, _ = prepare(module, classes, "new")
+    head = module.get_submodule(find_head(module))
+    if not isinstance(head, nn.Linear) or tuple(head.weight.shape) != tuple(result.head.weight.shape):
+        raise GraftError("lp-ft needs a linear classifier the probe's shape", "use --strategy finetune")
+    with torch.no_grad():
+        head.weight.copy_(result.head.weight)
+        head.bias.copy_(result.head.bias)
+    return module
+
+
+def probe_package(module: nn.Module, result, classes: list[str], preprocessing: dict[str, Any]) -> nn.Module:
+    """The probe as a module: the network cut at the probe's depth, pooled, and its linear head."""
+    depth, tap, side = tap_point(module, result.depth)
+    base_spec = meta_of(module).get("spec")
+    if base_spec is None:
+        raise GraftError("this network has no architecture spec, so its probe cannot be packaged",
+                         "load it from a package or name it as timm:NAME")
+    net = probenet.ProbeNet(module, tap, side, result.dim, len(classes), depth)
+    with torch.no_grad():
+        net.head.weight.copy_(result.head.weight)
+        net.head.bias.copy_(result.head.bias)
+    old = meta_of(module)
+    spec = probenet.make_spec(base_spec, depth, tap, side, result.dim, len(classes))
+    setattr(net, META_ATTR, {**old, "spec": spec, "classes": classes, "preprocessing": preprocessing})
+    return net.eval()
+
+
+def _probe_run(module, ds, val_data, advice: Advice, pre, out: Path, cache_dir, quiet, t0, model_ref) -> dict[str, Any]:
+    classes = list(ds.classes)
+    result = advice.probe_at(advice.depth)
+    net = probe_package(module, result, classes, pre)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"classes": classes, "train_images": len(ds), "epochs": 0, "best_epoch": None,
+                               "best": {}, "warnings": [], "stop_reason": f"{advice.strategy}: no epochs to run",
+                               "probe": result.to_json()}
+    if val_data is not None:
+        from ..data import ImageDataset
+        vds = ImageDataset.open(val_data, classes=classes) if not isinstance(val_data, ImageDataset) else val_data
+        vf = features(module, vds, [advice.depth], preprocessing=pre, cache_dir=cache_dir,
+                      progress=None if not quiet else False, description="validation features")
+        with torch.no_grad():
+            logits = net.head(vf.at[advice.depth])
+        summary["val"] = _scores(logits, vf.labels, classes)
+        summary["best"] = {"val_top1": summary["val"]["top1"]}
+    extra = {"train": {"strategy": advice.strategy, "probe": result.to_json()}}
+    provenance = {"fine_tuned_from": str(model_ref) if isinstance(model_ref, (str, os.PathLike)) else None,
+                  "train_data": getattr(ds, "description", None)}
+    for name in ("best.safetensors", "last.safetensors"):
+        package.save(net, out / name, provenance=provenance, extra=extra)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    k = len(classes)
+    pred = logits.argmax(1)
+    conf = np.zeros((k, k), dtype=np.int64)
+    np.add.at(conf, (labels.numpy(), pred.numpy()), 1)
+    top5 = logits.topk(min(5, k), 1).indices.eq(labels[:, None]).any(1).float().mean()
+    per = {c: (float(conf[i, i] / conf[i].sum()) if conf[i].sum() else None) for i, c in enumerate(classes)}
+    return {"top1": float((pred == labels).float().mean()), "top5": float(top5), "n": int(len(labels)),
+            "per_class": per, "confusion": conf.tolist()}
