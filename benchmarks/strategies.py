@@ -11,7 +11,11 @@ Every command runs in a fresh process on files on disk, with a fresh feature cac
 and strategy (the first `graft train` of each pays for its features). Reported per strategy:
 accuracy and training wall time (the `graft train` process, start to exit). Last line: JSON.
 
-    python benchmarks/strategies.py [--sets fmnist,ants_bees] [--only auto,probe,...] [--budget 300]
+    cache      `graft advise` twice on unchanged data (fresh cache, fresh processes): the second reads
+               the features, probes and speed from the cache. On ants_bees and on the Fashion-MNIST test
+               folder (10,000 PNGs, the larger data the cache is for).
+
+    python benchmarks/strategies.py [--sets fmnist,ants_bees,cache] [--only auto,probe,...] [--budget 300]
         [--ab-budget 120] [--work DIR] [--test-limit 10000]
 """
 from __future__ import annotations
@@ -89,7 +93,7 @@ def ab_folds(work: Path, k: int = 5) -> list[tuple[Path, Path]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", default="fmnist,ants_bees")
+    ap.add_argument("--sets", default="fmnist,ants_bees,cache")
     ap.add_argument("--only", default=",".join(STRATEGIES))
     ap.add_argument("--budget", type=float, default=300.0, help="Fashion-MNIST --time-budget (seconds)")
     ap.add_argument("--ab-budget", type=float, default=120.0, help="ants_bees --time-budget per fold (seconds)")
@@ -137,6 +141,20 @@ def main() -> None:
                                          "train_s": round(statistics.mean(secs), 1), "chosen": sorted(chosen)}
             print(f"ants_bees  {s:18s} -> {','.join(sorted(chosen)):18s} {args.folds}-fold CV top-1 "
                   f"{statistics.mean(accs):.4f} ± {statistics.pstdev(accs):.4f}  train {statistics.mean(secs):6.1f} s/fold",
+                  flush=True)
+    if "cache" in args.sets:
+        sets = {"ants_bees": ANTS_BEES}
+        if "fmnist" in args.sets or (work / "fmnist" / "test").exists():
+            sets["fmnist_test"] = write_fmnist(work, args.per_class, args.test_limit)[1]
+        for name, data in sets.items():
+            env = {**os.environ, "GRAFTKIT_CACHE": str(work / "runs" / f"advise-cache-{name}")}
+            shutil.rmtree(env["GRAFTKIT_CACHE"], ignore_errors=True)
+            first, t1 = graft("advise", data, env=env)
+            second, t2 = graft("advise", data, env=env)
+            assert second["strategy"] == first["strategy"] and len(second["cached_depths"]) == len(first["probes"])
+            results[f"cache/{name}"] = {"first_s": round(t1, 1), "second_s": round(t2, 2), "ratio": round(t1 / t2, 1),
+                                        "images": first["data"]["images"]}
+            print(f"cache      {name:18s} graft advise: first {t1:6.1f} s, second {t2:5.2f} s ({t1 / t2:.1f}x)",
                   flush=True)
     print(json.dumps(results))
 

@@ -225,6 +225,9 @@ def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed
     # partial: freeze up to the best-probing earlier depth when the data differs, else about half
     partial = best.depth if not similar and best is not final else half
     if strategy == "partial":
+        if not stages:
+            raise GraftError("partial needs the network's stages, and none were probed",
+                             "use --strategy partial-at:LAYER, lp-ft or finetune")
         choice, depth, why = f"partial-at:{partial}", partial, "asked for"
     elif strategy != "auto":
         choice, depth, why = strategy, None, "asked for"
@@ -237,7 +240,7 @@ def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed
         depth = best.depth
         why = (f"a linear classifier at {best.depth}, the best-probing depth ({best.cv_acc:.1%}): {room}, "
                f"fewer than the {MIN_FINETUNE_EPOCHS} a fine-tune needs")
-    elif size == "medium" and similar:
+    elif size == "medium" and similar and stages:
         choice, depth, why = f"partial-at:{half}", half, (f"freeze the network up to {half} (about half) and "
                                                           f"train the rest: {room}")
     else:

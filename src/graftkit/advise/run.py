@@ -41,7 +41,6 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
     from ..models import resolve
     from ..train import fit
     from ..train.data import preprocessing_for
-    from ..train.logs import write_json
     plan = copy.deepcopy(plan) if plan is not None else Plan.load()
     if time_budget is not None:
         plan.time_budget = float(time_budget)
@@ -70,7 +69,6 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
     say(f"strategy {chosen}" + (f" (auto): {advice.scenario}; {advice.why}" if strategy == "auto" else ""))
     if chosen.startswith("probe"):
         summary = _probe_run(module, ds, val_data, advice, pre, Path(out_dir), cache_dir, quiet, t0, model)
-        write_json(Path(out_dir) / "summary.json", summary)
         return _record(out_dir, summary, record)
     spent = time.perf_counter() - t0
     if plan.time_budget is not None:
@@ -85,8 +83,8 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
         plan.bn_stats = "frozen"
     elif chosen.startswith("partial-at:"):
         plan.stop_gradient = tap_point(module, advice.depth)[1]
-    summary = fit(module, ds, val_data, out_dir=out_dir, plan=plan, seed=seed, device=device, quiet=quiet, log=log,
-                  **fit_kwargs)
+    summary = fit(module, train_data, val_data, out_dir=out_dir, plan=plan, seed=seed, device=device, quiet=quiet,
+                  log=log, **fit_kwargs)
     summary["seconds_measuring"] = round(spent, 2)
     return _record(out_dir, summary, record)
 
@@ -154,7 +152,11 @@ def _probe_run(module, ds, val_data, advice: Advice, pre, out: Path, cache_dir, 
                                "probe": result.to_json()}
     if val_data is not None:
         from ..data import ImageDataset
-        vds = ImageDataset.open(val_data, classes=classes) if not isinstance(val_data, ImageDataset) else val_data
+        vds = ImageDataset.open(val_data) if not isinstance(val_data, ImageDataset) else val_data
+        if list(vds.classes) != classes:
+            raise GraftError(f"the validation data's classes ({', '.join(map(str, vds.classes[:5]))}, ...) are not "
+                             f"the training data's ({', '.join(classes[:5])}, ...)",
+                             "give --val the same class folders (or class map) as --train")
         vf = features(module, vds, [advice.depth], preprocessing=pre, cache_dir=cache_dir,
                       progress=None if not quiet else False, description="validation features")
         with torch.no_grad():
