@@ -120,6 +120,19 @@ def test_a_plan_naming_a_missing_layer_is_an_error(key, pattern):
         apply(make_model(), Plan.from_dict({key: value}), ["a", "b"])
 
 
+@pytest.mark.parametrize("policy", ["cosine", "poly", "onecycle"])
+def test_budget_schedule_follows_the_spent_fraction(policy):
+    s = Plan.load(None, policy=policy, warmup_epochs=1).solver
+    p = LRPolicy(s, iters_per_epoch=10, total_iters=10_000)
+    after_warmup = [p.factor(it, done) for it, done in zip(range(10, 60), [i / 49 for i in range(50)])]
+    peak = max(range(len(after_warmup)), key=after_warmup.__getitem__)
+    assert all(b <= a + 1e-12 for a, b in zip(after_warmup[peak:], after_warmup[peak + 1:]))
+    assert after_warmup[-1] == pytest.approx(s.min_lr_factor, abs=1e-6)        # ends at the floor at the budget
+    assert p.factor(5000, 0.1) == p.factor(5000, 0.5)                            # the iteration cap, when it comes first
+    warmup = [p.factor(it, 0.0) for it in range(10)]
+    assert warmup == sorted(warmup) and warmup[0] == pytest.approx(s.warmup_factor)   # warm-up stays on iterations
+
+
 def test_lr_policies_follow_caffe_formulas():
     def f(**kw):
         s = Plan.from_dict({"solver": {"warmup_epochs": 0, **kw}}).solver

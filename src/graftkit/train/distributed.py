@@ -40,13 +40,15 @@ class Context:
                 dist.all_reduce(b, op=dist.ReduceOp.SUM)
                 b.div_(self.world)
 
-    def from_main(self, value: int) -> int:
-        """Rank 0's value on every rank (decisions from timings must agree)."""
+    def from_main(self, value):
+        """Rank 0's value (an int or a float) on every rank (decisions from timings must agree)."""
         if not self.active:
             return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device if dist.get_backend() == "nccl" else "cpu")
+        kind = type(value)
+        t = torch.tensor([value], dtype=torch.int64 if kind is int else torch.float64,
+                         device=self.device if dist.get_backend() == "nccl" else "cpu")
         dist.broadcast(t, 0)
-        return int(t.item())
+        return kind(t.item())
 
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any (a stop decided by one rank stops them all)."""

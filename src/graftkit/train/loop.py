@@ -49,7 +49,8 @@ class Position:
     batch: int = 0          # batches of this epoch already done
     it: int = 0             # global iteration
     elapsed: float = 0.0    # seconds of training so far (train + validation)
-    epochs: int = 1         # planned number of epochs (may shrink to fit a time budget)
+    epochs: int = 1         # planned number of epochs (with a time budget: the most that may run)
+    reserve: float = 0.0    # seconds the end of an epoch takes (validation, packages, logs), kept out of a budget
     best: float | None = None
     best_epoch: int | None = None
     bad_epochs: int = 0
@@ -150,6 +151,9 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
         history = []
     total_iters = max_iter or pos.epochs * ipe
     policy = LRPolicy(plan.solver, ipe, total_iters)
+    # With a time budget the schedule runs on the fraction of it spent (solver.LRPolicy.factor), and
+    # training stops early enough for the last epoch's validation to end at the budget.
+    budget = plan.time_budget if plan.time_budget and not max_iter else None
     net: nn.Module = raw
     if ctx.active:
         net = nn.parallel.DistributedDataParallel(raw, device_ids=[ctx.device.index] if cuda else None,
@@ -198,13 +202,15 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
             sampler.set_epoch(epoch, pos.batch)
             if hasattr(data.train, "set_epoch"):  # the dataset's own per-epoch augmentation draws
                 data.train.set_epoch(epoch)
-            task = progress.add_task(f"epoch {epoch + 1}/{pos.epochs}", total=ipe, completed=pos.batch, rate="")
+            task = progress.add_task(f"epoch {epoch + 1}" + (f" ({pos.elapsed:.0f}/{budget:g} s)" if budget else
+                                                             f"/{pos.epochs}"), total=ipe, completed=pos.batch, rate="")
             for batch in loader:
                 if batch is None:
                     pos.batch += 1
                     continue
                 x, y = batch
-                lr = policy.apply(opt, pos.it)
+                spent = _spent(pos, budget)
+                lr = policy.apply(opt, pos.it, None if spent is None else ctx.from_main(spent))
                 _check_labels(y, k, data, epoch, pos.it)  # on the host: no device sync
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 if normalize is not None:
@@ -247,16 +253,17 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 if max_iter and pos.it >= max_iter:
                     pos.stop_reason = f"reached max_iter {max_iter}"
                     break
-                if ctx.any(bool(plan.time_budget) and pos.elapsed > plan.time_budget):
+                if ctx.any(plan.time_budget is not None and pos.elapsed >= plan.time_budget - pos.reserve):
                     pos.stop_reason = f"time budget of {plan.time_budget:g} s used"
                     break
             progress.remove_task(task)
+            ended = clock()
             if ctx.active:
                 ctx.average_buffers(raw)
             row = _end_epoch(pos, history, net, raw, tuning, val_loader, normalize, criterion, data, ctx, opt, cuda)
             pos.elapsed = clock() - t_start
             row["seconds"] = history[-1]["seconds"] = round(pos.elapsed, 2)
-            say(_epoch_line(row, pos))
+            say(_epoch_line(row, pos, budget))
             metric = row["val_top1"] if row.get("val_top1") is not None else -row["train_loss"]
             improved = pos.best is None or metric > pos.best
             if improved:
@@ -265,20 +272,6 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 pos.bad_epochs += 1
             pos.epoch, pos.batch = epoch + 1, 0
             pos.loss_sum, pos.correct, pos.seen = 0.0, 0, 0
-            if plan.time_budget and not max_iter and not pos.stop_reason:
-                # fit the run to the budget from the last epoch's cost (the first one pays start-up costs, so
-                # this is re-estimated after every epoch); the cosine/poly schedule stretches to the new end
-                cost = row["seconds"] - (history[-2]["seconds"] if len(history) > 1 else 0.0)
-                left = plan.time_budget - pos.elapsed
-                fits = ctx.from_main(min(plan.solver.epochs, pos.epoch + int(left // max(cost, 1e-6))))
-                if fits != pos.epochs:
-                    if fits <= pos.epoch:
-                        pos.stop_reason = f"time budget of {plan.time_budget:g} s used"
-                    else:
-                        if len(history) == 1:  # later small corrections are silent
-                            say(f"time budget {plan.time_budget:g} s: about {fits} epochs fit")
-                        pos.epochs = fits
-                        policy = LRPolicy(plan.solver, ipe, pos.epochs * ipe)
             if plan.early_stopping and pos.bad_epochs >= plan.early_stopping:
                 pos.stop_reason = f"early stopping: no improvement for {pos.bad_epochs} epochs"
             if ctx.main:
@@ -288,6 +281,11 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 board.epoch(row, pos.it)
                 logs.write_csv(out / "log.csv", history)
                 logs.plot_curves(out / "curves.png", history, title=str(model_ref or ""))
+            pos.reserve = ctx.from_main(clock() - ended)
+            pos.elapsed = clock() - t_start
+            if ctx.any(plan.time_budget is not None and not pos.stop_reason
+                       and pos.elapsed >= plan.time_budget - pos.reserve):
+                pos.stop_reason = f"time budget of {plan.time_budget:g} s used"
             save_checkpoint()
     summary = _summary(pos, history, data, tuning, plan, seed, model_ref, out, ctx)
     if ctx.main:
@@ -358,11 +356,17 @@ def _diagnose(loss, x, model, lr, plan: Plan, epoch: int, pos: Position, ckpt: P
                       f"lower solver.lr (now {plan.solver.lr:g}) by 10x or more, or set solver.clip_grad_norm")
 
 
-def _epoch_line(row: dict, pos: Position) -> str:
-    s = f"epoch {row['epoch']}/{pos.epochs}: train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f}"
+def _spent(pos: Position, budget: float | None) -> float | None:
+    """The fraction of a time budget spent, counting the end-of-epoch reserve as unavailable."""
+    return None if budget is None else pos.elapsed / max(1e-9, budget - pos.reserve)
+
+
+def _epoch_line(row: dict, pos: Position, budget: float | None = None) -> str:
+    s = (f"epoch {row['epoch']}" + ("" if budget else f"/{pos.epochs}")
+         + f": train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f}")
     if row.get("val_top1") is not None:
         s += f" | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f} top-5 {row['val_top5']:.3f}"
-    return s + f" | {row['seconds']:.0f} s"
+    return s + (f" | {row['seconds']:.0f}/{budget:g} s" if budget else f" | {row['seconds']:.0f} s")
 
 
 def _summary(pos: Position, history, data: RunData, tuning: Tuning, plan: Plan, seed: int, model_ref, out: Path,

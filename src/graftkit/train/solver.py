@@ -51,10 +51,19 @@ class LRPolicy:
         self.step = solver.step_iters or (solver.step_epochs and max(1, int(round(solver.step_epochs * self.ipe))))
         self.milestones = sorted(solver.milestone_iters or [int(round(m * self.ipe)) for m in solver.milestones])
 
-    def factor(self, it: int) -> float:
+    def factor(self, it: int, done: float | None = None) -> float:
+        """`done` (0..1), when given, is the spent fraction of a time budget: the decaying policies
+        (poly, cosine, one-cycle) then follow it, or the iteration cap when that comes first, so they
+        end exactly at the budget whatever the machine's speed (Li, Yumer & Ramanan, "Budgeted
+        Training", ICLR 2020). Warm-up and the step policies stay on iterations."""
         s, T = self.s, self.total
         w = min(self.warmup, T - 1)
+        warm = s.warmup_factor + (1 - s.warmup_factor) * it / w if it < w else 1.0
         p = s.policy
+        if done is not None and p in ("poly", "cosine", "onecycle"):
+            # the same formulas on a fine grid of virtual iterations, driven by the fraction done
+            T, w = 1_000_000, 0
+            it = int(min(1.0, max(done, it / self.total)) * T)
         if p == "fixed":
             f = 1.0
         elif p == "step":
@@ -81,12 +90,10 @@ class LRPolicy:
                 f = s.min_lr_factor + (1 - s.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * t))
         else:  # validated by the plan
             raise GraftError(f"unknown lr policy {p!r}")
-        if it < w:
-            f *= s.warmup_factor + (1 - s.warmup_factor) * it / w
-        return f
+        return f * warm
 
-    def apply(self, optimizer: torch.optim.Optimizer, it: int) -> float:
-        lr = self.s.lr * self.factor(it)
+    def apply(self, optimizer: torch.optim.Optimizer, it: int, done: float | None = None) -> float:
+        lr = self.s.lr * self.factor(it, done)
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
         return lr
