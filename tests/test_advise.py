@@ -191,3 +191,24 @@ def test_lp_ft_starts_from_the_probe(few_photos, tmp_path):
     assert head["depth"] == PRE_LOGITS
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["strategy"]["chosen"] == "lp-ft"
+
+
+def test_features_of_a_converted_caffe_network(few_photos, tmp_path):
+    from conftest import fixture
+    net = graftkit.convert([fixture("caffe/cifar10_quick.prototxt"), fixture("caffe/cifar10_quick.caffemodel")])
+    f = features(net, few_photos, cache_dir=tmp_path, progress=False)
+    assert list(f.at) == ["conv1", "conv2", "conv3"]   # the last layer at each resolution (32, 16, 8 px)
+    assert [t.shape for t in f.at.values()] == [(24, 32), (24, 32), (24, 64)]
+    assert all(torch.isfinite(t).all() for t in f.at.values())
+
+
+def test_probe_run_with_validation_data_and_taps_on_a_probe_package(lite0, few_photos, tmp_path):
+    from graftkit.advise import train
+    s = train("lite0", few_photos, few_photos, out_dir=tmp_path / "run", strategy="probe", cache_dir=tmp_path / "c",
+              quiet=True)
+    assert s["val"]["n"] == 24 and s["best"]["val_top1"] == s["val"]["top1"] > 0.8
+    net = graftkit.load(tmp_path / "run" / "best.safetensors")
+    f = features(net, few_photos, ["base.blocks.6", PRE_LOGITS], cache_dir=tmp_path / "c", progress=False)
+    assert f.at["base.blocks.6"].shape == (24, 320) and f.at[PRE_LOGITS].shape == (24, 1280)
+    only = features(net, few_photos, ["base.blocks.4"], cache_dir=tmp_path / "c", progress=False)
+    assert only.at["base.blocks.4"].shape == (24, 112)

@@ -52,15 +52,18 @@ def stage_ends(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> l
     hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape))
                                      if isinstance(out, torch.Tensor) and out.dim() == 4 else None)
              for n, m in _top_level(model)]
+    was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, *input_size))
     except Exception as e:
-        raise GraftError(f"cannot run the network on a {tuple(input_size)} input to find its stages ({e})",
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GraftError(f"cannot run the network on a {tuple(input_size)} input to find its stages ({first})",
                          "name the depths with --at") from None
     finally:
         for h in hooks:
             h.remove()
+        model.train(was_training)
     ends: list[str] = []
     prev, prev_hw = None, None
     for name, shape in shapes.items():  # in the order they ran

@@ -145,8 +145,6 @@ def probe_package(module: nn.Module, result, classes: list[str], preprocessing: 
 def _probe_run(module, ds, val_data, advice: Advice, pre, out: Path, cache_dir, quiet, t0, model_ref) -> dict[str, Any]:
     classes = list(ds.classes)
     result = advice.probe_at(advice.depth)
-    net = probe_package(module, result, classes, pre)
-    out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"classes": classes, "train_images": len(ds), "epochs": 0, "best_epoch": None,
                                "best": {}, "warnings": [], "stop_reason": f"{advice.strategy}: no epochs to run",
                                "probe": result.to_json()}
@@ -160,9 +158,12 @@ def _probe_run(module, ds, val_data, advice: Advice, pre, out: Path, cache_dir, 
         vf = features(module, vds, [advice.depth], preprocessing=pre, cache_dir=cache_dir,
                       progress=None if not quiet else False, description="validation features")
         with torch.no_grad():
-            logits = net.head(vf.at[advice.depth])
+            logits = result.head(vf.at[advice.depth])
         summary["val"] = _scores(logits, vf.labels, classes)
         summary["best"] = {"val_top1": summary["val"]["top1"]}
+    # (after the validation features: the package's own hook on the network would stop their forward)
+    net = probe_package(module, result, classes, pre)
+    out.mkdir(parents=True, exist_ok=True)
     extra = {"train": {"strategy": advice.strategy, "probe": result.to_json()}}
     provenance = {"fine_tuned_from": str(model_ref) if isinstance(model_ref, (str, os.PathLike)) else None,
                   "train_data": getattr(ds, "description", None)}

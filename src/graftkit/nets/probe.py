@@ -38,6 +38,7 @@ class Taps:
     def __init__(self, model: nn.Module, points: list[tuple[str, str, str]]):
         self.model, self.names = model, [p[0] for p in points]
         self.out: dict[str, torch.Tensor] = {}
+        self.active = False
         self._hooks = []
         for name, module_name, side in points:
             try:
@@ -52,20 +53,25 @@ class Taps:
             self._hooks.append(hook)
 
     def _take(self, name: str, value) -> None:
+        if not self.active:  # another caller's forward (other taps on the same network): not ours to stop
+            return
         if isinstance(value, (tuple, list)):
             value = value[0]
         if not isinstance(value, torch.Tensor):
             raise GraftError(f"depth {name!r} is not a tensor in this network", "choose another depth")
         self.out[name] = pool(value)
         if len(self.out) == len(self.names):
-            raise _Stop
+            raise _Stop(self)
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.out = {}
+        self.out, self.active = {}, True
         try:
             self.model(x)
-        except _Stop:
-            pass
+        except _Stop as stop:
+            if stop.args[0] is not self:  # an outer caller's taps stopped the forward: theirs to catch
+                raise
+        finally:
+            self.active = False
         missing = [n for n in self.names if n not in self.out]
         if missing:
             raise GraftError(f"the forward pass never reached {', '.join(missing)}", "choose another depth")
