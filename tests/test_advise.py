@@ -212,3 +212,14 @@ def test_probe_run_with_validation_data_and_taps_on_a_probe_package(lite0, few_p
     assert f.at["base.blocks.6"].shape == (24, 320) and f.at[PRE_LOGITS].shape == (24, 1280)
     only = features(net, few_photos, ["base.blocks.4"], cache_dir=tmp_path / "c", progress=False)
     assert only.at["base.blocks.4"].shape == (24, 112)
+
+
+def test_large_data_is_cross_validated_on_a_stratified_subsample():
+    from graftkit.advise.probe import _subsample
+    g = torch.Generator().manual_seed(0)
+    y = torch.cat([torch.zeros(9000), torch.ones(900), torch.full((100,), 2.0)]).long()
+    x = torch.randn(len(y), 4, generator=g) + y[:, None]
+    xs, ys = _subsample(x, y, 5000, seed=0)
+    assert len(ys) == 5000 and torch.bincount(ys).tolist() == [4500, 450, 50]
+    r = probe(x, y, ["a", "b", "c"], "toy", folds=3)
+    assert r.cv_acc > 0.7 and r.head.weight.shape == (3, 4)

@@ -92,3 +92,26 @@ def test_cli_index(tmp_path):
     r = run_graft("data", "index", tmp_path / "nope", "-o", tmp_path / "x")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such folder" in r.stderr
     assert not (tmp_path / "x.lst").exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    ("0\t3000000000\ta.png", "label 3000000000.0 is not a class index"),
+    ("0\tnan\ta.png", "label nan is not a class index"),
+    ("0\tinf\ta.png", "label inf is not a class index"),
+    ("18446744073709551616\t1\ta.png", r"is outside 0..2\^63-1"),
+    ("0\t1\ta\0.png", "NUL byte"),
+])
+def test_hostile_list_lines_are_one_error(tmp_path, line, message):
+    from graftkit.data.lists import read_lst
+    from graftkit.errors import GraftError
+    (tmp_path / "x.lst").write_text(line + "\n")
+    with pytest.raises(GraftError, match=message):
+        read_lst(tmp_path / "x.lst")
+
+
+def test_a_stray_large_label_never_builds_a_million_class_names(tmp_path):
+    from graftkit.data import ImageDataset
+    from graftkit.errors import GraftError
+    (tmp_path / "x.lst").write_text("0\t0\ta.png\n1\t2000000\tb.png\n")
+    with pytest.raises(GraftError, match="b.png has label 2000000, which would make 2,000,001 classes"):
+        ImageDataset.open(tmp_path / "x.lst")

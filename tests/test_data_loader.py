@@ -278,3 +278,19 @@ def test_cli_split_and_stats(tmp_path):
     assert doc["train"]["images"] == doc["val"]["images"] == 12 and "test" not in doc
     r = run_graft("data", "split", lst, "--train", "0.9", "--val", "0.5")
     assert r.returncode == 2 and "add up to 1" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_tiny_jpeg_declaring_40000_squared_is_refused_before_decoding():
+    """torchvision's decoder has no pixel limit: the header is checked against Pillow's first."""
+    import io as _io
+    from PIL import Image as _Image
+    from graftkit.data.decode import DecodeError, decode_tensor, jpeg_header
+    buf = _io.BytesIO()
+    _Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    h, w, _, _ = jpeg_header(data)
+    sof = next(i for i in range(2, len(data) - 9) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
+    data[sof + 5:sof + 9] = (40000).to_bytes(2, "big") * 2
+    assert jpeg_header(data)[:2] == (40000, 40000) and len(data) < 1000
+    with pytest.raises(DecodeError, match="40000x40000 pixels is over the 200,000,000-pixel limit"):
+        decode_tensor(bytes(data))

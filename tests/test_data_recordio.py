@@ -211,3 +211,15 @@ def test_record_split_inside_its_header_reads_back(tmp_path):
     assert (rec.id, rec.labels, rec.image) == (MAGIC, (2.0,), image)
     ds = ImageDataset.open(tmp_path / "s")
     assert ds.targets.tolist() == [2] and tuple(ds[0][0].shape) == (3, 56, 56)
+
+
+@pytest.mark.parametrize("label", [3e9, float("nan"), float("inf")])
+def test_a_record_label_that_is_no_class_index_is_one_error(tmp_path, label):
+    """A label of 3e9 once built billions of class names; NaN crashed int()."""
+    from graftkit.data import ImageDataset
+    from graftkit.errors import GraftError
+    with RecordWriter(tmp_path / "r.rec") as w:
+        w.write(0, pack_header(0, 0) + b"img")
+        w.write(1, pack_header(label, 1) + b"img")
+    with pytest.raises(GraftError, match=r"r.rec record 1: label .* is not a class index"):
+        ImageDataset.open(tmp_path / "r.rec")

@@ -347,3 +347,15 @@ def _pb_dict(msg) -> dict:
         out[fd.name] = [one(v) for v in value] if repeated else one(value)
     return out
 
+
+
+@pytest.mark.parametrize("digits", [1_500, 100_000])
+def test_a_huge_malformed_number_is_refused_in_linear_time(digits):
+    """A backtracking number pattern took minutes on 1,500 digits followed by a letter."""
+    import time
+    from graftkit.formats.caffe_prototxt import parse_text
+    text = 'layer { name: "a" type: "Input" top: "a" input_param { shape { dim: ' + "7" * digits + "x } } }"
+    t = time.perf_counter()
+    with pytest.raises(GraftError, match=r"1:\d+: unexpected character: a malformed number '7777"):
+        parse_text(text)
+    assert time.perf_counter() - t < 0.5

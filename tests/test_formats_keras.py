@@ -269,3 +269,80 @@ def test_seed_cnn_weights_run_in_a_hand_written_pytorch_cnn():
     expected = np.load(fixture("keras/seed_cnn.probs.npy"))
     assert rel_err(probs, expected) < 1e-5
     assert float((probs.argmax(1) == np.load(fixture("keras/seed_cnn.labels.npy"))).mean()) == 0.845
+
+
+# ---------------------------------------------------------------- hostile HDF5: nothing outside the file is read
+
+SECRET = np.frombuffer(b"TOP-SECRET-BYTES", dtype=np.float32)
+
+
+def _legacy_weights_file(path, make_kernel):
+    """A legacy weights .h5 (layer_names / weight_names) whose one kernel `make_kernel(group)` creates."""
+    import h5py
+    with h5py.File(path, "w") as h5:
+        h5.attrs["layer_names"] = [b"dense"]
+        g = h5.create_group("dense")
+        g.attrs["weight_names"] = [b"dense/kernel:0"]
+        make_kernel(g.create_group("dense"))
+    return path
+
+
+def _secret_files(tmp_path):
+    import h5py
+    (tmp_path / "secret.bin").write_bytes(SECRET.tobytes())
+    with h5py.File(tmp_path / "secret.h5", "w") as h5:
+        h5["data"] = SECRET.reshape(2, 2)
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", ["external_link", "external_storage", "virtual"])
+def test_hdf5_weights_that_point_outside_the_file_are_refused(tmp_path, kind):
+    import h5py
+    _secret_files(tmp_path)
+
+    def make(g):
+        if kind == "external_link":
+            g["kernel:0"] = h5py.ExternalLink("secret.h5", "/data")
+        elif kind == "external_storage":
+            g.create_dataset("kernel:0", shape=(2, 2), dtype="f4", external=[("secret.bin", 0, 16)])
+        else:
+            layout = h5py.VirtualLayout(shape=(2, 2), dtype="f4")
+            layout[:] = h5py.VirtualSource("secret.h5", "data", shape=(2, 2))
+            g.create_virtual_dataset("kernel:0", layout)
+
+    path = _legacy_weights_file(tmp_path / "w.h5", make)
+    with pytest.raises(GraftError, match="external link|external files|virtual dataset") as e:
+        graftkit.read(path)
+    assert "graftkit reads nothing outside" in str(e.value)
+
+
+def test_a_declared_giant_dataset_without_data_is_refused_before_allocation(tmp_path):
+    path = _legacy_weights_file(tmp_path / "w.h5",
+                                lambda g: g.create_dataset("kernel:0", shape=(25000, 25000), dtype="f4"))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(GraftError, match="more than the file could hold"):
+        graftkit.read(path)
+
+
+def test_a_group_that_links_to_itself_is_one_error(tmp_path):
+    import h5py
+    with h5py.File(tmp_path / "w.weights.h5", "w") as h5:
+        layers = h5.create_group("layers")
+        dense = layers.create_group("dense")
+        dense["layers"] = layers  # a hard link back up: the layer tree never ends
+    with pytest.raises(GraftError, match="nest more than 32 deep"):
+        graftkit.read(tmp_path / "w.weights.h5")
+
+
+def test_a_keras_archive_member_that_inflates_to_gibs_is_refused(tmp_path):
+    import zipfile
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", "{}")
+        with zf.open("model.weights.h5", "w", force_zip64=True) as f:
+            chunk = b"\0" * 2**24
+            for _ in range(16):  # 256 MiB of zeros, ~250 KB compressed
+                f.write(chunk)
+    assert path.stat().st_size < 2**20
+    with pytest.raises(GraftError, match="inflates to more than"):
+        graftkit.read(path)

@@ -121,3 +121,17 @@ def test_inspect_json(tmp_path):
     import json
     doc = json.loads(r.stdout)
     assert {t["name"]: t["shape"] for t in doc["tensors"]}["gemmW"] == [5, 6]
+
+
+def test_an_external_data_length_of_ten_terabytes_is_refused_before_reading(tmp_path):
+    model, _ = _model()
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
+              size_threshold=0)
+    bomb = onnx.load(path, load_external_data=False)
+    for e in bomb.graph.initializer[0].external_data:
+        if e.key == "length":
+            e.value = str(10**13)
+    onnx.save(bomb, path)
+    with pytest.raises(GraftError, match=r"claims bytes 0\.\.10,000,000,000,000 of a"):
+        graftkit.read(path)

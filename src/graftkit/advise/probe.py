@@ -4,7 +4,8 @@ by stratified k-fold cross-validation, plus a nearest-class-mean baseline.
 Features are standardised (mean 0, std 1 per dimension, fitted on the training part only).
 The regression is fitted full-batch with L-BFGS in torch, warm-started along the path of
 decreasing L2 strengths: on a few thousand images and a few thousand dimensions that is a
-fraction of a second per fit. The final probe is fitted on all the data and returned as a plain
+fraction of a second per fit; larger data is cross-validated on a stratified subsample of
+MAX_CV_SAMPLES. The final probe is fitted on all the data and returned as a plain
 linear layer on the raw (unstandardised) features, so it can be put on the network as a head.
 """
 from __future__ import annotations
@@ -21,6 +22,19 @@ import torch.nn.functional as F
 from ..errors import GraftError
 
 L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)  # per-sample penalty, strong to weak (the warm-start path)
+MAX_CV_SAMPLES = 5000  # cross-validate on a stratified subsample of large data (the final fit uses all of it)
+
+
+def _subsample(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most n rows, every class kept in proportion (seeded); all rows when there are fewer."""
+    if len(y) <= n:
+        return x, y
+    rng = np.random.default_rng(seed)
+    labels = y.numpy()
+    keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:max(2, round(n * (labels == c).mean()))]
+                           for c in np.unique(labels)])
+    keep.sort()
+    return x[keep], y[keep]
 
 
 @dataclass
@@ -109,11 +123,11 @@ def probe(x: torch.Tensor, y: torch.Tensor, classes: list[str], depth: str = "",
     """Cross-validated probe at one depth: CV accuracy (mean, std) at the best L2 strength, the
     nearest-class-mean CV accuracy, and (fit_final) the head fitted on all the data."""
     t0 = time.perf_counter()
-    x = x.float()
-    y = y.long()
-    labels = y.numpy()
+    x_all, y_all = x.float(), y.long()
     k_classes = len(classes)
-    k = check_folds(labels, classes, folds)
+    k = check_folds(y_all.numpy(), classes, folds)
+    x, y = _subsample(x_all, y_all, MAX_CV_SAMPLES, seed)
+    labels = y.numpy()
     parts = stratified_folds(labels, k, seed)
     acc = np.zeros((len(grid), k))
     ncm = []
@@ -131,8 +145,8 @@ def probe(x: torch.Tensor, y: torch.Tensor, classes: list[str], depth: str = "",
     best = int(np.argmax(means + 1e-9 * np.arange(len(grid))[::-1]))  # ties: the stronger penalty
     head = None
     if fit_final:
-        head = final_head(x, y, k_classes, grid[best], grid[:best + 1])
-    return ProbeResult(depth, int(x.shape[1]), float(means[best]), float(acc[best].std()), float(grid[best]),
+        head = final_head(x_all, y_all, k_classes, grid[best], grid[:best + 1])
+    return ProbeResult(depth, int(x_all.shape[1]), float(means[best]), float(acc[best].std()), float(grid[best]),
                        float(np.mean(ncm)), time.perf_counter() - t0, k,
                        {f"{l2:g}": float(m) for l2, m in zip(grid, means)}, head)
 

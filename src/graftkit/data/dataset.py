@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from ..errors import GraftError
 from .decode import DecodeError, decode_tensor
 from .index import index_csv, index_folder
-from .lists import ImageList, classes_path, load_classes, open_list, resolve_in_root
+from .lists import ImageList, check_label, classes_path, load_classes, open_list, resolve_in_root
 from .recordio import IRHEADER, RecordReader, unpack_header
 from .transforms import Pipeline
 
@@ -113,6 +113,7 @@ class _PackSource:
                     labs = rec.labels
                 else:
                     labs = (float(label),)
+                check_label(labs[0], f"{r.rec} record {pos}")
                 labels.append(int(labs[0]))
                 multi.append(labs)
                 self.where.append((si, pos))
@@ -174,6 +175,9 @@ def _pack_prefix(shard: Path) -> Path:
     return stem
 
 
+MAX_UNNAMED_CLASSES = 100_000  # labels without a class map name at most this many classes
+
+
 class ImageDataset(Dataset):
     """(image tensor, label) pairs from folders, lists, RecordIO packs or arrays. See the module docstring."""
 
@@ -188,6 +192,10 @@ class ImageDataset(Dataset):
         self.targets = source.labels
         if classes is None:
             k = int(self.targets.max()) + 1 if n else 0
+            if k > MAX_UNNAMED_CLASSES:  # never build millions of names from one stray label
+                i = int(np.argmax(self.targets))
+                raise GraftError(f"{description or 'data set'}: {source.name(i)} has label {k - 1}, which would make "
+                                 f"{k:,} classes", "labels must be 0..K-1; run `graft data check` and use its --fix list")
             classes = [str(i) for i in range(k)]
         self.classes = list(classes)
         bad = (self.targets < 0) | (self.targets >= len(self.classes))

@@ -107,6 +107,10 @@ def decode_tensor(src, min_side: int | None = None, mode: str = "RGB") -> torch.
     """
     if isinstance(src, (bytes, bytearray, memoryview)) and src[:3] == b"\xff\xd8\xff":
         head = jpeg_header(src)
+        if head is not None and head[0] * head[1] > Image.MAX_IMAGE_PIXELS:  # torchvision has no such check
+            raise DecodeError(f"a JPEG of {head[1]}x{head[0]} pixels is over the {Image.MAX_IMAGE_PIXELS:,}-pixel limit "
+                              "(a decompression bomb?)", "remove it from the data, or resize it first",
+                              "over the pixel limit")
         simple = (head is not None and head[2] in (1, 3)
                   and not (min_side and min(head[0], head[1]) >= 2 * min_side))
         if simple:

@@ -8,6 +8,7 @@ live (`root`, relative to the list's folder), so a list can be used from anywher
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -71,6 +72,16 @@ def write_lst(path: str | os.PathLike, entries: Iterable[Entry]) -> Path:
     return path
 
 
+MAX_LABEL = 2**31 - 1
+
+
+def check_label(value: float, where: str) -> None:
+    """A label read from a file is finite and fits an int32 (as im2rec's are), or one clean error."""
+    if not math.isfinite(value) or abs(value) > MAX_LABEL:
+        raise GraftError(f"{where}: label {value!r} is not a class index (finite, at most {MAX_LABEL})",
+                         "labels are class indices 0..K-1; rebuild the list with `graft data index`")
+
+
 def read_lst(path: str | os.PathLike) -> list[Entry]:
     """Parse an im2rec `.lst` file; a malformed line is a GraftError naming the line."""
     path = Path(path)
@@ -92,6 +103,12 @@ def read_lst(path: str | os.PathLike) -> list[Entry]:
             except ValueError:
                 raise GraftError(f"{path}:{n}: index or label is not a number in {line[:80]!r}",
                                  "lines are `index<TAB>label<TAB>path`") from None
+            if not 0 <= index < 2**63:
+                raise GraftError(f"{path}:{n}: index {index} is outside 0..2^63-1", "number the lines 0, 1, 2, ...")
+            for v in labels:
+                check_label(v, f"{path}:{n}")
+            if "\0" in parts[-1]:
+                raise GraftError(f"{path}:{n}: the path holds a NUL byte", "list real file names")
             entries.append(Entry(index, labels, parts[-1]))
     return entries
 

@@ -30,11 +30,13 @@ from .caffe_proto import Field, Message, message
 _TOKEN = re.compile(r"""
     (?P<skip>[ \t\r\n\f\v]+|\#[^\n]*)
   | (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<num>-?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?)(?![\w.]))
+  | (?P<num>-?(?:0[xX][0-9a-fA-F]++|(?:\d++(?:\.\d*+)?+|\.\d++)(?:[eE][-+]?\d++)?+[fF]?+)(?![\w.]))
   | (?P<id>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<sym>[-{}<>\[\]:;,])
-  | (?P<bad>["']|.)
+  | (?P<bad>\d[\w.]*+|["']|.)
 """, re.X)
+# Possessive quantifiers, and a malformed number taken whole as one bad token: tokenizing is linear
+# in the text's length (a backtracking number pattern took minutes on 1,500 digits and a letter).
 # The same tokens without positions or kinds, ordered by frequency, possessive: 4x faster than
 # _TOKEN.finditer. Group 1 is a token, group 2 a character no token starts with. Positions are
 # only needed for error messages; they are recomputed with _TOKEN then.
@@ -42,9 +44,9 @@ _FAST_TOKEN = re.compile(r"""(?:[ \t\r\n\f\v]++|\#[^\n]*+)*+
     (?:( [{}<>\[\]:;,]
        | [A-Za-z_][A-Za-z0-9_]*+
        | "(?:[^"\\\n]++|\\.)*+"|'(?:[^'\\\n]++|\\.)*+'
-       | -?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?)(?![\w.])
+       | -?(?:0[xX][0-9a-fA-F]++|(?:\d++(?:\.\d*+)?+|\.\d++)(?:[eE][-+]?\d++)?+[fF]?+)(?![\w.])
        | - )
-      |(.))""", re.X)
+      |(\d[\w.]*+|.))""", re.X)
 _KINDS = {**{c: "sym" for c in "{}<>[]:;,-"}, **{c: "str" for c in "\"'"}, **{c: "num" for c in "0123456789."},
           **{c: "id" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"}}
 
@@ -114,7 +116,10 @@ class _Parser:
             if kind == "skip":
                 continue
             if kind == "bad":
-                what = "a string that does not end on its line" if m.group() in "\"'" else f"'{m.group()}'"
+                bad = m.group()
+                what = ("a string that does not end on its line" if bad in "\"'" else
+                        f"a malformed number '{bad[:24]}{'...' if len(bad) > 24 else ''}'" if bad[0].isdigit() else
+                        f"'{bad}'")
                 raise GraftError(f"{self._where(m.start())}: unexpected character: {what}")
             pos.append(m.start())
         return pos + [len(self.text)]

@@ -246,12 +246,48 @@ def _json_attr(attrs, key: str):
     return json.loads(_decode(raw))
 
 
-def _numbered(group) -> list[np.ndarray]:
+MAX_NESTING = 32  # layers inside layers; deeper is a file that links to itself
+
+
+def _child(group, path: str):
+    """group[path], refusing HDF5 external links on the way: a weight may not come from another file."""
+    import h5py
+    node = group
+    for part in (p for p in path.split("/") if p):
+        link = node.get(part, getlink=True)
+        if link is None:
+            raise KeyError(f"{node.name}/{part}")
+        if isinstance(link, h5py.ExternalLink):
+            raise GraftError(f"{node.name}/{part} is an HDF5 external link to {link.filename!r}; graftkit reads "
+                             "nothing outside the file it was given", "re-save the model with Keras")
+        node = node[part]
+    return node
+
+
+def _array(group, path: str, limit: int) -> np.ndarray:
+    """A weight's values, read only when they are plain data stored in this file and fit in it."""
+    import h5py
+    ds = _child(group, path)
+    where = ds.name
+    if not isinstance(ds, h5py.Dataset):
+        raise GraftError(f"weight {where} is not an array", "re-save the model with Keras")
+    if ds.is_virtual or ds.external:
+        what = "a virtual dataset" if ds.is_virtual else "stored in external files"
+        raise GraftError(f"weight {where} is {what}; graftkit reads nothing outside the file it was given",
+                         "re-save the model with Keras")
+    nbytes = int(ds.size) * ds.dtype.itemsize
+    if nbytes > limit:
+        raise GraftError(f"weight {where} declares {ds.shape} ({nbytes:,} bytes), more than the file could hold",
+                         "the file is corrupt or malicious; re-save the model with Keras")
+    return ds[()]
+
+
+def _numbered(group, limit: int) -> list[np.ndarray]:
     keys = sorted((k for k in group.keys() if k.isdigit()), key=int)
-    return [group[k][()] for k in keys]
+    return [_array(group, k, limit) for k in keys]
 
 
-def _keras3_layers(h5, config: dict | None) -> Iterator[tuple[str, str, dict | None, int, list]]:
+def _keras3_layers(h5, config: dict | None, limit: int) -> Iterator[tuple[str, str, dict | None, int, list]]:
     """(dotted name, class, config, position, [(var, array)]) for every layer with variables in a Keras 3
     weights file, matched to `config` by save path (or the stored layer name)."""
     import h5py
@@ -260,14 +296,17 @@ def _keras3_layers(h5, config: dict | None) -> Iterator[tuple[str, str, dict | N
     by_save = {v["save_path"]: (k, v) for k, v in flat.items() if v["save_path"]}
     found = []
 
-    def walk(group, path: str, prefix: str) -> None:
+    def walk(group, path: str, prefix: str, depth: int = 0) -> None:
+        if depth > MAX_NESTING:
+            raise GraftError(f"layers nest more than {MAX_NESTING} deep at {path} (a group that links to itself?)",
+                             "the file is corrupt or malicious; re-save the model with Keras")
         for key in group.keys():
-            sub = group[key]
+            sub = _child(group, key)
             if not hasattr(sub, "keys"):
                 continue
             spath = f"{path}{key}"
             entry = by_save.get(spath)
-            vars_group = sub.get("vars")
+            vars_group = _child(sub, "vars") if "vars" in sub else None
             stored = _decode(vars_group.attrs["name"]) if vars_group is not None and "name" in vars_group.attrs \
                 else None
             if entry:
@@ -281,21 +320,21 @@ def _keras3_layers(h5, config: dict | None) -> Iterator[tuple[str, str, dict | N
                 pos = flat[name]["position"] if name in flat else 10**6 + h5py.h5o.get_info(sub.id).addr
                 if name in flat:
                     cls, cfg = flat[name]["class_name"], flat[name]["config"]
-            arrays = _numbered(vars_group) if vars_group is not None else []
+            arrays = _numbered(vars_group, limit) if vars_group is not None else []
             if arrays:
                 found.append((name, cls, cfg, pos, list(zip(keras3_var_names(cls, cfg, len(arrays)), arrays))))
             if "layers" in sub:
-                walk(sub["layers"], f"{spath}/layers/", name + ".")
+                walk(_child(sub, "layers"), f"{spath}/layers/", name + ".", depth + 1)
 
     if "layers" in h5:
-        walk(h5["layers"], "layers/", "")
+        walk(_child(h5, "layers"), "layers/", "")
     found.sort(key=lambda f: f[3])
     return iter(found)
 
 
-def _legacy_layers(h5, config: dict | None) -> Iterator[tuple[str, str, dict | None, int, list]]:
+def _legacy_layers(h5, config: dict | None, limit: int) -> Iterator[tuple[str, str, dict | None, int, list]]:
     """Layers of a legacy (Keras 2 style) HDF5 file: `layer_names` and per-layer `weight_names` attrs."""
-    root = h5["model_weights"] if "model_weights" in h5 else h5
+    root = _child(h5, "model_weights") if "model_weights" in h5 else h5
     if "layer_names" not in root.attrs:
         raise KeyError("layer_names")
     flat = flatten_config(config)
@@ -304,7 +343,7 @@ def _legacy_layers(h5, config: dict | None) -> Iterator[tuple[str, str, dict | N
         by_simple.setdefault(full.rpartition(".")[2], full)
     found: dict[str, tuple] = {}
     for i, lname in enumerate(_decode(n) for n in root.attrs["layer_names"]):
-        g = root[lname]
+        g = _child(root, lname)
         for wn in (_decode(w) for w in g.attrs.get("weight_names", [])):
             parts = wn.split("/")
             owner = parts[-2] if len(parts) > 1 else lname
@@ -314,7 +353,7 @@ def _legacy_layers(h5, config: dict | None) -> Iterator[tuple[str, str, dict | N
                 info = flat.get(full)
                 found[full] = (full, info["class_name"] if info else "", info["config"] if info else None,
                                info["position"] if info else 10**6 + i, [])
-            found[full][4].append((var, g[wn][()]))
+            found[full][4].append((var, _array(g, wn, limit)))
     out = []
     for full, cls, cfg, pos, variables in found.values():
         if not cls:
@@ -341,10 +380,27 @@ def open_keras_zip(path: Path) -> tuple[dict, dict, bytes]:
             missing = "config.json" if "config.json" not in names else "model.weights.h5"
             raise GraftError(f"{path}: not a Keras 3 .keras archive (no {missing} inside)",
                              "save the model with model.save('name.keras')")
-        config = json.loads(zf.read("config.json"))
-        metadata = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
-        weights = zf.read("model.weights.h5")
+        config = json.loads(_read_member(zf, "config.json", path))
+        metadata = json.loads(_read_member(zf, "metadata.json", path)) if "metadata.json" in names else {}
+        weights = _read_member(zf, "model.weights.h5", path)
     return config, metadata, weights
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """An archive member, read no further than a plausible size: a tiny file may not inflate to GiBs."""
+    limit = 64 * path.stat().st_size + 2**20
+    with zf.open(name) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise GraftError(f"{path}: member {name} inflates to more than {limit:,} bytes, 64x the archive "
+                         "(a zip bomb?)", "the file is corrupt or malicious; re-save the model with Keras")
+    return data
+
+
+def _limit(file_size: int) -> int:
+    """The most bytes one weight may declare: Keras stores weights uncompressed, so a few times the
+    file (compression allowed) is generous, and a 25000^2 dataset with no stored data is refused."""
+    return 32 * file_size + 2**20
 
 
 def _records(layers) -> list[TensorRecord]:
@@ -364,7 +420,7 @@ def _load(path: Path, config_override: dict | None) -> TensorSet:
         config, metadata, weights = open_keras_zip(path)
         meta.update({"keras_version": metadata.get("keras_version", ""), "file_kind": "keras"})
         with h5py.File(io.BytesIO(weights), "r") as h5:
-            layers = list(_keras3_layers(h5, config_override or config))
+            layers = list(_keras3_layers(h5, config_override or config, _limit(len(weights))))
         return TensorSet(_records(layers), format="keras", source=str(path), meta=meta,
                          graph=config_override or config)
     with h5py.File(path, "r") as h5:
@@ -376,10 +432,10 @@ def _load(path: Path, config_override: dict | None) -> TensorSet:
         root = h5["model_weights"] if "model_weights" in h5 else h5
         if "layer_names" in root.attrs:
             meta["file_kind"] = "legacy_h5" if config else "legacy_weights_h5"
-            layers = list(_legacy_layers(h5, use))
+            layers = list(_legacy_layers(h5, use, _limit(path.stat().st_size)))
         elif "layers" in h5:
             meta["file_kind"] = "weights_h5"
-            layers = list(_keras3_layers(h5, use))
+            layers = list(_keras3_layers(h5, use, _limit(path.stat().st_size)))
         else:
             raise GraftError(f"{path}: an HDF5 file but not a Keras model or weights file",
                              "give a file written by Keras model.save() or save_weights()")

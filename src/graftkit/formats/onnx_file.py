@@ -77,13 +77,18 @@ def _load_external(path: Path, t) -> None:
                          "external data must lie beside the .onnx file")
     try:
         offset, length = int(info.get("offset", 0)), info.get("length")
+        size = target.stat().st_size
+        length = size - offset if length is None else int(length)
+        if offset < 0 or length < 0 or offset + length > size:  # checked before a buffer of `length` exists
+            raise GraftError(f"{path}: external data {location!r} for {t.name!r} claims bytes {offset:,}.."
+                             f"{offset + length:,} of a {size:,}-byte file", "re-copy the data file or re-export")
         with open(target, "rb") as f:
             f.seek(offset)
-            data = f.read(int(length)) if length is not None else f.read()
+            data = f.read(length)
     except (OSError, ValueError) as e:
         raise GraftError(f"{path}: cannot read external data {location!r} for {t.name!r} ({e})",
                          "keep the data file beside the model") from None
-    if length is not None and len(data) != int(length):
+    if len(data) != length:
         raise GraftError(f"{path}: external data {location!r} is truncated ({len(data)} of {length} bytes for "
                          f"{t.name!r})", "re-copy the data file")
     t.raw_data = data
