@@ -54,8 +54,9 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
                       quiet=quiet, log=log, **fit_kwargs)
         return _record(out_dir, summary, {"asked": strategy, "chosen": strategy, "why": "asked for"})
     if fit_kwargs.get("resume"):
-        raise GraftError(f"--resume continues a fine-tune; strategy {strategy} measures first",
-                         "resume with --strategy finetune (or the strategy the run chose, see its summary.json)")
+        raise GraftError(f"--resume continues a plain fine-tune, and strategy {strategy} measures first",
+                         "start the run again (its features and probes are cached, so measuring is quick), or "
+                         "resume a run that was started with --strategy finetune")
     t0 = time.perf_counter()
     module = resolve(model, trust=trust)
     ds = ImageDataset.open(train_data) if not isinstance(train_data, ImageDataset) else train_data
