@@ -91,7 +91,9 @@ def run_demo(out_dir: str | os.PathLike = "graft-demo", *, time_budget: float = 
 
     timings["total"] = round(time.perf_counter() - t0, 2)
     doc = _summary(summary, metrics, predictions, timings, time_budget)
-    doc["files"] = {k: v for k, v in doc["files"].items() if (out / v).exists()}  # a probe writes no curves
+    for k in ("curves", "train_log"):  # a probe run has no epochs, so no curves or log
+        if not (out / doc["files"][k]).exists():
+            del doc["files"][k]
     doc["data_checks"] = checks
     with atomic_open(out / "summary.json", "w") as f:
         json.dump(doc, f, indent=2)
