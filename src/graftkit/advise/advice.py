@@ -217,8 +217,10 @@ def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed
     affords = epochs >= MIN_FINETUNE_EPOCHS
     scenario = f"{size} data ({per_class:.0f} images per class), " + (
         f"similar to the pretraining data (the final features probe best: {final.cv_acc:.1%})" if similar else
-        f"different from the pretraining data (best probe {best.cv_acc:.1%} at {best.depth}, "
-        f"the final features {final.cv_acc:.1%})")
+        (f"different from the pretraining data (no linear probe reaches {GOOD_PROBE:.0%}: the final features, "
+         f"the best, {final.cv_acc:.1%})" if best is final else
+         f"different from the pretraining data (an earlier depth probes best: {best.cv_acc:.1%} at {best.depth}, "
+         f"the final features {final.cv_acc:.1%})"))
     room = "no time budget" if left is None else f"{left:.0f} s left pay for about {epochs:.0f} epochs"
     stages = [p.depth for p in probes if p.depth != PRE_LOGITS]
     half = stages[(len(stages) - 1) // 2] if stages else final.depth

@@ -202,7 +202,7 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
             sampler.set_epoch(epoch, pos.batch)
             if hasattr(data.train, "set_epoch"):  # the dataset's own per-epoch augmentation draws
                 data.train.set_epoch(epoch)
-            task = progress.add_task(f"epoch {epoch + 1}" + (f" ({pos.elapsed:.0f}/{budget:g} s)" if budget else
+            task = progress.add_task(f"epoch {epoch + 1}" + (f" ({pos.elapsed:.0f}/{budget:.0f} s)" if budget else
                                                              f"/{pos.epochs}"), total=ipe, completed=pos.batch, rate="")
             for batch in loader:
                 if batch is None:
@@ -366,7 +366,7 @@ def _epoch_line(row: dict, pos: Position, budget: float | None = None) -> str:
          + f": train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f}")
     if row.get("val_top1") is not None:
         s += f" | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f} top-5 {row['val_top5']:.3f}"
-    return s + (f" | {row['seconds']:.0f}/{budget:g} s" if budget else f" | {row['seconds']:.0f} s")
+    return s + (f" | {row['seconds']:.0f}/{budget:.0f} s" if budget else f" | {row['seconds']:.0f} s")
 
 
 def _summary(pos: Position, history, data: RunData, tuning: Tuning, plan: Plan, seed: int, model_ref, out: Path,
