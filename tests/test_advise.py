@@ -146,10 +146,11 @@ def test_train_probe_at_depth_package_exports_to_onnx_with_the_same_predictions(
 def test_advise_cli_json_and_plan(few_photos, tmp_path):
     env = {**os.environ, "GRAFTKIT_CACHE": str(tmp_path / "cache")}
     r = run_graft("advise", few_photos, "--at", "blocks.6", "--at", PRE_LOGITS, "-o", tmp_path / "plan.yaml",
-                  "--json", env=env)
+                  "--val", few_photos, "--json", env=env)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert [p["depth"] for p in doc["probes"]] == ["blocks.6", PRE_LOGITS]
+    assert all(p["val_acc"] >= 0.9 for p in doc["probes"])  # (scored on its own training images here)
     assert doc["strategy"] and doc["why"] and doc["data"]["images"] == 24 and doc["speed"]["train_img_s"] > 0
     from graftkit.tune import Plan
     assert Plan.load(tmp_path / "plan.yaml").strategy == doc["strategy"]

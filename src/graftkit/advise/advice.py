@@ -202,6 +202,23 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
     return advice
 
 
+def score_on(advice: Advice, model: nn.Module, val, *, preprocessing: dict[str, Any], cache_dir=None,
+             progress: bool | None = None) -> None:
+    """Each probe's accuracy on separate validation data (its features cached like the training data's)."""
+    from ..data import ImageDataset
+    vds = val if isinstance(val, ImageDataset) else ImageDataset.open(val)
+    classes = list(advice.data["per_class"])
+    if list(vds.classes) != classes:
+        raise GraftError(f"the validation data's classes ({', '.join(map(str, vds.classes[:5]))}, ...) are not "
+                         f"the training data's ({', '.join(classes[:5])}, ...)",
+                         "give --val the same class folders (or class map) as the training data")
+    feats = features(model, vds, [p.depth for p in advice.probes], preprocessing=preprocessing, cache_dir=cache_dir,
+                     progress=progress, description="validation features")
+    with torch.no_grad():
+        for p in advice.probes:
+            p.val_acc = float((p.head(feats.at[p.depth]).argmax(1) == feats.labels).float().mean())
+
+
 def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed: dict[str, float],
            budget: float | None, spent: float) -> Advice:
     """The strategy for these measurements (the rules of the module docstring)."""

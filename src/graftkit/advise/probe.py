@@ -49,11 +49,13 @@ class ProbeResult:
     folds: int
     by_l2: dict[str, float] = field(default_factory=dict)
     head: nn.Linear | None = None  # fitted on all the data, on raw features
+    val_acc: float | None = None   # the head's accuracy on separate validation data, when given
 
     def to_json(self) -> dict[str, Any]:
         return {"depth": self.depth, "dim": self.dim, "cv_acc": round(self.cv_acc, 4), "cv_std": round(self.cv_std, 4),
                 "l2": self.l2, "ncm_acc": round(self.ncm_acc, 4), "seconds": round(self.seconds, 2),
-                "folds": self.folds, "cv_acc_by_l2": {k: round(v, 4) for k, v in self.by_l2.items()}}
+                "folds": self.folds, "cv_acc_by_l2": {k: round(v, 4) for k, v in self.by_l2.items()},
+                **({"val_acc": round(self.val_acc, 4)} if self.val_acc is not None else {})}
 
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:

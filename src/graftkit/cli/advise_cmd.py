@@ -13,6 +13,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def advise(data: Path = typer.Argument(..., help="training data: class folder, .lst or RecordIO pack"),
                model: str = typer.Option("lite0", "--model", "-m", help="lite0, timm:NAME, torchvision:NAME or a package"),
+               val: Optional[Path] = typer.Option(None, "--val", help="also score every probe on this validation data"),
                budget: Optional[float] = typer.Option(None, "--budget", "--time-budget",
                                                       help="seconds of training you will give `graft train`"),
                at: List[str] = typer.Option([], "--at", help="probe at this depth (repeatable; default: every stage "
@@ -27,6 +28,7 @@ def register(app: typer.Typer) -> None:
         """Probe MODEL's features at every depth on DATA (cross-validated, cached) and recommend how to train:
         a linear probe, a probe at an earlier depth, a partial or a full fine-tune."""
         from ..advise import recommend
+        from ..advise.advice import score_on
         from ..data import ImageDataset
         from ..models import resolve
         from ..train.data import preprocessing_for
@@ -38,6 +40,8 @@ def register(app: typer.Typer) -> None:
         pre = preprocessing_for(meta_of(module).get("preprocessing"), plan, ds)
         advice = recommend(module, ds, budget=budget, at=at or None, preprocessing=pre, cache_dir=cache, seed=seed,
                            progress=None if not json_ else False)
+        if val is not None:
+            score_on(advice, module, val, preprocessing=pre, cache_dir=cache, progress=None if not json_ else False)
         if plan_out is not None:
             _write_plan(plan_out, advice, budget, size)
         if json_:
@@ -49,9 +53,9 @@ def register(app: typer.Typer) -> None:
                     ["class", "images"], list(d["per_class"].items()), justify={"images": "right"})
         print_table(f"linear probes on {model}'s features at {pre['input_size'][1]} px "
                     f"({advice.probes[0].folds}-fold cross-validated)",
-                    ["depth", "dim", "probe accuracy", "nearest mean", "L2", "seconds"],
+                    ["depth", "dim", "probe accuracy", "nearest mean", "L2", "seconds"] + (["on --val"] if val else []),
                     [(p.depth, p.dim, f"{p.cv_acc:.1%} ± {p.cv_std:.1%}", f"{p.ncm_acc:.1%}", f"{p.l2:g}",
-                      f"{p.seconds:.1f}") for p in advice.probes],
+                      f"{p.seconds:.1f}") + ((f"{p.val_acc:.1%}",) if val else ()) for p in advice.probes],
                     justify={"dim": "right", "probe accuracy": "right", "nearest mean": "right", "seconds": "right"})
         out.print(f"scenario: {advice.scenario}", soft_wrap=True)
         out.print(f"recommended: [bold]{advice.strategy}[/] - {advice.why}", soft_wrap=True)
