@@ -224,3 +224,16 @@ def test_large_data_is_cross_validated_on_a_stratified_subsample():
     assert len(ys) == 5000 and torch.bincount(ys).tolist() == [4500, 450, 50]
     r = probe(x, y, ["a", "b", "c"], "toy", folds=3)
     assert r.cv_acc > 0.7 and r.head.weight.shape == (3, 4)
+
+
+def test_auto_on_a_converted_caffe_network_makes_a_probe_package(few_photos, tmp_path):
+    """A converted graph cannot get a new head yet, so auto probes at its best depth instead of fine-tuning."""
+    from conftest import fixture
+    from graftkit.advise import train
+    net = graftkit.convert([fixture("caffe/cifar10_quick.prototxt"), fixture("caffe/cifar10_quick.caffemodel")])
+    graftkit.save(net, tmp_path / "c10.safetensors")
+    s = train(tmp_path / "c10.safetensors", few_photos, out_dir=tmp_path / "run", cache_dir=tmp_path / "c", quiet=True)
+    assert s["strategy"]["chosen"].startswith("probe-at:conv") and "cannot yet give this network" in s["strategy"]["why"]
+    r = run_graft("evaluate", tmp_path / "run" / "best.safetensors", few_photos, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n"] == 24

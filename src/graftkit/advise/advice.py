@@ -197,7 +197,9 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
                             lambda d=d: probe(feats.at[d], feats.labels, classes, d, seed=seed)) for d in depths]
     spent = time.perf_counter() - t0
     summary = data_summary(labels, classes)
-    advice = decide(strategy, probes, summary, speed, budget, spent)
+    from ..tune.head import find_head
+    tunable = isinstance(meta_of(model).get("spec"), str) and find_head(model) is not None
+    advice = decide(strategy, probes, summary, speed, budget, spent, tunable)
     advice.cached_depths = feats.cached
     return advice
 
@@ -220,8 +222,9 @@ def score_on(advice: Advice, model: nn.Module, val, *, preprocessing: dict[str, 
 
 
 def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed: dict[str, float],
-           budget: float | None, spent: float) -> Advice:
-    """The strategy for these measurements (the rules of the module docstring)."""
+           budget: float | None, spent: float, tunable: bool = True) -> Advice:
+    """The strategy for these measurements (the rules of the module docstring). `tunable`: the network
+    can be given a new head and fine-tuned (not yet so for converted graphs, or without a classifier)."""
     best = max(probes, key=lambda p: p.cv_acc)
     final = next((p for p in probes if p.depth == PRE_LOGITS), probes[-1])
     margin = max(SIMILAR_MARGIN, final.cv_std)
@@ -254,11 +257,13 @@ def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed
         choice, depth, why = "probe", PRE_LOGITS, ("a linear classifier on the final features: they already "
                                                     f"separate the classes ({final.cv_acc:.1%} cross-validated), "
                                                     "and fine-tuning on this little data mostly overfits")
-    elif not affords:
-        choice = "probe" if best is final else f"probe-at:{best.depth}"
+    elif not affords or not tunable:
+        choice = "probe" if best.depth == PRE_LOGITS else f"probe-at:{best.depth}"
         depth = best.depth
-        why = (f"a linear classifier at {best.depth}, the best-probing depth ({best.cv_acc:.1%}): {room}, "
-               f"fewer than the {MIN_FINETUNE_EPOCHS} a fine-tune needs")
+        why = (f"a linear classifier at {best.depth}, the best-probing depth ({best.cv_acc:.1%}): "
+               + (f"{room}, fewer than the {MIN_FINETUNE_EPOCHS} a fine-tune needs" if tunable else
+                  "graftkit cannot yet give this network (a converted graph, or one without a classifier it can "
+                  "find) a new head to fine-tune"))
     elif size == "medium" and similar and stages:
         choice, depth, why = f"partial-at:{half}", half, (f"freeze the network up to {half} (about half) and "
                                                           f"train the rest: {room}")
