@@ -267,9 +267,10 @@ def test_a_time_budget_is_used_whole_with_a_monotonic_schedule(tmp_path):
     near its floor, and training plus the last validation fill the budget (Budgeted Training)."""
     import csv
     ds = NoisyImages(n=32, delay=0.005)
-    plan = small_plan(epochs=1000, time_budget=4, warmup_epochs=1, lr=0.01)
+    plan = small_plan(epochs=1000, time_budget=6, warmup_epochs=1, lr=0.01)
     s = fit(make_model(), ds, ds, out_dir=tmp_path / "run", plan=plan, seed=1, quiet=True)
-    assert s["stop_reason"].startswith("time budget") and 0.97 * 4 <= s["seconds"] <= 4 * 1.15, s
+    # the last stretch shorter than one epoch's validation + saving (here up to ~0.5 s of 6) stays unused
+    assert s["stop_reason"].startswith("time budget") and 0.9 * 6 <= s["seconds"] <= 6 * 1.1, s
     lrs = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "run" / "log.csv"))][1:]
     assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:])), lrs
     assert lrs[-1] < 0.2 * 0.01
