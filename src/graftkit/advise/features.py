@@ -228,7 +228,8 @@ def _compute(model, ds, depths, pre, batch_size, num_workers, progress, descript
     from torch.utils.data import DataLoader
     from ..data import eval_pipeline
     from ..progress import make_progress
-    view = _with_transform(ds, eval_pipeline(pre))
+    from ..train.data import with_transform
+    view = with_transform(ds, eval_pipeline(pre))
     loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     was_training = model.training
     model.eval()
@@ -250,13 +251,6 @@ def _compute(model, ds, depths, pre, batch_size, num_workers, progress, descript
         taps.remove()
         model.train(was_training)
     return {d: torch.cat(c) for d, c in chunks.items()}
-
-
-def _with_transform(ds, transform):
-    import copy
-    view = copy.copy(ds)
-    view.transform = transform
-    return view
 
 
 def _read(path: Path, n: int) -> torch.Tensor | None:

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -26,6 +25,7 @@ from .. import package
 from ..errors import GraftError
 from ..meta import META_ATTR, meta_of
 from ..nets import probe as probenet
+from ..train.metrics import Meter
 from ..tune import Plan
 from .advice import Advice, recommend
 from .features import features, tap_point
@@ -61,7 +61,9 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
     module = resolve(model, trust=trust)
     ds = ImageDataset.open(train_data) if not isinstance(train_data, ImageDataset) else train_data
     pre = preprocessing_for(meta_of(module).get("preprocessing"), plan, ds)
-    val_n = len(ImageDataset.open(val_data)) if isinstance(val_data, (str, os.PathLike)) else 0
+    if isinstance(val_data, (str, os.PathLike)):
+        val_data = ImageDataset.open(val_data)  # opened once: counted here, then probed or fine-tuned on
+    val_n = len(val_data) if val_data is not None else 0
     advice = recommend(module, ds, budget=plan.time_budget, preprocessing=pre, cache_dir=cache_dir, seed=seed,
                        progress=None if not quiet else False, strategy=strategy, extra_images=val_n)
     chosen = advice.strategy
@@ -158,9 +160,10 @@ def _probe_run(module, ds, val_data, advice: Advice, pre, out: Path, cache_dir, 
                              "give --val the same class folders (or class map) as --train")
         vf = features(module, vds, [advice.depth], preprocessing=pre, cache_dir=cache_dir,
                       progress=None if not quiet else False, description="validation features")
+        meter = Meter(len(classes))
         with torch.no_grad():
-            logits = result.head(vf.at[advice.depth])
-        summary["val"] = _scores(logits, vf.labels, classes)
+            meter.update(result.head(vf.at[advice.depth]), vf.labels)
+        summary["val"] = meter.result(classes)
         summary["best"] = {"val_top1": summary["val"]["top1"]}
     # (after the validation features: the package's own hook on the network would stop their forward)
     net = probe_package(module, result, classes, pre)
@@ -172,14 +175,3 @@ def _probe_run(module, ds, val_data, advice: Advice, pre, out: Path, cache_dir, 
         package.save(net, out / name, provenance=provenance, extra=extra)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
-
-
-def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    k = len(classes)
-    pred = logits.argmax(1)
-    conf = np.zeros((k, k), dtype=np.int64)
-    np.add.at(conf, (labels.numpy(), pred.numpy()), 1)
-    top5 = logits.topk(min(5, k), 1).indices.eq(labels[:, None]).any(1).float().mean()
-    per = {c: (float(conf[i, i] / conf[i].sum()) if conf[i].sum() else None) for i, c in enumerate(classes)}
-    return {"top1": float((pred == labels).float().mean()), "top5": float(top5), "n": int(len(labels)),
-            "per_class": per, "confusion": conf.tolist()}

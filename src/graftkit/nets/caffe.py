@@ -786,7 +786,7 @@ def build_loaded(spec: dict, tensors: Mapping[str, torch.Tensor]) -> CaffeNet | 
         return None
 
 
-def build_from_spec(spec: dict) -> CaffeNet:
+def build_from_spec(spec: dict, *, trust: bool = False) -> CaffeNet:
     """The architecture of a converted package (weights initialised; the package loads its tensors)."""
     graph = spec.get("graph")
     if graph is None or graph.get("version") != GRAPH_VERSION:

@@ -3,7 +3,7 @@
 Each converter module nets/<name>.py provides
     claims(paths: list[Path]) -> bool       # are these my files?
     convert(paths: list[Path]) -> nn.Module # the net, weights loaded, metadata attached (meta.attach)
-    build_from_spec(spec: dict) -> nn.Module  # the same architecture from the JSON spec stored in a package
+    build_from_spec(spec: dict, *, trust=False) -> nn.Module  # the same architecture from the JSON spec stored in a package
 The module's metadata spec is {"converter": "<name>", ...}: everything needed to
 rebuild the architecture without the original files (e.g. the prototxt text).
 Converted modules take and return NCHW tensors; with several outputs they return

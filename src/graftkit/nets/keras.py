@@ -892,7 +892,7 @@ def build_net(config: dict, keras_version: str, source: str) -> KerasNet:
                          f"({type(e).__name__}: {str(e)[:80]})", "re-save the model with Keras") from None
 
 
-def build_from_spec(spec: dict) -> nn.Module:
+def build_from_spec(spec: dict, *, trust: bool = False) -> nn.Module:
     config = spec.get("config")
     if not isinstance(config, dict):
         raise GraftError("the package's Keras spec has no model config", "re-convert the model")

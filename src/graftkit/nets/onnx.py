@@ -221,7 +221,7 @@ def graph_spec(model) -> str:
     return base64.b64encode(skeleton.SerializeToString()).decode("ascii")
 
 
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+def build_from_spec(spec: dict[str, Any], *, trust: bool = False) -> nn.Module:
     import onnx
     try:
         model = onnx.ModelProto()

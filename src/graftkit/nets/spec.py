@@ -5,7 +5,8 @@ A spec is either a string
     torchvision:NAME[?key=value&...]   torchvision.models.get_model(NAME, weights=None, **kwargs)
     path/to/file.py:factory[?k=v&...]  factory(**kwargs) from a Python file the user names
 or a dict describing a converted foreign graph, {"converter": "caffe", ...}, which
-the converter module of that name rebuilds (`nets.<converter>.build_from_spec`).
+the converter module of that name rebuilds (`nets.<converter>.build_from_spec(spec, trust=...)`:
+converted graphs are data and ignore `trust`; `probe`, which wraps another spec, passes it on).
 Values in the query string are parsed as JSON where possible (10 -> int, true -> bool).
 
 Trust: a spec read from a package is untrusted data. Unless the caller passes
@@ -104,10 +105,8 @@ def check_options(kwargs: dict[str, Any], where: str) -> None:
 def build(spec: str | dict, *, trust: bool = False, **overrides: Any) -> nn.Module:
     """A freshly initialised module for an architecture spec. Without `trust`, a spec that
     names a Python file or passes options off the allow-list is refused (module docstring)."""
-    if isinstance(spec, dict):
-        if spec.get("converter") == "probe":  # wraps another spec, which the same trust rules apply to
-            return _converter(spec).build_from_spec(spec, trust=trust)
-        return _converter(spec).build_from_spec(spec)
+    if isinstance(spec, dict):  # (a converter that wraps another spec, as probe does, passes trust on)
+        return _converter(spec).build_from_spec(spec, trust=trust)
     scheme, name, kwargs = parse(spec)
     kwargs.update(overrides)
     if not trust:

@@ -95,7 +95,8 @@ def _untransformed_images(ds) -> bool:
     return isinstance(ds, ImageDataset) and ds.transform is None
 
 
-def _with_transform(source, transform, classes, seed):
+def with_transform(source, transform, classes=None, seed: int = 0):
+    """`source` (an ImageDataset, shallow-copied, or a path) seen through `transform`."""
     from ..data import ImageDataset
     if isinstance(source, ImageDataset):
         ds = copy.copy(source)
@@ -116,12 +117,12 @@ def _open_paths(train, val, plan: Plan, model_meta: dict[str, Any], classes, see
         if isinstance(plan.data.augment, str) else plan.data.augment
     tp = train_pipeline(pre, augment=augment, normalize=False)
     ep = eval_pipeline(pre, normalize=False)
-    train_ds = _with_transform(train, tp, classes, seed)
+    train_ds = with_transform(train, tp, classes, seed)
     labels = [int(y) for y in train_ds.targets]
     check_labels(labels, classes, getattr(train, "description", None) or str(train))
     val_ds, val_labels = None, None
     if val is not None:
-        val_ds = _with_transform(val, ep, classes, seed)
+        val_ds = with_transform(val, ep, classes, seed)
         val_labels = [int(y) for y in val_ds.targets]
     return RunData(train_ds, val_ds, classes, labels, val_labels, pre, tp.normalize or _normalizer(pre))
 
