@@ -14,7 +14,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,6 +51,7 @@ class Position:
     elapsed: float = 0.0    # seconds of training so far (train + validation)
     epochs: int = 1         # planned number of epochs (with a time budget: the most that may run)
     reserve: float = 0.0    # seconds the end of an epoch takes (validation, packages, logs), kept out of a budget
+    ends: list = field(default_factory=list)   # the last few end-of-epoch durations, for a steady reserve
     best: float | None = None
     best_epoch: int | None = None
     bad_epochs: int = 0
@@ -281,7 +282,9 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 board.epoch(row, pos.it)
                 logs.write_csv(out / "log.csv", history)
                 logs.plot_curves(out / "curves.png", history, title=str(model_ref or ""))
-            pos.reserve = ctx.from_main(clock() - ended)
+            # the median of the last three ends: one slow save on a busy machine must not eat the budget
+            pos.ends = (pos.ends + [clock() - ended])[-3:]
+            pos.reserve = ctx.from_main(sorted(pos.ends)[(len(pos.ends) - 1) // 2])
             pos.elapsed = clock() - t_start
             if ctx.any(plan.time_budget is not None and not pos.stop_reason
                        and pos.elapsed >= plan.time_budget - pos.reserve):
