@@ -39,6 +39,9 @@ CHECKPOINT = "checkpoint.pt"
 DIVERGED = 1e4  # a cross-entropy this large means the logits exploded: stop before saving garbage
 
 
+PLOT_EVERY = 30.0  # seconds between redraws of curves.png during a run
+
+
 class RunInterrupted(GraftError):
     """The run was stopped (signal or request); its checkpoint is saved and --resume continues it."""
 
@@ -192,6 +195,7 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
     else:
         clock = time.perf_counter
     t_start = clock() - pos.elapsed
+    plotted = time.monotonic()
 
     with _signals(stop), progress:
         while pos.epoch < pos.epochs and not pos.stop_reason:
@@ -281,7 +285,6 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 save_package("last.safetensors")
                 board.epoch(row, pos.it)
                 logs.write_csv(out / "log.csv", history)
-                logs.plot_curves(out / "curves.png", history, title=str(model_ref or ""))
             # the median of the last three ends: one slow save on a busy machine must not eat the budget
             pos.ends = (pos.ends + [clock() - ended])[-3:]
             pos.reserve = ctx.from_main(sorted(pos.ends)[(len(pos.ends) - 1) // 2])
@@ -289,6 +292,11 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
             if ctx.any(plan.time_budget is not None and not pos.stop_reason
                        and pos.elapsed >= plan.time_budget - pos.reserve):
                 pos.stop_reason = f"time budget of {plan.time_budget:g} s used"
+            # The picture is redrawn every PLOT_EVERY seconds and at the end, outside the measured reserve:
+            # drawing it after every short epoch would cost more than the epochs.
+            if ctx.main and (pos.stop_reason or pos.epoch >= pos.epochs or time.monotonic() - plotted >= PLOT_EVERY):
+                logs.plot_curves(out / "curves.png", history, title=str(model_ref or ""))
+                plotted = time.monotonic()
             save_checkpoint()
     summary = _summary(pos, history, data, tuning, plan, seed, model_ref, out, ctx)
     if ctx.main:
@@ -391,6 +399,7 @@ def _summary(pos: Position, history, data: RunData, tuning: Tuning, plan: Plan, 
             "best_epoch": pos.best_epoch, "best": {k: best_row.get(k) for k in ("val_top1", "val_top5", "train_loss")},
             "last": {k: v for k, v in last.items() if k != "val_detail"},
             "val": last.get("val_detail"), "preprocessing": data.preprocessing, "tuning": tuning.summary(),
+            "groups": tuning.groups(plan.solver.lr, plan.solver.weight_decay),
             "plan": plan.to_dict(), "files": {n: str(out / n) for n in ("best.safetensors", "last.safetensors",
                                                                           CHECKPOINT, "log.csv", "curves.png")},
             "warnings": warnings}
