@@ -61,6 +61,21 @@ def save(module: nn.Module, path: str | os.PathLike, *, spec: str | dict | None 
     return path
 
 
+def update_meta(path: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Set top-level metadata fields of a package (e.g. calibration) without building its network:
+    the tensors are copied as they are and the file is replaced atomically."""
+    path = Path(path)
+    if not path.is_file():
+        raise GraftError(f"{path}: no such package file", "check the path")
+    tensors, metadata = open_safetensors(path)
+    meta = _package_meta(path, metadata)
+    meta.update(fields)
+    order = [n for n in meta.get("order") or [] if n in tensors] or list(tensors)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write_safetensors(f, {n: tensors[n] for n in order}, to_metadata(meta))
+    return meta
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The package's graftkit JSON, without touching the tensors."""
     path = Path(path)

@@ -167,3 +167,18 @@ def final_head(x: torch.Tensor, y: torch.Tensor, k: int, l2: float, path=()) -> 
         layer.weight.copy_((w / std[:, None]).T)
         layer.bias.copy_(b - (mean / std) @ w)
     return layer
+
+
+def out_of_fold_probs(x: torch.Tensor, y: torch.Tensor, k: int, l2: float = 1e-2, *, folds: int = 5,
+                      seed: int = 0) -> torch.Tensor:
+    """Class probabilities of every sample from a probe that never saw it (k-fold): what confident
+    learning needs to tell a wrong label from a hard image (Northcutt et al., JAIR 2021)."""
+    x, y = x.float(), y.long()
+    probs = torch.zeros(len(y), k)
+    parts = stratified_folds(y.numpy(), max(2, min(folds, int(np.bincount(y.numpy()).max()))), seed)
+    for test in parts:
+        train = np.setdiff1d(np.arange(len(y)), test)
+        mean, std = _stats(x[train])
+        w, b = fit_logreg(_standardise(x[train], mean, std), y[train], k, l2)
+        probs[test] = (_standardise(x[test], mean, std) @ w + b).softmax(1)
+    return probs

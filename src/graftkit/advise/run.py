@@ -46,13 +46,15 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
         plan.time_budget = float(time_budget)
     strategy = strategy or plan.strategy
     plan.strategy = strategy
+    where = {"train": _where(train_data), "val": _where(val_data)}
     plan.validate()
     say = log or (print if not quiet else (lambda _m: None))
     if strategy in ("finetune", "scratch"):
         module = resolve(model, trust=trust) if strategy == "finetune" else _fresh(model, trust)
         summary = fit(module, train_data, val_data, out_dir=out_dir, plan=plan, seed=seed, device=device,
                       quiet=quiet, log=log, **fit_kwargs)
-        return _record(out_dir, summary, {"asked": strategy, "chosen": strategy, "why": "asked for"})
+        return _record(out_dir, summary, {"asked": strategy, "chosen": strategy, "why": "asked for"},
+                       where)
     if fit_kwargs.get("resume"):
         raise GraftError(f"--resume continues a plain fine-tune, and strategy {strategy} measures first",
                          "start the run again (its features and probes are cached, so measuring is quick), or "
@@ -72,7 +74,7 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
     say(f"strategy {chosen}" + (f" (auto): {advice.scenario}; {advice.why}" if strategy == "auto" else ""))
     if chosen.startswith("probe"):
         summary = _probe_run(module, ds, val_data, advice, pre, Path(out_dir), cache_dir, quiet, t0, model)
-        return _record(out_dir, summary, record)
+        return _record(out_dir, summary, record, where)
     spent = time.perf_counter() - t0
     if plan.time_budget is not None:
         plan.time_budget = max(1.0, plan.time_budget - spent)  # the measuring came out of the budget
@@ -89,14 +91,24 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
     summary = fit(module, train_data, val_data, out_dir=out_dir, plan=plan, seed=seed, device=device, quiet=quiet,
                   log=log, **fit_kwargs)
     summary["seconds_measuring"] = round(spent, 2)
-    return _record(out_dir, summary, record)
+    return _record(out_dir, summary, record, where)
 
 
-def _record(out_dir, summary: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+def _record(out_dir, summary: dict[str, Any], record: dict[str, Any], where: dict) -> dict[str, Any]:
     from ..train.logs import write_json
     summary["strategy"] = record
+    # where the data was, so that `graft report RUN_DIR` can look at it again
+    summary["data"] = where
     write_json(Path(out_dir) / "summary.json", summary)
     return summary
+
+
+def _where(data) -> str | None:
+    """An absolute path for data given as a path (or an opened data set's), else None."""
+    if isinstance(data, (str, os.PathLike)):
+        return str(Path(data).resolve())
+    src = getattr(data, "origin", None)
+    return str(Path(src).resolve()) if src else None
 
 
 def _fresh(model, trust: bool) -> nn.Module:
@@ -148,7 +160,8 @@ def probe_package(module: nn.Module, result, classes: list[str], preprocessing: 
 def _probe_run(module, ds, val_data, advice: Advice, pre, out: Path, cache_dir, quiet, t0, model_ref) -> dict[str, Any]:
     classes = list(ds.classes)
     result = advice.probe_at(advice.depth)
-    summary: dict[str, Any] = {"classes": classes, "train_images": len(ds), "epochs": 0, "best_epoch": None,
+    summary: dict[str, Any] = {"model": str(model_ref) if isinstance(model_ref, (str, os.PathLike)) else None,
+                               "classes": classes, "train_images": len(ds), "val_images": 0, "epochs": 0, "best_epoch": None,
                                "best": {}, "warnings": [], "stop_reason": f"{advice.strategy}: no epochs to run",
                                "probe": result.to_json()}
     if val_data is not None:
@@ -164,6 +177,7 @@ def _probe_run(module, ds, val_data, advice: Advice, pre, out: Path, cache_dir, 
         with torch.no_grad():
             meter.update(result.head(vf.at[advice.depth]), vf.labels)
         summary["val"] = meter.result(classes)
+        summary["val_images"] = len(vds)
         summary["best"] = {"val_top1": summary["val"]["top1"]}
     # (after the validation features: the package's own hook on the network would stop their forward)
     net = probe_package(module, result, classes, pre)

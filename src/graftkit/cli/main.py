@@ -11,7 +11,7 @@ from ..errors import GraftError
 
 # Each module defines register(app: typer.Typer) and adds its commands.
 COMMAND_MODULES = ("inspect_cmd", "transplant_cmd", "convert_cmd", "data_cmd", "advise_cmd", "train_cmd",
-                   "serve_cmd", "demo_cmd")
+                   "serve_cmd", "report_cmd", "demo_cmd")
 
 
 def make_app() -> typer.Typer:

@@ -1,6 +1,7 @@
 """`graft evaluate`, `graft predict`, `graft export`: use a trained model."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -16,13 +17,18 @@ def register(app: typer.Typer) -> None:
                  data: str = typer.Argument(..., help="a class folder, a .lst file or a RecordIO pack"),
                  json_: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
                  out_dir: Optional[Path] = typer.Option(None, "-o", "--out",
-                                                        help="write metrics.json and confusion.png here"),
+                                                        help="write metrics.json, confusion.png and report.html here"),
                  batch_size: int = typer.Option(64, "--batch-size", min=1),
                  trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
                  device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: best)")) -> None:
         """Top-1, top-5, per-class accuracy and confusion matrix of MODEL on DATA (classes matched by name)."""
         from ..serve import evaluate as run
-        result = run(model, data, batch_size=batch_size, device=device, out_dir=out_dir, trust=trust)
+        if out_dir is not None:  # one pass gives the metrics and the report
+            from ..report import evaluation_report
+            done = evaluation_report(model, data, out_dir, batch_size=batch_size, device=device, trust=trust)
+            result = json.loads((out_dir / "metrics.json").read_text())
+        else:
+            result = run(model, data, batch_size=batch_size, device=device, trust=trust)
         if json_:
             print_json(result)
             return
@@ -34,7 +40,8 @@ def register(app: typer.Typer) -> None:
                     [(c, *row) for c, row in zip(result["classes"], result["confusion"])])
         out.print(f"top-1 {result['top1']:.2%}  top-{result['k']} {result['top5']:.2%}  on {result['n']} images", soft_wrap=True)
         if out_dir is not None:
-            out.print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'confusion.png'}", soft_wrap=True)
+            out.print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'confusion.png'} and the report "
+                      f"{done['files']['html']} (+ report.json, audit.json)", soft_wrap=True)
 
     @app.command()
     def predict(model: str = typer.Argument(..., help="a package, a built-in name or a spec"),

@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
               checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="also checkpoint every N iterations"),
               device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)"),
               trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
+              report: bool = typer.Option(True, "--report/--no-report", help="write report.html (errors, Grad-CAM, calibration, data audit) into the run folder"),
               json_: bool = typer.Option(False, "--json", help="print summary.json on stdout")) -> None:
         """Train MODEL on your images with a strategy (auto: probe the features, then choose a linear probe, a
         partial or a full fine-tune); writes best/last packages, summary.json and, for fine-tunes, checkpoint,
@@ -58,6 +59,8 @@ def register(app: typer.Typer) -> None:
         except RunInterrupted as e:
             print(f"graft: stopped: {e}", file=sys.stderr)
             raise typer.Exit(130)
+        if report:
+            _report(out, trust, cache)
         if json_:
             print_json(summary)
         else:
@@ -67,6 +70,17 @@ def register(app: typer.Typer) -> None:
                       + (f", best validation top-1 {best:.4f}" + (f" (epoch {summary['best_epoch']})" if summary["epochs"] else "")
                          if best is not None else "")
                       + f"; packages in {out}/best.safetensors and {out}/last.safetensors")
+
+    def _report(run_dir: Path, trust: bool, cache) -> None:
+        """The run's report; a report that cannot be made does not undo a finished training."""
+        from ..errors import GraftError
+        from ..report import run_report
+        try:
+            done = run_report(run_dir, trust=trust, cache_dir=cache, log=lambda m: err.print(m, soft_wrap=True))
+        except GraftError as e:
+            err.print(f"warning: no report: {e}", soft_wrap=True)
+            return
+        err.print(f"report: {done['files']['html']}", soft_wrap=True)
 
     plan_app = typer.Typer(no_args_is_help=True, help="Fine-tuning plans.")
     app.add_typer(plan_app, name="plan")

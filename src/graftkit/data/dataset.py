@@ -184,6 +184,7 @@ class ImageDataset(Dataset):
     def __init__(self, source, transform: Callable | None = None, classes: Sequence[str] | None = None,
                  seed: int = 0, description: str = "", substitute: bool = True):
         self._src = source
+        self.origin = "" if isinstance(source, _ArraySource) else description  # the path it was opened from
         self.substitute = substitute  # False: an undecodable sample comes back as (None, label)
         self.transform = transform
         n = len(source)

@@ -6,6 +6,7 @@
     run/   best.safetensors, last.safetensors, summary.json (+ log.csv, curves.png when it fine-tunes)  (graftkit.advise.train)
     eval/  metrics.json, confusion.png       (the best model on the held-out test split)
     predictions.json                         a few test images, top-3 each
+    report.html (+ report.json, audit.json)  curves, errors with Grad-CAM, calibration, data audit (graftkit.report)
     report.md, summary.json                  what happened, with the numbers and where the files are
 
 Everything is graftkit's own API (data, train, serve): the demo is the README's first
@@ -78,6 +79,13 @@ def run_demo(out_dir: str | os.PathLike = "graft-demo", *, time_budget: float = 
     step("train", t)
     best = run_dir / "best.safetensors"
 
+    # the report fits the temperature on the validation split first, so what follows is calibrated
+    t = time.perf_counter()
+    from ..report import run_report
+    report = run_report(run_dir, packs["test"], out=out / "report.html", log=say)
+    say(f"report: {out / 'report.html'}")
+    step("report", t)
+
     # 3. evaluate on the held-out test split, predict a few of its images
     t = time.perf_counter()
     metrics = evaluate(best, packs["test"], out_dir=out / "eval")
@@ -91,6 +99,7 @@ def run_demo(out_dir: str | os.PathLike = "graft-demo", *, time_budget: float = 
 
     timings["total"] = round(time.perf_counter() - t0, 2)
     doc = _summary(summary, metrics, predictions, timings, time_budget)
+    doc["calibration"] = {k: report["calibration"].get(k) for k in ("applied", "temperature", "ece_before", "ece_after")}
     for k in ("curves", "train_log"):  # a probe run has no epochs, so no curves or log
         if not (out / doc["files"][k]).exists():
             del doc["files"][k]
@@ -131,7 +140,7 @@ def _summary(train: dict[str, Any], metrics: dict[str, Any], predictions: list[d
         "seconds": timings,
         # relative to the run folder, so the folder can be moved or shared as it is
         "files": {
-            "report": "report.md", "model": "run/best.safetensors", "curves": "run/curves.png",
+            "report": "report.html", "report_md": "report.md", "model": "run/best.safetensors", "curves": "run/curves.png",
             "confusion": "eval/confusion.png", "metrics": "eval/metrics.json", "predictions": "predictions.json",
             "train_log": "run/log.csv", "train_summary": "run/summary.json", "data": "data",
             "packs": "data/packs",

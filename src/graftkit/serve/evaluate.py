@@ -7,6 +7,7 @@ whose folders sort differently from the model's classes is still scored right.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -120,6 +121,78 @@ def _open_data(data: Any, model: nn.Module):
     return _EachOnce(ImageDataset.open(data, eval_pipeline(preprocessing_of(model))))
 
 
+@dataclass
+class Scores:
+    """One pass of a model over a labelled data set: the main output of every image that decoded."""
+    logits: torch.Tensor          # [N, outputs], float32
+    labels: torch.Tensor          # [N] data labels
+    index: torch.Tensor           # [N] the images' positions in the data set
+    dataset: Any                  # what was scored (for names and pixels)
+    mapping: list[int]            # data label -> model output index
+    features: torch.Tensor | None = None   # [N, C] the classifier's input, when asked for
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def score(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 64,
+          device: str | torch.device | None = None, num_workers: int = 0, progress: bool | None = None,
+          trust: bool = False, calibrated: bool = True, keep_features: bool = False) -> Scores:
+    """Run `model` over `data` once and keep its outputs (see evaluate for the kinds of data)."""
+    import time
+    from ..models import resolve
+    from ..tune.head import find_head
+    model = resolve(model, trust=trust)  # (a package naming Python code builds only with trust)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dataset = _open_data(data, model)
+    n_out = num_outputs(model, input_shape_of(model))
+    mapping = class_mapping(list(dataset.classes), classes_of(model), n_out, where=str(data))
+    net = MainOutput(model, calibrated=calibrated).to(device).eval()
+    taken: list[torch.Tensor] = []
+    hook = None
+    head = find_head(model) if keep_features else None
+    if head is not None:  # the classifier's input comes free with the forward pass
+        hook = model.get_submodule(head).register_forward_hook(
+            lambda _m, args, _out: taken.append(args[0].detach().flatten(1).float().cpu()))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    logits, labels, index, at = [], [], [], 0
+    t0 = time.perf_counter()
+    try:
+        with make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
+            task = bar.add_task("evaluate", total=len(dataset), rate="")
+            for images, y in loader:
+                keep = y >= 0
+                if keep.any():
+                    logits.append(net(images[keep].to(device)).float().cpu())
+                    labels.append(y[keep])
+                    index.append(torch.arange(at, at + len(y))[keep])
+                    if hook is not None and taken and len(taken[-1]) != int(keep.sum()):
+                        hook.remove()   # a head run more than once per image: no features to keep
+                        hook, taken = None, []
+                at += len(y)
+                speed = bar.tasks[0].speed
+                bar.update(task, advance=len(y), rate=f"{speed:.1f} img/s" if speed else "")
+    finally:
+        if hook is not None:
+            hook.remove()
+    if not logits:
+        raise GraftError(f"{data}: the data set has no images to evaluate", "check the data path")
+    return Scores(torch.cat(logits), torch.cat(labels), torch.cat(index), dataset, mapping,
+                  torch.cat(taken) if taken else None, list(getattr(dataset, "skipped", [])),
+                  time.perf_counter() - t0)
+
+
+def metrics(scores: Scores) -> dict[str, Any]:
+    """Top-1, top-k, per-class accuracy and the confusion matrix of a scored data set."""
+    counter = ConfusionCounter(scores.dataset.classes, scores.mapping, scores.logits.shape[1])
+    counter.update(scores.logits, scores.labels)
+    result = counter.result()
+    n_skipped = len(scores.dataset) - len(scores.labels)
+    if n_skipped:  # undecodable images: named (when read in this process) and left out of every metric
+        result["skipped"] = n_skipped
+        result["skipped_files"] = scores.skipped
+    return result
+
+
 def evaluate(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 64,
              device: str | torch.device | None = None, out_dir: str | os.PathLike | None = None,
              num_workers: int = 0, progress: bool | None = None, trust: bool = False) -> dict[str, Any]:
@@ -129,30 +202,8 @@ def evaluate(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int
     `classes` list). Returns {"top1", "top5", "per_class", "confusion", "n", ...};
     with `out_dir`, also writes metrics.json and confusion.png there.
     """
-    from ..models import resolve
-    model = resolve(model, trust=trust)  # (a package naming Python code builds only with trust)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dataset = _open_data(data, model)
-    shape = input_shape_of(model)
-    n_out = num_outputs(model, shape)
-    mapping = class_mapping(list(dataset.classes), classes_of(model), n_out, where=str(data))
-    counter = ConfusionCounter(dataset.classes, mapping, n_out)
-    net = MainOutput(model).to(device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    n_skipped = 0
-    with make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
-        task = bar.add_task("evaluate", total=len(dataset), rate="")
-        for images, labels in loader:
-            keep = labels >= 0
-            n_skipped += int((~keep).sum())
-            if keep.any():
-                counter.update(net(images[keep].to(device)), labels[keep])
-            speed = bar.tasks[0].speed
-            bar.update(task, advance=len(labels), rate=f"{speed:.1f} img/s" if speed else "")
-    result = counter.result()
-    if n_skipped:  # undecodable images: named (when read in this process) and left out of every metric
-        result["skipped"] = n_skipped
-        result["skipped_files"] = list(getattr(dataset, "skipped", []))
+    result = metrics(score(model, data, batch_size=batch_size, device=device, num_workers=num_workers,
+                           progress=progress, trust=trust))
     if out_dir is not None:
         write_report(result, out_dir)
     return result

@@ -40,13 +40,16 @@ def main_output(out: Any, meta: dict[str, Any] | None = None) -> torch.Tensor:
 
 
 class MainOutput(nn.Module):
-    """`model` reduced to its main output: what is exported and served."""
+    """`model` reduced to its main output: what is exported and served. A package's fitted
+    temperature divides the logits (calibrated probabilities, same predictions) unless `calibrated=False`."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, calibrated: bool = True):
         super().__init__()
+        from .calibration import temperature_of
         self.model = model
         self._meta = meta_of(model)
         self._name: str | None = None  # the main key of a dict output, resolved on the first call
+        self.temperature = temperature_of(self._meta) if calibrated else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
@@ -54,8 +57,10 @@ class MainOutput(nn.Module):
             # A fixed key keeps tracing and scripting simple.
             if self._name is None:
                 self._name = main_output_name(list(out), self._meta)
-            return out[self._name]
-        return main_output(out, self._meta)
+            out = out[self._name]
+        else:
+            out = main_output(out, self._meta)
+        return out if self.temperature is None else out / self.temperature
 
 
 def classes_of(model: nn.Module) -> list[str] | None:

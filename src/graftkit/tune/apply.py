@@ -147,6 +147,19 @@ class Tuning:
                          "decay_mult": p.decay_mult, "why": p.why})
         return rows
 
+    def groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """The table by layer unit (`conv_stem`, `blocks.3`, `classifier`...), in the model's order."""
+        keys = _layer_keys([p.name for p in self.params])
+        out: dict[str, dict[str, Any]] = {}
+        for row, p in zip(self.table(lr, weight_decay), self.params):
+            g = out.setdefault(keys[p.name], {"group": keys[p.name], "parameters": 0, "status": [], "lr": [],
+                                              "weight_decay": []})
+            g["parameters"] += int(torch.Size(p.shape).numel())
+            for k in ("status", "lr", "weight_decay"):
+                if row[k] not in g[k]:
+                    g[k].append(row[k])
+        return list(out.values())
+
     def summary(self) -> dict[str, Any]:
         n = lambda ps: int(sum(torch.Size(p.shape).numel() for p in ps))  # noqa: E731
         return {"head": self.head_report, "stop_gradient": self.stop_gradient,
