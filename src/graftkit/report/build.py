@@ -20,6 +20,7 @@ from . import audit as auditing
 
 GALLERY = 12       # top-loss images shown, each with its Grad-CAM
 MOST_CONFUSED = 10
+LABEL_L2 = 0.1     # probe penalty for finding label errors (on standardised features)
 
 
 def run_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, *,
@@ -38,8 +39,12 @@ def run_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
     if not (run / "summary.json").is_file() or not (run / "best.safetensors").is_file():
         raise GraftError(f"{run}: not a run folder (no summary.json and best.safetensors)",
                          "give the folder `graft train -o` wrote")
-    summary = json.loads((run / "summary.json").read_text())
-    where = summary.get("data") or {}
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        where = summary.get("data") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise GraftError(f"{run / 'summary.json'}: not a run summary (corrupt JSON)",
+                         "train again, or give the folder of an intact run") from None
     val, train = where.get("val"), where.get("train")
     shown = str(data) if data is not None else val
     package = run / "best.safetensors"
@@ -211,11 +216,11 @@ def _audit(splits: list[tuple[str, str]], scored: tuple[str, Any] | None, featur
         labels = np.asarray(ds.targets, dtype=np.int64)
         names = [ds.name(i) for i in range(len(ds))]
         thumbs, digests = auditing.pixels_of(ds, progress)
-        feats = None
-        if feature_net is not None:
-            feats = features_of(feature_net[0], ds, at=["pre_logits"], preprocessing=feature_net[2],
-                                cache_dir=cache_dir, progress=progress,
-                                description=f"audit: {name} features").at["pre_logits"]
+        feats, depths = None, {}
+        if feature_net is not None:  # every default depth: one forward pass, and the strategy's cache
+            depths = features_of(feature_net[0], ds, preprocessing=feature_net[2], cache_dir=cache_dir,
+                                 progress=progress, description=f"audit: {name} features").at
+            feats = depths["pre_logits"]
             how = feature_net[1]
         elif scored is not None and scored[0] == name and scored[1].features is not None:
             feats = torch.zeros(len(ds), scored[1].features.shape[1])
@@ -228,10 +233,13 @@ def _audit(splits: list[tuple[str, str]], scored: tuple[str, Any] | None, featur
             probs[s.index] = s.logits.softmax(1)
             issues.append(auditing.label_issues(probs[:, s.mapping], labels, ds.classes, names, name,
                                                 "the trained model's probabilities on data it did not train on"))
-        elif name == "train" and feats is not None:
-            probs = out_of_fold_probs(feats, torch.as_tensor(labels), len(ds.classes))
+        elif name == "train" and depths:
+            # Probes at every depth, averaged: no single depth is best on every data set, and the strong
+            # penalty keeps a probe from learning the wrong labels it is meant to find.
+            y = torch.as_tensor(labels)
+            probs = sum(out_of_fold_probs(x, y, len(ds.classes), l2=LABEL_L2) for x in depths.values()) / len(depths)
             issues.append(auditing.label_issues(probs, labels, ds.classes, names, name,
-                                                "a 5-fold linear probe on the features (out of fold)"))
+                                                f"5-fold linear probes at {len(depths)} depths, averaged (out of fold)"))
     classes = list(parts[0].dataset.classes) if parts else []
     return {"features": how, "label_issues": issues, "duplicates": auditing.duplicates(parts),
             "imbalance": auditing.imbalance(parts, classes), "checks": _checks(splits),
