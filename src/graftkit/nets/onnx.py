@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import GraftError, some
-from ..formats.onnx_file import load_model
+from ..formats.onnx_file import load_model, normalise  # noqa: F401 - normalise: one place, shared with the reader
 from ..meta import attach, make_meta
 
 STRIP_ABOVE = 64  # float initializers with more elements than this leave the spec (the state_dict has them)
@@ -38,51 +38,6 @@ STRIP_ABOVE = 64  # float initializers with more elements than this leave the sp
 
 def claims(paths: list[Path]) -> bool:
     return any(Path(p).suffix.lower() == ".onnx" for p in paths)
-
-
-def normalise(model) -> Any:
-    """Fold Identity-of-initializer and Constant nodes into initializers; drop trailing '' inputs."""
-    import onnx
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    outputs = {o.name for o in g.output}
-    changed = True
-    while changed:
-        changed = False
-        keep = []
-        for n in g.node:
-            out = n.output[0] if n.output else ""
-            source = None
-            if n.op_type == "Constant" and out not in outputs and len(n.attribute) == 1:
-                a = n.attribute[0]
-                value = onnx.helper.get_attribute_value(a)
-                if a.name == "value":
-                    source = value
-                elif a.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                    dtype = np.float32 if "float" in a.name else np.int64
-                    source = onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype))
-            elif n.op_type == "Identity" and n.input and n.input[0] in inits and out not in outputs:
-                source = inits[n.input[0]]
-            if source is None:
-                keep.append(n)
-                continue
-            t = onnx.TensorProto()
-            t.CopyFrom(source)
-            t.name = out
-            g.initializer.append(t)
-            inits[out] = t
-            changed = True
-        if changed:
-            del g.node[:]
-            g.node.extend(keep)
-    for n in g.node:
-        ins = list(n.input)
-        while ins and ins[-1] == "":
-            ins.pop()
-        if len(ins) != len(n.input):
-            del n.input[:]
-            n.input.extend(ins)
-    return model
 
 
 def _perm(node) -> list[int]:

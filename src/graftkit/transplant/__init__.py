@@ -90,7 +90,8 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
             values[name] = s
         elif _same_but_unit_dims(s, t):
             values[name] = s.reshape(t.shape)
-            entry.reason = f"reshaped {shape_str(s.shape)} -> {shape_str(t.shape)} (1x1 convolution as dense)"
+            why = "1x1 convolution as dense" if min(s.ndim, t.ndim) >= 2 else "the same values"
+            entry.reason = f"reshaped {shape_str(s.shape)} -> {shape_str(t.shape)} ({why})"
         else:
             value, entry.reason = (None, clash(t, s)) if policy in ("skip", "widen") else adapt_tensor(
                 policy, t, s, target_classes=tgt_classes, source_classes=src_classes)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+import torch.fx
 import torch.nn as nn
 
 from ..formats.base import TensorRecord, TensorSet
@@ -68,22 +70,62 @@ def _family(kind: str) -> str:
 
 
 def records_from_module(module: nn.Module) -> TensorSet:
-    """The module's state_dict as TensorRecords whose kinds come from the module types (exact, not guessed)."""
+    """The module's state_dict as TensorRecords whose kinds come from the module types (exact, not guessed).
+
+    In a torch.fx graph (a converted ONNX model) a tensor held apart from the module that uses it
+    (onnx2torch keeps a PRelu slope among `initializers` and passes it to an OnnxPReLU) takes the
+    kind and the layer of that consumer, and layers come in the graph's execution order."""
     records, position = [], 0
     persistent = module.state_dict(keep_vars=True)
-    for mname, sub in module.named_modules():
+    fed = _fed_tensors(module)  # consumer module -> [(tensor name, role)]
+    fed_names = {full for pairs in fed.values() for full, _ in pairs}
+    modules = dict(module.named_modules())
+    for mname in _module_order(module, modules):
+        sub = modules[mname]
         own = list(sub.named_parameters(recurse=False)) + list(sub.named_buffers(recurse=False))
         own = [(n, t) for n, t in own if f"{mname}.{n}".lstrip(".") in persistent and t is not None]
-        if not own:
-            continue
+        own = [(n, t) for n, t in own if f"{mname}.{n}".lstrip(".") not in fed_names]
         kind = module_kind(sub)
         for n, t in own:
             full = f"{mname}.{n}" if mname else n
             role = n if n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked") else "other"
             records.append(TensorRecord(full, t.detach(), layer=mname or full, kind=kind, role=role,
                                         position=position))
-        position += 1
+        for full, role in fed.get(mname, []):
+            records.append(TensorRecord(full, persistent[full].detach(), layer=mname, kind=kind, role=role,
+                                        position=position))
+        if own or mname in fed:
+            position += 1
     return TensorSet(records, format="torch module")
+
+
+def _module_order(module: nn.Module, modules: dict[str, nn.Module]) -> list[str]:
+    """Module names in execution order for a torch.fx GraphModule, else in definition order."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return list(modules)
+    order = [n.target for n in module.graph.nodes if n.op == "call_module" and n.target in modules]
+    seen = set(order)
+    return list(dict.fromkeys(order)) + [m for m in modules if m not in seen]
+
+
+def _fed_tensors(module: nn.Module) -> dict[str, list[tuple[str, str]]]:
+    """For a torch.fx graph: consumer module name -> [(tensor name, role)], for persistent tensors
+    read by `get_attr` and passed to one module of a known kind (role from the argument slot)."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return {}
+    persistent = module.state_dict(keep_vars=True)
+    modules = dict(module.named_modules())
+    fed: dict[str, list[tuple[str, str]]] = {}
+    for node in module.graph.nodes:
+        if node.op != "get_attr" or node.target not in persistent:
+            continue
+        users = [u for u in node.users if u.op == "call_module" and u.target in modules]
+        if len(users) != 1 or module_kind(modules[users[0].target]) == "other":
+            continue
+        slot = list(users[0].args).index(node) if node in users[0].args else -1
+        role = {1: "weight", 2: "bias"}.get(slot, "other")
+        fed.setdefault(users[0].target, []).append((node.target, role))
+    return fed
 
 
 def module_kind(sub: nn.Module) -> str:
@@ -97,7 +139,7 @@ def module_kind(sub: nn.Module) -> str:
         return "batchnorm"
     if isinstance(sub, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
         return "norm"
-    if isinstance(sub, nn.PReLU):
+    if isinstance(sub, nn.PReLU) or type(sub).__name__ == "OnnxPReLU":  # onnx2torch's PRelu (slope passed in)
         return "prelu"
     if isinstance(sub, nn.Embedding):
         return "embedding"
