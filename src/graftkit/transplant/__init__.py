@@ -16,6 +16,7 @@ keras_flatten="hwc" (a target that permutes to NHWC itself before flattening).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -284,6 +285,7 @@ def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
         if len(cands) == 1:
             pair(t, cands[0], "exact" if cands[0] == t else "normalised")
     # 4. structure: align the units of what is left, pair tensors by slot inside aligned units
+    src = _kinds_from_target(src, tgt, only={s for s in src if s not in taken}, free={t for t in tgt if t not in pairs})
     src_units = build_units(src, only={s for s in src if s not in taken})
     tgt_units = build_units(tgt, only={t for t in tgt if t not in pairs})
     for i, j, _identical in align(src_units, tgt_units):
@@ -293,6 +295,33 @@ def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
             if sname is not None and sname not in taken and tname not in pairs:
                 pair(tname, sname, "structure")
     return pairs
+
+
+def _kinds_from_target(src: TensorSet, tgt: TensorSet, only: set[str], free: set[str]) -> TensorSet:
+    """A lone 1-D weight whose kind the source could not tell (a state dict's `prelu1.weight`: a PReLU
+    slope or a bias-free norm?) takes the kind the target's modules give every lone 1-D weight of that
+    width still free. Sources whose graph gave the kind (Caffe, ONNX, Keras) keep theirs. Returns a copy."""
+    def lone_vectors(ts: TensorSet, names: set[str]) -> dict[str, tuple[int, str]]:
+        out = {}
+        for layer, recs in ts.layers().items():
+            recs = [r for r in recs if r.role != "num_batches_tracked"]
+            if len(recs) == 1 and recs[0].name in names and recs[0].role == "weight" and recs[0].tensor.ndim == 1:
+                out[recs[0].name] = (recs[0].tensor.shape[0], recs[0].kind)
+        return out
+
+    unknown = {n: w for n, (w, k) in lone_vectors(src, only).items() if k == "other"}
+    if not unknown:
+        return src
+    target_kinds: dict[int, set[str]] = {}
+    for width, kind in lone_vectors(tgt, free).values():
+        target_kinds.setdefault(width, set()).add(kind)
+    records = []
+    for r in src.records.values():
+        kinds = target_kinds.get(unknown.get(r.name, -1), set())
+        if len(kinds) == 1 and kinds != {"other"}:
+            r = dataclasses.replace(r, kind=next(iter(kinds)), meta={**r.meta, "kind_from": "target"})
+        records.append(r)
+    return TensorSet(records, format=src.format, source=src.source, meta=src.meta, graph=src.graph)
 
 
 def _eps_notes(src: TensorSet, module: nn.Module, pairs) -> list[str]:
