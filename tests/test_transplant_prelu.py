@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import graftkit
+from graftkit.errors import GraftError
 
 from conftest import fixture, rel_err, run_graft
 
@@ -95,3 +97,30 @@ def test_a_partial_transplant_warns_and_strict_fails(tmp_path):
     r = run_graft("transplant", src, "--into", "nets.py:PNet", "--trust", "--strict", "-o",
                   tmp_path / "q.safetensors", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "q.safetensors").exists()
+
+
+def test_a_package_made_with_a_relative_factory_path_loads_from_anywhere(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "nets.py").write_text(PNET)
+    src = _state_dict_file(work)
+    r = run_graft("transplant", src, "--into", "nets.py:PNet", "--trust", "-o", "pnet.safetensors", cwd=work)
+    assert r.returncode == 0, r.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _check_outputs(work / "pnet.safetensors", "loaded from another folder")
+    r = run_graft("inspect", work / "pnet.safetensors", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    # Moved together with its file: found beside the package.
+    moved = tmp_path / "moved"
+    work.rename(moved)
+    _check_outputs(moved / "pnet.safetensors", "moved with its file")
+    # The file changed: it still loads, and says so.
+    (moved / "nets.py").write_text(PNET + "\n# edited\n")
+    with pytest.warns(UserWarning, match="changed since the package was made"):
+        graftkit.load(moved / "pnet.safetensors", trust=True)
+    # The file is gone: one clear error naming where it was looked for.
+    (moved / "nets.py").unlink()
+    with pytest.raises(GraftError, match=r"architecture file nets\.py is not at .*work/nets\.py"):
+        graftkit.load(moved / "pnet.safetensors", trust=True)
