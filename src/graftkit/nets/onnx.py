@@ -13,7 +13,9 @@ when the graph has several outputs, and takes and returns NCHW even where the gr
 was written for NHWC (its leading and trailing Transposes are dropped, see
 `nchw_inputs` and `nchw_outputs`).
 `convert(..., verify_with_onnxruntime=True)` (the default) runs onnxruntime and
-the module on the same random input and refuses a mismatch.
+the module on the same random input and refuses a mismatch. Dynamic dims take
+`input_shapes` (`--input-shape`) or a representative size (`check_shapes`); the
+provenance records the shapes checked, or why nothing was (and the CLI says so).
 
 For packages the spec stores the graph with the large float initializers'
 data removed (dims kept); `build_from_spec` zero-fills them, converts, and the
@@ -193,39 +195,73 @@ def build_from_spec(spec: dict[str, Any], *, trust: bool = False) -> nn.Module:
         return to_module(model, "package ONNX graph")
 
 
-def _random_inputs(model) -> dict[str, np.ndarray] | None:
-    """A random input per graph input with a static shape (batch dims set to 1); None if any is unknown."""
+class RuntimeRefused(Exception):
+    """onnxruntime itself cannot run the model on the shape chosen for the check."""
+
+
+SPATIAL, OTHER = 224, 16  # sizes for dynamic dims with no hint: an ImageNet image, a short sequence
+
+
+def check_shapes(model, given: dict[str, list[int]] | None) -> tuple[dict[str, list[int]] | None, str]:
+    """A concrete shape per graph input for the onnxruntime check, and what was chosen or why none:
+    declared dims as they are; dynamic ones from `given` (--input-shape NAME=...), else a batch of 1,
+    and SPATIAL for the last two dims of a 4-D (image) input, OTHER elsewhere."""
     import onnx
     inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    rng = np.random.default_rng(0)
+    given = dict(given or {})
+    shapes, guessed = {}, []
     for i in model.graph.input:
         if i.name in inits:
             continue
         tt = i.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (1 if k == 0 else 0) for k, d in enumerate(tt.shape.dim)]
-        if any(d <= 0 for d in dims):
-            return None
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         if not np.issubdtype(dtype, np.floating):
-            return None
-        feeds[i.name] = rng.standard_normal(dims).astype(dtype)
-    return feeds
+            return None, f"input {i.name} is {np.dtype(dtype).name}, and graftkit checks with random floats only"
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        if i.name in given:
+            if dims and len(given[i.name]) != len(dims):
+                raise GraftError(f"--input-shape {i.name}={','.join(map(str, given[i.name]))} has "
+                                 f"{len(given[i.name])} dims, the graph's input has {len(dims)}")
+            shapes[i.name] = list(given.pop(i.name))
+            continue
+        if not tt.HasField("shape"):
+            return None, f"input {i.name} has no declared rank; pass --input-shape {i.name}=..."
+        concrete = []
+        for k, d in enumerate(dims):
+            if d is None:
+                d = 1 if k == 0 else (SPATIAL if len(dims) == 4 and k >= 2 else OTHER)
+                guessed.append(i.name)
+            concrete.append(d)
+        shapes[i.name] = concrete
+    if given:
+        raise GraftError(f"--input-shape names {', '.join(given)}, not an input of this graph",
+                         f"its inputs: {', '.join(shapes) or 'none'}")
+    how = "dynamic dims set to a representative size" if guessed else "the declared shape"
+    return shapes, how
 
 
 def verify(net: nn.Module, model, original: bytes, nhwc: list[str], path: Path,
-           nhwc_out: list[str] = ()) -> float | None:
+           nhwc_out: list[str] = (), shapes: dict[str, list[int]] | None = None) -> float:
     """Max relative error of `net` against onnxruntime running the `original` model on the same random
-    input (None when shapes are dynamic). Inputs in `nhwc` are fed to onnxruntime transposed, and its
+    input of `shapes` (from check_shapes). Inputs in `nhwc` are fed to onnxruntime transposed, and its
     outputs in `nhwc_out` are transposed back."""
+    import onnx
     import onnxruntime as ort
-    feeds = _random_inputs(model)
-    if feeds is None:
-        return None
-    sess = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
-    expected = sess.run(None, {k: v.transpose(0, 2, 3, 1) if k in nhwc else v for k, v in feeds.items()})
-    with torch.no_grad():
-        ours = net(*[torch.from_numpy(v) for v in feeds.values()])
+    rng = np.random.default_rng(0)
+    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+    feeds = {k: rng.standard_normal(v).astype(types[k]) for k, v in shapes.items()}
+    try:
+        sess = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+        expected = sess.run(None, {k: v.transpose(0, 2, 3, 1) if k in nhwc else v for k, v in feeds.items()})
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: the size we picked does not suit the model
+        raise RuntimeRefused(str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
+    try:
+        with torch.no_grad():
+            ours = net(*[torch.from_numpy(v) for v in feeds.values()])
+    except Exception as e:  # noqa: BLE001 - onnxruntime ran it: the conversion is at fault
+        raise GraftError(f"{path}: the converted network fails on {shapes}, where onnxruntime runs "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                         "please report this model") from None
     if not isinstance(ours, dict):
         ours = {net.outputs[0]: ours} if torch.is_tensor(ours) else dict(zip(net.outputs, ours))
     worst = 0.0
@@ -233,15 +269,19 @@ def verify(net: nn.Module, model, original: bytes, nhwc: list[str], path: Path,
         if name in nhwc_out:
             exp = exp.transpose(0, 3, 1, 2)
         got = ours[name].detach().numpy().astype(np.float64)
-        scale = max(float(np.abs(exp).max()), 1e-12)
-        worst = max(worst, float(np.abs(got - exp).max()) / scale)
+        if got.shape != exp.shape:
+            raise GraftError(f"{path}: the converted network's output {name} has shape {list(got.shape)}, "
+                             f"onnxruntime's {list(exp.shape)}", "please report this model")
+        scale = max(float(np.abs(exp).max()), 1e-12) if exp.size else 1.0
+        worst = max(worst, float(np.abs(got - exp).max()) / scale if exp.size else 0.0)
     if worst > 1e-4:
         raise GraftError(f"{path}: the converted network differs from onnxruntime (relative error {worst:.2e})",
                          "this model uses an op onnx2torch converts inexactly; please report it")
     return worst
 
 
-def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True, **kwargs) -> nn.Module:
+def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True,
+            input_shapes: dict[str, list[int]] | None = None, **kwargs) -> nn.Module:
     path = next(Path(p) for p in paths if Path(p).suffix.lower() == ".onnx")
     model = load_model(path)
     original = model.SerializeToString() if verify_with_onnxruntime else b""
@@ -257,9 +297,18 @@ def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True, **kwargs
         prov["nhwc_outputs_made_nchw"] = nhwc_out
     net.eval()
     if verify_with_onnxruntime:
-        err = verify(net, model, original, nhwc, path, nhwc_out)
-        if err is not None:
-            prov["onnxruntime_max_rel_err"] = err
+        shapes, how = check_shapes(model, input_shapes)
+        if shapes is None:
+            prov["onnxruntime_not_checked"] = how
+        else:
+            try:
+                prov["onnxruntime_max_rel_err"] = verify(net, model, original, nhwc, path, nhwc_out, shapes)
+                prov["onnxruntime_checked_shapes"] = shapes
+                prov["onnxruntime_checked_how"] = how
+            except RuntimeRefused as e:
+                if input_shapes:
+                    raise GraftError(f"{path}: onnxruntime cannot run the model on {shapes} ({e})",
+                                     "check the --input-shape") from None
+                prov["onnxruntime_not_checked"] = (f"onnxruntime cannot run it on {shapes} ({how}): {e}; "
+                                                   "pass --input-shape NAME=N,C,H,W")
     return attach(net, make_meta(spec, provenance=prov))
-
-
