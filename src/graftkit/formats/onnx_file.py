@@ -72,8 +72,23 @@ def normalise(model, *, identities: bool = True) -> Any:
     """Fold Constant nodes (and, with `identities`, Identity-of-initializer nodes) into initializers;
     drop trailing '' inputs. Shared by the reader and the converter (nets/onnx.py), so that both see
     the same weights. The reader keeps Identity nodes (it aliases them to one record instead of copies)."""
+    _normalise_graph(model.graph, identities)
+    return model
+
+
+def _subgraphs(node):
+    """The graphs held in a node's attributes (If branches, Loop and Scan bodies)."""
+    for a in node.attribute:
+        if a.HasField("g"):
+            yield a.name, a.g
+        yield from ((a.name, g) for g in a.graphs)
+
+
+def _normalise_graph(g, identities: bool) -> None:
     import onnx
-    g = model.graph
+    for n in g.node:  # weights inside If branches and loop bodies too
+        for _, sub in _subgraphs(n):
+            _normalise_graph(sub, identities)
     inits = {t.name: t for t in g.initializer}
     outputs = {o.name for o in g.output}
     changed = True
@@ -113,7 +128,6 @@ def normalise(model, *, identities: bool = True) -> Any:
         if len(ins) != len(n.input):
             del n.input[:]
             n.input.extend(ins)
-    return model
 
 
 def _load_external(path: Path, t) -> None:
@@ -157,17 +171,29 @@ def _to_tensor(path: Path, t) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
+def _walk(graph):
+    """The graph's nodes, each followed by the nodes of its subgraphs (If branches list their weights)."""
+    for n in graph.node:
+        yield n
+        for _, sub in _subgraphs(n):
+            yield from _walk(sub)
+
+
 def read(path: Path, *, trust: bool = False) -> TensorSet:
     path = Path(path)
     model = normalise(load_model(path), identities=False)
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
+    nodes = list(_walk(graph))
+    inits = {}
+    for g in [graph] + [sub for n in nodes for _, sub in _subgraphs(n)]:
+        for t in g.initializer:
+            inits.setdefault(t.name, t)
     # Initializer name -> (position, layer, kind, role, meta) from its first consumer.
     use: dict[str, tuple[int, str, str, str, dict]] = {}
     producers = {}  # output name -> (node, index) for MatMul + Add bias detection
     positions: dict[str, int] = {}
     alias: dict[str, str] = {}  # exporters share equal initializers through Identity nodes
-    for i, node in enumerate(graph.node):
+    for i, node in enumerate(nodes):
         layer = node.name or f"{node.op_type}_{i}"
         if node.op_type == "Identity" and node.input and alias.get(node.input[0], node.input[0]) in inits:
             alias[node.output[0]] = alias.get(node.input[0], node.input[0])

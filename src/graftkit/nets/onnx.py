@@ -6,7 +6,10 @@ short on things exporters commonly emit, which we normalise first:
     initializers, e.g. the zero biases of a fresh network, that way) and `Constant`
     nodes: onnx2torch requires Conv/Gemm weights and Clip bounds to be initializers,
     so both are folded into initializers;
-  - omitted optional inputs written as '' (e.g. Clip without max): dropped when trailing.
+  - omitted optional inputs written as '' (e.g. Clip without max): dropped when trailing;
+  - an `If` whose condition does not depend on the inputs: replaced by the branch it takes;
+  - ops onnx2torch lacks (GlobalMaxPool, LSTM, GRU, BatchNormalization of unknown rank): graftkit's
+    own converters in nets/onnx_ops.py.
 An op onnx2torch does not know is refused by name, with the nodes using it,
 before anything is built. The converted module returns a dict by output name
 when the graph has several outputs, and takes and returns NCHW even where the graph
@@ -40,6 +43,78 @@ STRIP_ABOVE = 64  # float initializers with more elements than this leave the sp
 
 def claims(paths: list[Path]) -> bool:
     return any(Path(p).suffix.lower() == ".onnx" for p in paths)
+
+
+def inline_constant_ifs(model) -> int:
+    """Replace each top-level `If` whose condition does not depend on the graph's inputs (an initializer,
+    or computed from initializers only) by the nodes of the branch it takes; returns how many. The
+    branch's initializers join the graph and its outputs are renamed to the If's through Identity nodes."""
+    import onnx
+    g = model.graph
+    done = 0
+    while True:
+        inits = {t.name: t for t in g.initializer}
+        node = next((n for n in g.node if n.op_type == "If" and _constant_condition(model, n.input[0], inits)
+                     is not None), None)
+        if node is None:
+            return done
+        cond = _constant_condition(model, node.input[0], inits)
+        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch"))
+        g.initializer.extend(branch.initializer)
+        new = list(branch.node) + [onnx.helper.make_node("Identity", [b.name], [o], name=f"{node.name or 'If'}/{o}")
+                                   for b, o in zip(branch.output, node.output) if o]
+        at = list(g.node).index(node)
+        nodes = list(g.node[:at]) + new + list(g.node[at + 1:])
+        del g.node[:]
+        g.node.extend(nodes)
+        done += 1
+
+
+def _constant_condition(model, name: str, inits: dict) -> bool | None:
+    """The value of an If's condition when it does not depend on the graph's inputs, else None."""
+    from onnx import numpy_helper
+    if name in inits:
+        return bool(numpy_helper.to_array(inits[name]).reshape(-1)[0])
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, stack, seen = [], [name], set()
+    while stack:  # the nodes computing `name`, if they start from initializers only
+        v = stack.pop()
+        if v in seen or v in inits or v == "":
+            continue
+        seen.add(v)
+        n = producer.get(v)
+        if n is None or n.op_type in ("If", "Loop", "Scan") or any(a.g.node for a in n.attribute if a.g):
+            return None  # a graph input, or control flow: leave it to the converter
+        needed.append(n)
+        stack.extend(n.input)
+    try:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+        order = [n for n in model.graph.node if n in needed]
+        used = {i: inits[i] for n in order for i in n.input if i in inits}
+        sub = onnx.helper.make_graph(order, "cond", [], [onnx.helper.make_empty_tensor_value_info(name)],
+                                     list(used.values()))
+        m = onnx.helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+        (value,) = ReferenceEvaluator(m).run(None, {})
+        return bool(value.reshape(-1)[0])
+    except Exception:  # noqa: BLE001 - anything the reference runtime cannot evaluate stays an If
+        return None
+
+
+def _one_node_per_output(model) -> None:
+    """Give each graph output its own Identity node where one node yields several (an LSTM's Y, Y_h, Y_c):
+    onnx2torch returns such a node's tuple once, in the node's order, not one value per output."""
+    import onnx
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    for n in list(g.node):
+        mine = [k for k, o in enumerate(n.output) if o in outputs]
+        if len(mine) < 2:
+            continue
+        for k in mine:
+            name = n.output[k]
+            n.output[k] = f"{name}__graftkit_out"
+            g.node.append(onnx.helper.make_node("Identity", [n.output[k]], [name], name=f"{name}__identity"))
 
 
 def _perm(node) -> list[int]:
@@ -109,6 +184,8 @@ def nchw_outputs(model) -> list[str]:
 def check_ops(model, where: str) -> None:
     """Refuse ops onnx2torch cannot convert, naming them and the nodes that use them."""
     from onnx2torch.node_converters.registry import get_converter
+
+    from . import onnx_ops  # noqa: F401 - registers graftkit's converters (GlobalMaxPool, LSTM, GRU, BatchNorm)
     opsets = {o.domain: o.version for o in model.opset_import}
     unknown: dict[str, list[str]] = {}
     for i, n in enumerate(model.graph.node):
@@ -121,8 +198,10 @@ def check_ops(model, where: str) -> None:
     if unknown:
         listing = "; ".join(f"{op} (used by {some(names)})"
                             for op, names in unknown.items())
-        raise GraftError(f"{where}: unsupported ONNX op(s) at opset {opsets.get('', '?')}: {listing}",
-                         "re-export with a different opset, or replace these ops")
+        hint = "re-export with a different opset, or replace these ops"
+        if "If" in unknown:
+            hint = "an If converts when its condition does not depend on the inputs; " + hint
+        raise GraftError(f"{where}: unsupported ONNX op(s) at opset {opsets.get('', '?')}: {listing}", hint)
 
 
 def _outputs_as_dict(gm, names: list[str]):
@@ -141,6 +220,9 @@ def _outputs_as_dict(gm, names: list[str]):
 def to_module(model, where: str) -> nn.Module:
     from onnx2torch import convert as o2t
     model = normalise(model)
+    if inline_constant_ifs(model):
+        model = normalise(model)  # the inlined branch's own Constant nodes
+    _one_node_per_output(model)
     check_ops(model, where)
     try:
         gm = o2t(model)
