@@ -16,7 +16,8 @@ from conftest import fixture, rel_err, run_graft
 
 RTOL = 1e-5
 MODELS = {"face_detection_short_range": ("regressors", "classificators"),
-          "face_landmark": ("conv2d_20", "conv2d_30")}
+          "face_landmark": ("conv2d_20", "conv2d_30"),
+          "ops_zoo": ("probs", "map", "bilinear")}  # written by fixtures/tflite/make_ops_zoo.py
 
 
 def _run(net, x_nhwc):
@@ -52,6 +53,15 @@ def test_reader_lists_every_weight_dequantised_in_torch_layout():
     lm = graftkit.read(fixture("tflite/face_landmark.tflite"))
     prelu = [r for r in lm.records.values() if r.kind == "prelu"]
     assert len(prelu) == 23 and all(r.tensor.ndim == 1 for r in prelu)
+
+
+def test_int8_per_channel_weights_are_dequantised_and_recorded():
+    ts = graftkit.read(fixture("tflite/ops_zoo.tflite"))
+    r = ts.record("conv1/kernel_int8")
+    assert r.meta["quantized"] == {"dtype": "int8", "per_channel": True} and r.tensor.dtype == torch.float32
+    assert (r.kind, r.layer, tuple(r.tensor.shape)) == ("conv", "conv1", (8, 3, 3, 3))
+    assert tuple(ts["deconv/kernel"].shape) == (16, 8, 3, 3)  # ConvTranspose2d's (in, out, kh, kw)
+    assert ts.record("fc/weights").kind == "linear"
 
 
 def test_transplant_into_its_own_architecture_copies_everything(tmp_path):
