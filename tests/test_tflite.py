@@ -102,3 +102,66 @@ def test_live_litert_on_another_input(name):
     got = _run(graftkit.convert(path), x)
     for o in it.get_output_details():
         assert rel_err(got[o["name"]], it.get_tensor(o["index"])) < RTOL, o["name"]
+
+
+BLAZEFACE = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    """depthwise 3x3 + pointwise 1x1, plus a (max-pooled, channel-padded) shortcut, then ReLU."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.stride, self.extra = stride, cout - cin
+        self.dw = nn.Conv2d(cin, cin, 3, stride, padding=1 if stride == 1 else 0, groups=cin)
+        self.pw = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x):
+        h = self.dw(F.pad(x, (0, 1, 0, 1)) if self.stride == 2 else x)  # TensorFlow's SAME: the pixel after
+        skip = F.max_pool2d(x, 2) if self.stride == 2 else x
+        return F.relu(self.pw(h) + F.pad(skip, (0, 0, 0, 0, 0, self.extra)))
+
+
+class BlazeFace(nn.Module):
+    """MediaPipe's short-range BlazeFace, written by hand with names of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 24, 5, stride=2)
+        widths = [24, 24, 28, 32, 36, 42, 48, 56, 64, 72, 80, 88]
+        self.stage1 = nn.Sequential(*[Block(a, b, 2 if b in (32, 48) else 1) for a, b in zip(widths, widths[1:])])
+        self.stage2 = nn.Sequential(Block(88, 96, 2), *[Block(96, 96) for _ in range(4)])
+        self.cls8, self.cls16 = nn.Conv2d(88, 2, 1), nn.Conv2d(96, 6, 1)
+        self.reg8, self.reg16 = nn.Conv2d(88, 32, 1), nn.Conv2d(96, 96, 1)
+
+    def forward(self, x):
+        a = self.stage1(F.relu(self.stem(F.pad(x, (1, 2, 1, 2)))))
+        b = self.stage2(a)
+
+        def flat(t, k):
+            return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, k)
+
+        return {"regressors": torch.cat([flat(self.reg8(a), 16), flat(self.reg16(b), 16)], 1),
+                "classificators": torch.cat([flat(self.cls8(a), 1), flat(self.cls16(b), 1)], 1)}
+'''
+
+
+def test_transplant_into_a_hand_written_blazeface_copies_everything(tmp_path):
+    (tmp_path / "nets.py").write_text(BLAZEFACE)
+    out = tmp_path / "blazeface.safetensors"
+    r = run_graft("transplant", fixture("tflite/face_detection_short_range.tflite"), "--into", "nets.py:BlazeFace",
+                  "--trust", "--strict", "--json", "-o", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)["summary"]
+    assert s["copied"] == s["target_tensors"] == 74 and s["unused_source_tensors"] == 0, s
+    net = graftkit.load(out, trust=True)
+    x = np.load(fixture("tflite/face_detection_short_range.input_nhwc.npy"))
+    with torch.no_grad():
+        got = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+    for name in MODELS["face_detection_short_range"]:
+        err = rel_err(got[name].numpy(), np.load(fixture(f"tflite/face_detection_short_range.{name}.litert.npy")))
+        print(f"hand-written BlazeFace {name}: max relative error vs LiteRT {err:.2e}")
+        assert err < RTOL, (name, err)
