@@ -65,33 +65,21 @@ def test_constant_weights_are_read_like_initializers(tmp_path):
         assert len(doc["tensors"]) == len(inits) == doc["totals"]["tensors"]
 
 
-def _without_matmul(model):
-    """_model() up to its Gemm: onnx2torch keeps a MatMul's constant weight [in, out] as a bare buffer,
-    which no transplant can pair with PyTorch's [out, in] (see the report of issue 12)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    keep = [n for n in g.node if n.op_type not in ("MatMul", "Add")]
-    del g.node[:]
-    g.node.extend(keep)
-    drop = [t for t in g.initializer if t.name in ("mmW", "mmB")]
-    for t in drop:
-        g.initializer.remove(t)
-    del g.output[:]
-    g.output.extend([helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, [2, 5])])
-    onnx.checker.check_model(m)
-    return m
-
-
 def test_transplant_from_constant_weights_into_own_conversion_copies_everything(tmp_path):
     model, _ = _model()
-    const = _as_constants(_without_matmul(model))
+    const = _as_constants(model)
     path = tmp_path / "const.onnx"
     onnx.save(const, path)
     x = _arr(2, 4, 8, 8)
     expected = _ort(const, x)
+    # The architecture comes from the same graph with other weights, so only the transplant explains the output.
+    other = onnx.ModelProto()
+    other.CopyFrom(model)
+    for t in other.graph.initializer:
+        t.CopyFrom(onnx.numpy_helper.from_array(np.abs(onnx.numpy_helper.to_array(t)) * 1.5 + 0.1, t.name))
+    onnx.save(_as_constants(other), tmp_path / "other.onnx")
     pkg = tmp_path / "arch.safetensors"
-    r = run_graft("convert", path, "-o", pkg)
+    r = run_graft("convert", tmp_path / "other.onnx", "-o", pkg)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "grafted.safetensors"
     r = run_graft("transplant", path, "--into", pkg, "-o", out, "--json", "--strict")
@@ -100,7 +88,11 @@ def test_transplant_from_constant_weights_into_own_conversion_copies_everything(
     summary = rep["summary"]
     # Every tensor but BatchNorm's step counter (which ONNX does not have) is copied; nothing is unused.
     assert summary["left"] == summary["left_harmless"] == 1 and summary["unused_source_tensors"] == 0, summary
-    assert summary["copied"] == summary["target_tensors"] - 1 == 9, summary
+    assert summary["copied"] == summary["target_tensors"] - 1 == 11, summary
+    # onnx2torch keeps MatMul's constant [in, out] and the Add's bias apart from any module: they pair with
+    # the reader's [out, in] dense weight and its bias all the same.
+    by_source = {e["source"]: e for e in rep["parameters"]}
+    assert by_source["mmW"]["shape"] == [3, 5] and by_source["mmB"]["status"] == "copied"
     net = graftkit.load(out)
     with torch.no_grad():
         got = net(torch.from_numpy(x)).numpy()

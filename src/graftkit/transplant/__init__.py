@@ -73,7 +73,12 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
 
     # Decide every tensor first, then copy: a layer's bias and norm follow its weight.
     values: dict[str, torch.Tensor] = {}
+    # Target tensors stored transposed (a converted ONNX MatMul's [in, out] weight) are matched and
+    # decided as the [out, in] their records show, and copied back transposed.
+    flipped = {r.name for r in tgt.records.values() if r.meta.get("stored_transposed")}
     for name, t in state.items():
+        if name in flipped:
+            t = t.t()
         if name not in pairs:
             report.entries.append(Entry(name, None, "left", "no source tensor", None, list(t.shape)))
             continue
@@ -107,6 +112,7 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
             if e.status != "left":
                 t = state[e.target]
                 v = values[e.target]
+                v = v.t() if e.target in flipped else v
                 t.copy_(v.to(t.dtype) if v.dtype != t.dtype else v)
     used = {e.source for e in report.entries if e.status != "left"}
     clashed = {e.source: f"{e.reason} (target {e.target})" for e in report.entries

@@ -92,8 +92,10 @@ def records_from_module(module: nn.Module) -> TensorSet:
             records.append(TensorRecord(full, t.detach(), layer=mname or full, kind=kind, role=role,
                                         position=position))
         for full, role in fed.get(mname, []):
-            records.append(TensorRecord(full, persistent[full].detach(), layer=mname, kind=kind, role=role,
-                                        position=position))
+            t, meta = persistent[full].detach(), {}
+            if type(sub).__name__ == "OnnxMatMul" and role == "weight" and t.ndim == 2:
+                t, meta = t.t(), {"stored_transposed": True}  # matmul(x, W) keeps W [in, out]: show [out, in]
+            records.append(TensorRecord(full, t, layer=mname, kind=kind, role=role, position=position, meta=meta))
         if own or mname in fed:
             position += 1
     return TensorSet(records, format="torch module")
@@ -120,12 +122,34 @@ def _fed_tensors(module: nn.Module) -> dict[str, list[tuple[str, str]]]:
         if node.op != "get_attr" or node.target not in persistent:
             continue
         users = [u for u in node.users if u.op == "call_module" and u.target in modules]
-        if len(users) != 1 or module_kind(modules[users[0].target]) == "other":
+        if len(users) != 1:
             continue
-        slot = list(users[0].args).index(node) if node in users[0].args else -1
+        user = users[0]
+        layer = _bias_of(user, node, modules)
+        if layer is not None:
+            fed.setdefault(layer, []).append((node.target, "bias"))
+            continue
+        if module_kind(modules[user.target]) == "other":
+            continue
+        slot = list(user.args).index(node) if node in user.args else -1
         role = {1: "weight", 2: "bias"}.get(slot, "other")
-        fed.setdefault(users[0].target, []).append((node.target, role))
+        fed.setdefault(user.target, []).append((node.target, role))
     return fed
+
+
+def _bias_of(add, const, modules: dict[str, nn.Module]) -> str | None:
+    """The linear layer whose output `add` (an ONNX Add) offsets by the tensor `const`: MatMul + Add is
+    a dense layer with a bias, as the ONNX reader tags it. None otherwise."""
+    mod = modules[add.target]
+    if getattr(mod, "math_op_function", None) is not torch.add or len(add.args) != 2:
+        return None
+    other = add.args[0] if add.args[1] is const else add.args[1]
+    if getattr(other, "op", None) != "call_module" or other.target not in modules:
+        return None
+    lin = modules[other.target]
+    if type(lin).__name__ == "OnnxMatMul" or (isinstance(lin, nn.Linear) and lin.bias is None):
+        return other.target
+    return None
 
 
 def module_kind(sub: nn.Module) -> str:
@@ -133,7 +157,7 @@ def module_kind(sub: nn.Module) -> str:
         return "conv_transpose"
     if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return "depthwise_conv" if sub.groups > 1 and sub.groups == sub.in_channels else "conv"
-    if isinstance(sub, nn.Linear):
+    if isinstance(sub, nn.Linear) or type(sub).__name__ == "OnnxMatMul":  # (onnx2torch: MatMul by a constant)
         return "linear"
     if isinstance(sub, nn.modules.batchnorm._BatchNorm):
         return "batchnorm"
