@@ -3,8 +3,6 @@
 Keras 3 loading the same file into the same architecture."""
 from __future__ import annotations
 
-import json
-
 import h5py
 import numpy as np
 import pytest
