@@ -165,3 +165,17 @@ def test_transplant_into_a_hand_written_blazeface_copies_everything(tmp_path):
         err = rel_err(got[name].numpy(), np.load(fixture(f"tflite/face_detection_short_range.{name}.litert.npy")))
         print(f"hand-written BlazeFace {name}: max relative error vs LiteRT {err:.2e}")
         assert err < RTOL, (name, err)
+
+
+def test_a_vector_claiming_more_than_the_file_is_refused_before_allocation(tmp_path):
+    import struct
+    data = bytearray(fixture("tflite/ops_zoo.tflite").read_bytes())
+    from graftkit.formats.tflite_file import Flat
+    fb = Flat(bytes(data), "x")
+    model = fb.root()
+    pos = fb.ref(model, 4)  # the buffers vector: make its length 2**31
+    struct.pack_into("<I", data, pos, 2**31)
+    bad = tmp_path / "huge.tflite"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GraftError, match="runs past the end of the file"):
+        graftkit.read(bad)

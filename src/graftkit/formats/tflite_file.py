@@ -14,6 +14,7 @@ DEQUANTIZE op (float16 models) is tagged by the op that uses the dequantised val
 """
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -77,33 +78,30 @@ class Flat:
         pos = self.field(table, i)
         return None if pos is None else pos + self._u("I", pos)
 
-    def vector(self, table: int, i: int) -> tuple[int, int] | None:
-        """(position of the first element, length) of a vector field."""
+    def vector(self, table: int, i: int, itemsize: int = 1) -> tuple[int, int] | None:
+        """(position of the first element, length) of a vector field, checked to lie inside the file
+        (before anything of that length is allocated)."""
         pos = self.ref(table, i)
         if pos is None:
             return None
         n = self._u("I", pos)
-        if pos + 4 + n > len(self.buf) + 1 and n > len(self.buf):
-            raise GraftError(f"{self.where}: a vector claims {n:,} elements, more than the file holds",
-                             "the file is truncated or corrupt")
+        if pos + 4 + n * itemsize > len(self.buf):
+            raise GraftError(f"{self.where}: a vector of {n:,} elements runs past the end of the file",
+                             "the file is truncated or corrupt; re-download it")
         return pos + 4, n
 
     def tables(self, table: int, i: int) -> list[int]:
-        v = self.vector(table, i)
+        v = self.vector(table, i, 4)
         if v is None:
             return []
         start, n = v
         return [start + 4 * k + self._u("I", start + 4 * k) for k in range(n)]
 
     def array(self, table: int, i: int, dtype) -> np.ndarray:
-        v = self.vector(table, i)
+        v = self.vector(table, i, np.dtype(dtype).itemsize)
         if v is None:
             return np.zeros(0, dtype)
         start, n = v
-        size = n * np.dtype(dtype).itemsize
-        if start + size > len(self.buf):
-            raise GraftError(f"{self.where}: a vector of {n:,} elements runs past the end of the file",
-                             "the file is truncated or corrupt")
         return np.frombuffer(self.buf, dtype=np.dtype(dtype).newbyteorder("<"), count=n, offset=start)
 
     def string(self, table: int, i: int) -> str:
@@ -163,7 +161,7 @@ def parse(path: Path) -> dict[str, Any]:
             dtype = DTYPES.get(ttype)
             if dtype is None:
                 raise GraftError(f"{path}: tensor {fb.string(t, 3)!r} has a type graftkit cannot read ({ttype})")
-            count = int(np.prod(shape)) if shape else 1
+            count = math.prod(shape) if shape else 1  # (Python ints: no overflow)
             if count * np.dtype(dtype).itemsize != len(data):
                 raise GraftError(f"{path}: tensor {fb.string(t, 3)!r} holds {len(data):,} bytes for shape {shape}",
                                  "the file is corrupt")
