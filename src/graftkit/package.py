@@ -46,6 +46,10 @@ def save(module: nn.Module, path: str | os.PathLike, *, spec: str | dict | None 
     if spec is None:
         raise GraftError("cannot save a package without an architecture spec",
                          "pass spec='timm:NAME' (or the converter spec) to save()")
+    path = Path(path)
+    spec, arch_file = _anchor_file_spec(spec, path)
+    if arch_file:
+        extra = {**(extra or {}), "architecture_file": arch_file}
     meta = make_meta(spec,
                      classes=classes if classes is not None else old.get("classes"),
                      preprocessing=preprocessing if preprocessing is not None else old.get("preprocessing"),
@@ -54,7 +58,6 @@ def save(module: nn.Module, path: str | os.PathLike, *, spec: str | dict | None 
                      extra={**(old.get("extra") or {}), **(extra or {})})
     state = {name: t.detach().to("cpu") for name, t in module.state_dict().items()}
     meta["order"] = list(state)  # readers such as safetensors sort the names: keep the module's order
-    path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write_safetensors(f, state, to_metadata(meta))
     setattr(module, META_ATTR, meta)
@@ -132,7 +135,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", trust: 
     module = specs.build_loaded(meta["spec"], tensors)  # (holds the file's tensors only: on the CPU, none meta)
     on_device = module is not None and torch.device(device).type == "cpu"
     if module is None:
-        module = build_empty(meta["spec"], trust=trust)
+        module = build_empty(_locate_file_spec(path, meta), trust=trust)
         expected = set(module.state_dict(keep_vars=True))  # (keep_vars: the names only, no detach per tensor)
         missing, unexpected = expected - set(tensors), set(tensors) - expected
         if missing or unexpected:
@@ -149,7 +152,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", trust: 
                              "the package is corrupt or was written for another version of the model") from None
         if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
             # non-persistent buffers (not in the file) were left on the meta device: rebuild for real.
-            module = specs.build(meta["spec"], trust=trust)
+            module = specs.build(_locate_file_spec(path, meta), trust=trust)
             module.load_state_dict(tensors, strict=True)
     if not on_device:
         device = torch.device(device)
@@ -157,3 +160,71 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", trust: 
             module = module.to(device)  # (.to walks every submodule even when nothing moves)
     setattr(module, META_ATTR, meta)
     return module.eval()
+
+
+# ---------------------------------------------------------------- architecture files (path/file.py:factory)
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_of(spec: Any) -> tuple[str, str] | None:
+    """(file part, rest of the spec after it) of a path/file.py:factory[?...] spec, else None."""
+    if not isinstance(spec, str) or not specs.is_arch_spec(spec):
+        return None
+    try:
+        if specs.parse(spec)[0] != "file":
+            return None
+    except GraftError:
+        return None
+    base, sep, query = spec.partition("?")
+    file, _, fn = base.rpartition(":")
+    return file, f":{fn}{sep}{query}"
+
+
+def _anchor_file_spec(spec: Any, package: Path) -> tuple[Any, dict | None]:
+    """A file spec made absolute (a relative one only worked from the folder it was typed in), with the
+    file's path relative to the package and its sha256, so that a load can find it and tell a changed file."""
+    parts = _file_of(spec)
+    if parts is None or not Path(parts[0]).is_file():
+        return spec, None
+    file = Path(parts[0]).resolve()
+    info = {"path": str(file), "relative_to_package": os.path.relpath(file, package.resolve().parent),
+            "sha256": _sha256(file)}
+    return str(file) + parts[1], info
+
+
+def _locate_file_spec(package: Path, meta: dict) -> Any:
+    """The spec to build: a file spec points at the recorded file, else at the same file beside the
+    package (moved together); a file that is gone or changed since the package was made is said so."""
+    spec = meta.get("spec")
+    parts = _file_of(spec)
+    if parts is None:
+        return spec
+    info = (meta.get("extra") or {}).get("architecture_file") or {}
+    here = package.resolve().parent
+    candidates = [Path(parts[0])]
+    if info.get("relative_to_package"):
+        candidates.append(here / info["relative_to_package"])
+    if not Path(parts[0]).is_absolute():
+        candidates.append(here / parts[0])  # packages made before paths were anchored
+    found = [c for c in candidates if c.is_file()]
+    if not found:
+        where = " or ".join(str(c) for c in dict.fromkeys(candidates))
+        raise GraftError(f"{package}: its architecture file {Path(parts[0]).name} is not at {where}",
+                         "the file moved: put it back, or copy it beside the package"
+                         + (f" as {info['relative_to_package']}" if info.get("relative_to_package") else ""))
+    want = info.get("sha256")
+    same = [c for c in found if want and _sha256(c) == want]
+    chosen = (same or found)[0]
+    if want and not same:
+        import warnings
+        warnings.warn(f"{package}: the architecture file {chosen} changed since the package was made "
+                      f"(sha256 {want[:12]}... then); the weights may not fit or may mean something else",
+                      stacklevel=3)
+    return str(chosen.resolve()) + parts[1]

@@ -19,8 +19,9 @@ def register(app: typer.Typer) -> None:
         phase: Optional[str] = typer.Option(None, "--phase", help="Caffe: which layers to keep, train or test "
                                                                   "(default test)"),
         input_shape: List[str] = typer.Option([], "--input-shape",
-                                              help="Caffe: an input's shape when the prototxt lacks it, "
-                                                   "NAME=N,C,H,W (repeatable)"),
+                                              help="Caffe: an input's shape when the prototxt lacks it; ONNX: "
+                                                   "the shape to check a dynamic input with against "
+                                                   "onnxruntime; NAME=N,C,H,W (repeatable)"),
         json_: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     ) -> None:
         """Convert a Caffe, Keras, MXNet or ONNX network into a runnable PyTorch module, saved as a package."""
@@ -57,6 +58,14 @@ def register(app: typer.Typer) -> None:
         if left and len(s.get("sources") or []) > 1:
             err.print(f"warning: no weights for {len(left)} layer(s), left at initialisation: {', '.join(left[:8])}"
                       f"{' ...' if len(left) > 8 else ''}")
+        prov = (getattr(module, "graftkit_meta", None) or {}).get("provenance") or {}
+        if prov.get("onnxruntime_not_checked"):  # say it: a conversion nobody checked must not look checked
+            err.print(f"warning: not checked against onnxruntime: {prov['onnxruntime_not_checked']}",
+                      soft_wrap=True, highlight=False)
+        elif "onnxruntime_max_rel_err" in prov:
+            shapes = "; ".join(f"{k} {v}" for k, v in (prov.get("onnxruntime_checked_shapes") or {}).items())
+            err.print(f"checked against onnxruntime on {shapes} ({prov.get('onnxruntime_checked_how')}): "
+                      f"max relative error {prov['onnxruntime_max_rel_err']:.1e}", soft_wrap=True, highlight=False)
         if json_:
             print_json(s)
             return

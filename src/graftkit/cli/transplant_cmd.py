@@ -52,6 +52,8 @@ def register(app: typer.Typer) -> None:
             print_json(report.to_json())
         else:
             report.table(console=err)
+        if report.warning():  # without --strict a partial result still says so, in one line on stderr
+            err.print(f"[yellow]warning:[/] {report.warning()}", soft_wrap=True, highlight=False)
         if dry_run:
             return
         tmeta = meta_of(module)

@@ -21,6 +21,7 @@ FORMATS = {
     "keras": "Keras .keras / .h5 / .weights.h5",
     "mxnet": "MXNet .params",
     "onnx_file": "ONNX .onnx",
+    "tflite_file": "TensorFlow Lite .tflite",
     "numpy_file": "NumPy .npz / Chainer save_npz",
     "torch_file": "PyTorch .pt / .pth / .bin",
 }

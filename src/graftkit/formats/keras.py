@@ -344,7 +344,16 @@ def _legacy_layers(h5, config: dict | None, limit: int) -> Iterator[tuple[str, s
     found: dict[str, tuple] = {}
     for i, lname in enumerate(_decode(n) for n in root.attrs["layer_names"]):
         g = _child(root, lname)
-        for wn in (_decode(w) for w in g.attrs.get("weight_names", [])):
+        wnames = [_decode(w) for w in g.attrs.get("weight_names", [])]
+        if wnames and _own_weights(lname, wnames, flat):
+            # Keras pairs a layer's group with the layer, then the weights by position, whatever their
+            # scope: Keras 2 wrote `conv2d_1/conv2d_1_1/kernel:0` when a graph had been built twice.
+            info = flat.get(lname)
+            cls = info["class_name"] if info else ""
+            found[lname] = (lname, cls, info["config"] if info else None, info["position"] if info else 10**6 + i,
+                            [(wn.split("/")[-1].split(":")[0], _array(g, wn, limit)) for wn in wnames])
+            continue
+        for wn in wnames:
             parts = wn.split("/")
             owner = parts[-2] if len(parts) > 1 else lname
             var = parts[-1].split(":")[0]
@@ -358,9 +367,44 @@ def _legacy_layers(h5, config: dict | None, limit: int) -> Iterator[tuple[str, s
     for full, cls, cfg, pos, variables in found.values():
         if not cls:
             cls = guess_class([v for v, _ in variables], [a for _, a in variables], full)
+        order = _legacy_var_order(cls, cfg, len(variables))
+        if order:  # by position, as Keras assigns them; the stored names may carry any suffix
+            variables = [(v, a) for v, (_, a) in zip(order, variables)]
         out.append((full, cls, cfg, pos, variables))
     out.sort(key=lambda f: f[3])
     return iter(out)
+
+
+def _own_weights(lname: str, wnames: list[str], flat: dict[str, dict]) -> bool:
+    """Whether a legacy layer group's weights all belong to that layer (not to layers of a nested model).
+    With a config: the layer is not a model. Without one: one scope, named after the layer (Keras 2
+    uniquified scopes as `conv2d_1_1`, `batch_normalization_1/batch_normalization_1_1`)."""
+    info = flat.get(lname)
+    if info is not None:
+        return info["class_name"] not in MODEL_CLASSES and not is_model(
+            {"class_name": info["class_name"], "config": info["config"]})
+    if flat or not wnames:
+        return False
+    scopes = {"/".join(wn.split("/")[:-1]) for wn in wnames}
+    if len(scopes) != 1:
+        return False
+    scope = scopes.pop()
+    return scope != lname and bool(scope) and all(
+        re.fullmatch(re.escape(lname) + r"(_\d+)*", part) for part in scope.split("/"))
+
+
+def _legacy_var_order(cls: str, cfg: dict | None, count: int) -> list[str]:
+    """The variable names of a legacy layer by position (Keras 2's creation order), when known."""
+    if cls == "BatchNormalization":
+        names = bn_var_names(cfg, count)
+    elif cls == "LayerNormalization":
+        names = ln_var_names(cfg, count)
+    else:
+        names = VAR_ORDER.get(cls, [])
+        if cls in ("Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Dense", "DepthwiseConv2D",
+                   "SeparableConv2D") and cfg is not None and not cfg.get("use_bias", True):
+            names = names[:-1]
+    return names if len(names) == count and all(not n.isdigit() for n in names) else []
 
 
 def _safe_member_names(zf: zipfile.ZipFile, path: Path) -> None:

@@ -6,6 +6,8 @@ Gemm/MatMul -> linear (Gemm with transB=0 and MatMul store [in, out]: we
 transpose to PyTorch's [out, in]), BatchNormalization -> scale/B/mean/var as
 weight/bias/running_mean/running_var with its epsilon, PRelu -> slope.
 A layer's position is the order of its first use in the graph.
+Weights held in `Constant` nodes (paddle2onnx, some tf2onnx exports) are folded
+into initializers first, by `normalise`, the same function the converter uses.
 External data files are read only from inside the model's own folder: a model
 is untrusted data and must not make us read arbitrary files.
 """
@@ -66,6 +68,68 @@ def load_model(path: str | Path, *, external: bool = True):
     return model
 
 
+def normalise(model, *, identities: bool = True) -> Any:
+    """Fold Constant nodes (and, with `identities`, Identity-of-initializer nodes) into initializers;
+    drop trailing '' inputs. Shared by the reader and the converter (nets/onnx.py), so that both see
+    the same weights. The reader keeps Identity nodes (it aliases them to one record instead of copies)."""
+    _normalise_graph(model.graph, identities)
+    return model
+
+
+def _subgraphs(node):
+    """The graphs held in a node's attributes (If branches, Loop and Scan bodies)."""
+    for a in node.attribute:
+        if a.HasField("g"):
+            yield a.name, a.g
+        yield from ((a.name, g) for g in a.graphs)
+
+
+def _normalise_graph(g, identities: bool) -> None:
+    import onnx
+    for n in g.node:  # weights inside If branches and loop bodies too
+        for _, sub in _subgraphs(n):
+            _normalise_graph(sub, identities)
+    inits = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    changed = True
+    while changed:
+        changed = False
+        keep = []
+        for n in g.node:
+            out = n.output[0] if n.output else ""
+            source = None
+            if n.op_type == "Constant" and out and out not in outputs and len(n.attribute) == 1:
+                a = n.attribute[0]
+                value = onnx.helper.get_attribute_value(a)
+                if a.name == "value":
+                    source = value
+                elif a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+                    dtype = np.float32 if "float" in a.name else np.int64
+                    source = onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype))
+            elif identities and n.op_type == "Identity" and n.input and n.input[0] in inits \
+                    and out not in outputs:
+                source = inits[n.input[0]]
+            if source is None:
+                keep.append(n)
+                continue
+            t = onnx.TensorProto()
+            t.CopyFrom(source)
+            t.name = out
+            g.initializer.append(t)
+            inits[out] = t
+            changed = True
+        if changed:
+            del g.node[:]
+            g.node.extend(keep)
+    for n in g.node:
+        ins = list(n.input)
+        while ins and ins[-1] == "":
+            ins.pop()
+        if len(ins) != len(n.input):
+            del n.input[:]
+            n.input.extend(ins)
+
+
 def _load_external(path: Path, t) -> None:
     import onnx
     info = {e.key: e.value for e in t.external_data}
@@ -107,17 +171,29 @@ def _to_tensor(path: Path, t) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
+def _walk(graph):
+    """The graph's nodes, each followed by the nodes of its subgraphs (If branches list their weights)."""
+    for n in graph.node:
+        yield n
+        for _, sub in _subgraphs(n):
+            yield from _walk(sub)
+
+
 def read(path: Path, *, trust: bool = False) -> TensorSet:
     path = Path(path)
-    model = load_model(path)
+    model = normalise(load_model(path), identities=False)
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
+    nodes = list(_walk(graph))
+    inits = {}
+    for g in [graph] + [sub for n in nodes for _, sub in _subgraphs(n)]:
+        for t in g.initializer:
+            inits.setdefault(t.name, t)
     # Initializer name -> (position, layer, kind, role, meta) from its first consumer.
     use: dict[str, tuple[int, str, str, str, dict]] = {}
     producers = {}  # output name -> (node, index) for MatMul + Add bias detection
     positions: dict[str, int] = {}
     alias: dict[str, str] = {}  # exporters share equal initializers through Identity nodes
-    for i, node in enumerate(graph.node):
+    for i, node in enumerate(nodes):
         layer = node.name or f"{node.op_type}_{i}"
         if node.op_type == "Identity" and node.input and alias.get(node.input[0], node.input[0]) in inits:
             alias[node.output[0]] = alias.get(node.input[0], node.input[0])
@@ -142,7 +218,7 @@ def read(path: Path, *, trust: bool = False) -> TensorSet:
                 meta["groups"] = int(_attr(node, "group", 1))
             if node.op_type == "Add" and slot == 1 and node.input[0] in producers:
                 src, src_layer = producers[node.input[0]]
-                if src.op_type == "MatMul" and any(x in inits for x in src.input[1:]):
+                if src.op_type == "MatMul" and any(alias.get(x, x) in inits for x in src.input[1:]):
                     k, lyr, role = "linear", src_layer, "bias"  # MatMul + Add is a linear layer with bias
                     meta["node"] = src_layer
             positions.setdefault(lyr, len(positions))

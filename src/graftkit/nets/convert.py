@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..errors import GraftError
 
-CONVERTERS = ("caffe", "keras", "mxnet", "onnx")
+CONVERTERS = ("caffe", "keras", "mxnet", "onnx", "tflite")
 # Which converter may claim which file suffixes: only those converters are imported and asked,
 # so a converter that is missing or slow to import never stands in another's way.
 SUFFIXES = {
@@ -27,6 +27,7 @@ SUFFIXES = {
     "keras": (".keras", ".h5", ".hdf5"),
     "mxnet": (".json", ".params"),
     "onnx": (".onnx",),
+    "tflite": (".tflite",),
 }
 
 

@@ -6,14 +6,19 @@ short on things exporters commonly emit, which we normalise first:
     initializers, e.g. the zero biases of a fresh network, that way) and `Constant`
     nodes: onnx2torch requires Conv/Gemm weights and Clip bounds to be initializers,
     so both are folded into initializers;
-  - omitted optional inputs written as '' (e.g. Clip without max): dropped when trailing.
+  - omitted optional inputs written as '' (e.g. Clip without max): dropped when trailing;
+  - an `If` whose condition does not depend on the inputs: replaced by the branch it takes;
+  - ops onnx2torch lacks (GlobalMaxPool, LSTM, GRU, BatchNormalization of unknown rank): graftkit's
+    own converters in nets/onnx_ops.py.
 An op onnx2torch does not know is refused by name, with the nodes using it,
 before anything is built. The converted module returns a dict by output name
 when the graph has several outputs, and takes and returns NCHW even where the graph
 was written for NHWC (its leading and trailing Transposes are dropped, see
 `nchw_inputs` and `nchw_outputs`).
 `convert(..., verify_with_onnxruntime=True)` (the default) runs onnxruntime and
-the module on the same random input and refuses a mismatch.
+the module on the same random input and refuses a mismatch. Dynamic dims take
+`input_shapes` (`--input-shape`) or a representative size (`check_shapes`); the
+provenance records the shapes checked, or why nothing was (and the CLI says so).
 
 For packages the spec stores the graph with the large float initializers'
 data removed (dims kept); `build_from_spec` zero-fills them, converts, and the
@@ -30,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import GraftError, some
-from ..formats.onnx_file import load_model
+from ..formats.onnx_file import load_model, normalise  # noqa: F401 - normalise: one place, shared with the reader
 from ..meta import attach, make_meta
 
 STRIP_ABOVE = 64  # float initializers with more elements than this leave the spec (the state_dict has them)
@@ -40,49 +45,76 @@ def claims(paths: list[Path]) -> bool:
     return any(Path(p).suffix.lower() == ".onnx" for p in paths)
 
 
-def normalise(model) -> Any:
-    """Fold Identity-of-initializer and Constant nodes into initializers; drop trailing '' inputs."""
+def inline_constant_ifs(model) -> int:
+    """Replace each top-level `If` whose condition does not depend on the graph's inputs (an initializer,
+    or computed from initializers only) by the nodes of the branch it takes; returns how many. The
+    branch's initializers join the graph and its outputs are renamed to the If's through Identity nodes."""
     import onnx
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
+    done = 0
+    while True:
+        inits = {t.name: t for t in g.initializer}
+        node = next((n for n in g.node if n.op_type == "If" and _constant_condition(model, n.input[0], inits)
+                     is not None), None)
+        if node is None:
+            return done
+        cond = _constant_condition(model, node.input[0], inits)
+        branch = next(a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch"))
+        g.initializer.extend(branch.initializer)
+        new = list(branch.node) + [onnx.helper.make_node("Identity", [b.name], [o], name=f"{node.name or 'If'}/{o}")
+                                   for b, o in zip(branch.output, node.output) if o]
+        at = list(g.node).index(node)
+        nodes = list(g.node[:at]) + new + list(g.node[at + 1:])
+        del g.node[:]
+        g.node.extend(nodes)
+        done += 1
+
+
+def _constant_condition(model, name: str, inits: dict) -> bool | None:
+    """The value of an If's condition when it does not depend on the graph's inputs, else None."""
+    from onnx import numpy_helper
+    if name in inits:
+        return bool(numpy_helper.to_array(inits[name]).reshape(-1)[0])
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, stack, seen = [], [name], set()
+    while stack:  # the nodes computing `name`, if they start from initializers only
+        v = stack.pop()
+        if v in seen or v in inits or v == "":
+            continue
+        seen.add(v)
+        n = producer.get(v)
+        if n is None or n.op_type in ("If", "Loop", "Scan") or any(a.g.node for a in n.attribute if a.g):
+            return None  # a graph input, or control flow: leave it to the converter
+        needed.append(n)
+        stack.extend(n.input)
+    try:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+        order = [n for n in model.graph.node if n in needed]
+        used = {i: inits[i] for n in order for i in n.input if i in inits}
+        sub = onnx.helper.make_graph(order, "cond", [], [onnx.helper.make_empty_tensor_value_info(name)],
+                                     list(used.values()))
+        m = onnx.helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+        (value,) = ReferenceEvaluator(m).run(None, {})
+        return bool(value.reshape(-1)[0])
+    except Exception:  # noqa: BLE001 - anything the reference runtime cannot evaluate stays an If
+        return None
+
+
+def _one_node_per_output(model) -> None:
+    """Give each graph output its own Identity node where one node yields several (an LSTM's Y, Y_h, Y_c):
+    onnx2torch returns such a node's tuple once, in the node's order, not one value per output."""
+    import onnx
+    g = model.graph
     outputs = {o.name for o in g.output}
-    changed = True
-    while changed:
-        changed = False
-        keep = []
-        for n in g.node:
-            out = n.output[0] if n.output else ""
-            source = None
-            if n.op_type == "Constant" and out not in outputs and len(n.attribute) == 1:
-                a = n.attribute[0]
-                value = onnx.helper.get_attribute_value(a)
-                if a.name == "value":
-                    source = value
-                elif a.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                    dtype = np.float32 if "float" in a.name else np.int64
-                    source = onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype))
-            elif n.op_type == "Identity" and n.input and n.input[0] in inits and out not in outputs:
-                source = inits[n.input[0]]
-            if source is None:
-                keep.append(n)
-                continue
-            t = onnx.TensorProto()
-            t.CopyFrom(source)
-            t.name = out
-            g.initializer.append(t)
-            inits[out] = t
-            changed = True
-        if changed:
-            del g.node[:]
-            g.node.extend(keep)
-    for n in g.node:
-        ins = list(n.input)
-        while ins and ins[-1] == "":
-            ins.pop()
-        if len(ins) != len(n.input):
-            del n.input[:]
-            n.input.extend(ins)
-    return model
+    for n in list(g.node):
+        mine = [k for k, o in enumerate(n.output) if o in outputs]
+        if len(mine) < 2:
+            continue
+        for k in mine:
+            name = n.output[k]
+            n.output[k] = f"{name}__graftkit_out"
+            g.node.append(onnx.helper.make_node("Identity", [n.output[k]], [name], name=f"{name}__identity"))
 
 
 def _perm(node) -> list[int]:
@@ -152,6 +184,8 @@ def nchw_outputs(model) -> list[str]:
 def check_ops(model, where: str) -> None:
     """Refuse ops onnx2torch cannot convert, naming them and the nodes that use them."""
     from onnx2torch.node_converters.registry import get_converter
+
+    from . import onnx_ops  # noqa: F401 - registers graftkit's converters (GlobalMaxPool, LSTM, GRU, BatchNorm)
     opsets = {o.domain: o.version for o in model.opset_import}
     unknown: dict[str, list[str]] = {}
     for i, n in enumerate(model.graph.node):
@@ -164,8 +198,10 @@ def check_ops(model, where: str) -> None:
     if unknown:
         listing = "; ".join(f"{op} (used by {some(names)})"
                             for op, names in unknown.items())
-        raise GraftError(f"{where}: unsupported ONNX op(s) at opset {opsets.get('', '?')}: {listing}",
-                         "re-export with a different opset, or replace these ops")
+        hint = "re-export with a different opset, or replace these ops"
+        if "If" in unknown:
+            hint = "an If converts when its condition does not depend on the inputs; " + hint
+        raise GraftError(f"{where}: unsupported ONNX op(s) at opset {opsets.get('', '?')}: {listing}", hint)
 
 
 def _outputs_as_dict(gm, names: list[str]):
@@ -184,6 +220,9 @@ def _outputs_as_dict(gm, names: list[str]):
 def to_module(model, where: str) -> nn.Module:
     from onnx2torch import convert as o2t
     model = normalise(model)
+    if inline_constant_ifs(model):
+        model = normalise(model)  # the inlined branch's own Constant nodes
+    _one_node_per_output(model)
     check_ops(model, where)
     try:
         gm = o2t(model)
@@ -238,39 +277,73 @@ def build_from_spec(spec: dict[str, Any], *, trust: bool = False) -> nn.Module:
         return to_module(model, "package ONNX graph")
 
 
-def _random_inputs(model) -> dict[str, np.ndarray] | None:
-    """A random input per graph input with a static shape (batch dims set to 1); None if any is unknown."""
+class RuntimeRefused(Exception):
+    """onnxruntime itself cannot run the model on the shape chosen for the check."""
+
+
+SPATIAL, OTHER = 224, 16  # sizes for dynamic dims with no hint: an ImageNet image, a short sequence
+
+
+def check_shapes(model, given: dict[str, list[int]] | None) -> tuple[dict[str, list[int]] | None, str]:
+    """A concrete shape per graph input for the onnxruntime check, and what was chosen or why none:
+    declared dims as they are; dynamic ones from `given` (--input-shape NAME=...), else a batch of 1,
+    and SPATIAL for the last two dims of a 4-D (image) input, OTHER elsewhere."""
     import onnx
     inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    rng = np.random.default_rng(0)
+    given = dict(given or {})
+    shapes, guessed = {}, []
     for i in model.graph.input:
         if i.name in inits:
             continue
         tt = i.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (1 if k == 0 else 0) for k, d in enumerate(tt.shape.dim)]
-        if any(d <= 0 for d in dims):
-            return None
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         if not np.issubdtype(dtype, np.floating):
-            return None
-        feeds[i.name] = rng.standard_normal(dims).astype(dtype)
-    return feeds
+            return None, f"input {i.name} is {np.dtype(dtype).name}, and graftkit checks with random floats only"
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        if i.name in given:
+            if dims and len(given[i.name]) != len(dims):
+                raise GraftError(f"--input-shape {i.name}={','.join(map(str, given[i.name]))} has "
+                                 f"{len(given[i.name])} dims, the graph's input has {len(dims)}")
+            shapes[i.name] = list(given.pop(i.name))
+            continue
+        if not tt.HasField("shape"):
+            return None, f"input {i.name} has no declared rank; pass --input-shape {i.name}=..."
+        concrete = []
+        for k, d in enumerate(dims):
+            if d is None:
+                d = 1 if k == 0 else (SPATIAL if len(dims) == 4 and k >= 2 else OTHER)
+                guessed.append(i.name)
+            concrete.append(d)
+        shapes[i.name] = concrete
+    if given:
+        raise GraftError(f"--input-shape names {', '.join(given)}, not an input of this graph",
+                         f"its inputs: {', '.join(shapes) or 'none'}")
+    how = "dynamic dims set to a representative size" if guessed else "the declared shape"
+    return shapes, how
 
 
 def verify(net: nn.Module, model, original: bytes, nhwc: list[str], path: Path,
-           nhwc_out: list[str] = ()) -> float | None:
+           nhwc_out: list[str] = (), shapes: dict[str, list[int]] | None = None) -> float:
     """Max relative error of `net` against onnxruntime running the `original` model on the same random
-    input (None when shapes are dynamic). Inputs in `nhwc` are fed to onnxruntime transposed, and its
+    input of `shapes` (from check_shapes). Inputs in `nhwc` are fed to onnxruntime transposed, and its
     outputs in `nhwc_out` are transposed back."""
+    import onnx
     import onnxruntime as ort
-    feeds = _random_inputs(model)
-    if feeds is None:
-        return None
-    sess = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
-    expected = sess.run(None, {k: v.transpose(0, 2, 3, 1) if k in nhwc else v for k, v in feeds.items()})
-    with torch.no_grad():
-        ours = net(*[torch.from_numpy(v) for v in feeds.values()])
+    rng = np.random.default_rng(0)
+    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+    feeds = {k: rng.standard_normal(v).astype(types[k]) for k, v in shapes.items()}
+    try:
+        sess = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+        expected = sess.run(None, {k: v.transpose(0, 2, 3, 1) if k in nhwc else v for k, v in feeds.items()})
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: the size we picked does not suit the model
+        raise RuntimeRefused(str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
+    try:
+        with torch.no_grad():
+            ours = net(*[torch.from_numpy(v) for v in feeds.values()])
+    except Exception as e:  # noqa: BLE001 - onnxruntime ran it: the conversion is at fault
+        raise GraftError(f"{path}: the converted network fails on {shapes}, where onnxruntime runs "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                         "please report this model") from None
     if not isinstance(ours, dict):
         ours = {net.outputs[0]: ours} if torch.is_tensor(ours) else dict(zip(net.outputs, ours))
     worst = 0.0
@@ -278,15 +351,19 @@ def verify(net: nn.Module, model, original: bytes, nhwc: list[str], path: Path,
         if name in nhwc_out:
             exp = exp.transpose(0, 3, 1, 2)
         got = ours[name].detach().numpy().astype(np.float64)
-        scale = max(float(np.abs(exp).max()), 1e-12)
-        worst = max(worst, float(np.abs(got - exp).max()) / scale)
+        if got.shape != exp.shape:
+            raise GraftError(f"{path}: the converted network's output {name} has shape {list(got.shape)}, "
+                             f"onnxruntime's {list(exp.shape)}", "please report this model")
+        scale = max(float(np.abs(exp).max()), 1e-12) if exp.size else 1.0
+        worst = max(worst, float(np.abs(got - exp).max()) / scale if exp.size else 0.0)
     if worst > 1e-4:
         raise GraftError(f"{path}: the converted network differs from onnxruntime (relative error {worst:.2e})",
                          "this model uses an op onnx2torch converts inexactly; please report it")
     return worst
 
 
-def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True, **kwargs) -> nn.Module:
+def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True,
+            input_shapes: dict[str, list[int]] | None = None, **kwargs) -> nn.Module:
     path = next(Path(p) for p in paths if Path(p).suffix.lower() == ".onnx")
     model = load_model(path)
     original = model.SerializeToString() if verify_with_onnxruntime else b""
@@ -302,9 +379,18 @@ def convert(paths: list[Path], *, verify_with_onnxruntime: bool = True, **kwargs
         prov["nhwc_outputs_made_nchw"] = nhwc_out
     net.eval()
     if verify_with_onnxruntime:
-        err = verify(net, model, original, nhwc, path, nhwc_out)
-        if err is not None:
-            prov["onnxruntime_max_rel_err"] = err
+        shapes, how = check_shapes(model, input_shapes)
+        if shapes is None:
+            prov["onnxruntime_not_checked"] = how
+        else:
+            try:
+                prov["onnxruntime_max_rel_err"] = verify(net, model, original, nhwc, path, nhwc_out, shapes)
+                prov["onnxruntime_checked_shapes"] = shapes
+                prov["onnxruntime_checked_how"] = how
+            except RuntimeRefused as e:
+                if input_shapes:
+                    raise GraftError(f"{path}: onnxruntime cannot run the model on {shapes} ({e})",
+                                     "check the --input-shape") from None
+                prov["onnxruntime_not_checked"] = (f"onnxruntime cannot run it on {shapes} ({how}): {e}; "
+                                                   "pass --input-shape NAME=N,C,H,W")
     return attach(net, make_meta(spec, provenance=prov))
-
-

@@ -16,6 +16,7 @@ keras_flatten="hwc" (a target that permutes to NHWC itself before flattening).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -72,7 +73,12 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
 
     # Decide every tensor first, then copy: a layer's bias and norm follow its weight.
     values: dict[str, torch.Tensor] = {}
+    # Target tensors stored transposed (a converted ONNX MatMul's [in, out] weight) are matched and
+    # decided as the [out, in] their records show, and copied back transposed.
+    flipped = {r.name for r in tgt.records.values() if r.meta.get("stored_transposed")}
     for name, t in state.items():
+        if name in flipped:
+            t = t.t()
         if name not in pairs:
             report.entries.append(Entry(name, None, "left", "no source tensor", None, list(t.shape)))
             continue
@@ -90,7 +96,8 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
             values[name] = s
         elif _same_but_unit_dims(s, t):
             values[name] = s.reshape(t.shape)
-            entry.reason = f"reshaped {shape_str(s.shape)} -> {shape_str(t.shape)} (1x1 convolution as dense)"
+            why = "1x1 convolution as dense" if min(s.ndim, t.ndim) >= 2 else "the same values"
+            entry.reason = f"reshaped {shape_str(s.shape)} -> {shape_str(t.shape)} ({why})"
         else:
             value, entry.reason = (None, clash(t, s)) if policy in ("skip", "widen") else adapt_tensor(
                 policy, t, s, target_classes=tgt_classes, source_classes=src_classes)
@@ -105,6 +112,7 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
             if e.status != "left":
                 t = state[e.target]
                 v = values[e.target]
+                v = v.t() if e.target in flipped else v
                 t.copy_(v.to(t.dtype) if v.dtype != t.dtype else v)
     used = {e.source for e in report.entries if e.status != "left"}
     clashed = {e.source: f"{e.reason} (target {e.target})" for e in report.entries
@@ -283,6 +291,7 @@ def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
         if len(cands) == 1:
             pair(t, cands[0], "exact" if cands[0] == t else "normalised")
     # 4. structure: align the units of what is left, pair tensors by slot inside aligned units
+    src = _kinds_from_target(src, tgt, only={s for s in src if s not in taken}, free={t for t in tgt if t not in pairs})
     src_units = build_units(src, only={s for s in src if s not in taken})
     tgt_units = build_units(tgt, only={t for t in tgt if t not in pairs})
     for i, j, _identical in align(src_units, tgt_units):
@@ -292,6 +301,33 @@ def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
             if sname is not None and sname not in taken and tname not in pairs:
                 pair(tname, sname, "structure")
     return pairs
+
+
+def _kinds_from_target(src: TensorSet, tgt: TensorSet, only: set[str], free: set[str]) -> TensorSet:
+    """A lone 1-D weight whose kind the source could not tell (a state dict's `prelu1.weight`: a PReLU
+    slope or a bias-free norm?) takes the kind the target's modules give every lone 1-D weight of that
+    width still free. Sources whose graph gave the kind (Caffe, ONNX, Keras) keep theirs. Returns a copy."""
+    def lone_vectors(ts: TensorSet, names: set[str]) -> dict[str, tuple[int, str]]:
+        out = {}
+        for layer, recs in ts.layers().items():
+            recs = [r for r in recs if r.role != "num_batches_tracked"]
+            if len(recs) == 1 and recs[0].name in names and recs[0].role == "weight" and recs[0].tensor.ndim == 1:
+                out[recs[0].name] = (recs[0].tensor.shape[0], recs[0].kind)
+        return out
+
+    unknown = {n: w for n, (w, k) in lone_vectors(src, only).items() if k == "other"}
+    if not unknown:
+        return src
+    target_kinds: dict[int, set[str]] = {}
+    for width, kind in lone_vectors(tgt, free).values():
+        target_kinds.setdefault(width, set()).add(kind)
+    records = []
+    for r in src.records.values():
+        kinds = target_kinds.get(unknown.get(r.name, -1), set())
+        if len(kinds) == 1 and kinds != {"other"}:
+            r = dataclasses.replace(r, kind=next(iter(kinds)), meta={**r.meta, "kind_from": "target"})
+        records.append(r)
+    return TensorSet(records, format=src.format, source=src.source, meta=src.meta, graph=src.graph)
 
 
 def _eps_notes(src: TensorSet, module: nn.Module, pairs) -> list[str]:

@@ -66,11 +66,22 @@ class Report:
                 "transferred_fraction": round(moved / n, 6) if n else 0.0,
                 "by_pass": dict(passes), "policy": self.policy}
 
+    def warning(self, first: int = 3) -> str | None:
+        """One line when any target parameter (not a harmless counter) is left at its initial value:
+        a partial transplant must never pass silently."""
+        left = self.left()
+        if not left:
+            return None
+        names = ", ".join(e.target for e in left[:first]) + (", ..." if len(left) > first else "")
+        return (f"{len(left)} of {len(self.entries)} target tensors left at their initial values ({names}); "
+                f"the network will not compute what the source did (--strict makes this an error)")
+
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "target": self.target,
                 "parameters": [e.to_json() for e in self.entries],
                 "unused": [u.to_json() for u in self.unused],
-                "notes": list(self.notes), "summary": self.summary()}
+                "notes": list(self.notes), "summary": self.summary(),
+                "warnings": [w for w in (self.warning(),) if w]}
 
     def table(self, console=None, limit: int | None = None) -> None:
         """Print the report as rich tables (all rows unless `limit`)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+import torch.fx
 import torch.nn as nn
 
 from ..formats.base import TensorRecord, TensorSet
@@ -68,22 +70,86 @@ def _family(kind: str) -> str:
 
 
 def records_from_module(module: nn.Module) -> TensorSet:
-    """The module's state_dict as TensorRecords whose kinds come from the module types (exact, not guessed)."""
+    """The module's state_dict as TensorRecords whose kinds come from the module types (exact, not guessed).
+
+    In a torch.fx graph (a converted ONNX model) a tensor held apart from the module that uses it
+    (onnx2torch keeps a PRelu slope among `initializers` and passes it to an OnnxPReLU) takes the
+    kind and the layer of that consumer, and layers come in the graph's execution order."""
     records, position = [], 0
     persistent = module.state_dict(keep_vars=True)
-    for mname, sub in module.named_modules():
+    fed = _fed_tensors(module)  # consumer module -> [(tensor name, role)]
+    fed_names = {full for pairs in fed.values() for full, _ in pairs}
+    modules = dict(module.named_modules())
+    for mname in _module_order(module, modules):
+        sub = modules[mname]
         own = list(sub.named_parameters(recurse=False)) + list(sub.named_buffers(recurse=False))
         own = [(n, t) for n, t in own if f"{mname}.{n}".lstrip(".") in persistent and t is not None]
-        if not own:
-            continue
+        own = [(n, t) for n, t in own if f"{mname}.{n}".lstrip(".") not in fed_names]
         kind = module_kind(sub)
         for n, t in own:
             full = f"{mname}.{n}" if mname else n
             role = n if n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked") else "other"
             records.append(TensorRecord(full, t.detach(), layer=mname or full, kind=kind, role=role,
                                         position=position))
-        position += 1
+        for full, role in fed.get(mname, []):
+            t, meta = persistent[full].detach(), {}
+            if type(sub).__name__ == "OnnxMatMul" and role == "weight" and t.ndim == 2:
+                t, meta = t.t(), {"stored_transposed": True}  # matmul(x, W) keeps W [in, out]: show [out, in]
+            records.append(TensorRecord(full, t, layer=mname, kind=kind, role=role, position=position, meta=meta))
+        if own or mname in fed:
+            position += 1
     return TensorSet(records, format="torch module")
+
+
+def _module_order(module: nn.Module, modules: dict[str, nn.Module]) -> list[str]:
+    """Module names in execution order for a torch.fx GraphModule, else in definition order."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return list(modules)
+    order = [n.target for n in module.graph.nodes if n.op == "call_module" and n.target in modules]
+    seen = set(order)
+    return list(dict.fromkeys(order)) + [m for m in modules if m not in seen]
+
+
+def _fed_tensors(module: nn.Module) -> dict[str, list[tuple[str, str]]]:
+    """For a torch.fx graph: consumer module name -> [(tensor name, role)], for persistent tensors
+    read by `get_attr` and passed to one module of a known kind (role from the argument slot)."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return {}
+    persistent = module.state_dict(keep_vars=True)
+    modules = dict(module.named_modules())
+    fed: dict[str, list[tuple[str, str]]] = {}
+    for node in module.graph.nodes:
+        if node.op != "get_attr" or node.target not in persistent:
+            continue
+        users = [u for u in node.users if u.op == "call_module" and u.target in modules]
+        if len(users) != 1:
+            continue
+        user = users[0]
+        layer = _bias_of(user, node, modules)
+        if layer is not None:
+            fed.setdefault(layer, []).append((node.target, "bias"))
+            continue
+        if module_kind(modules[user.target]) == "other":
+            continue
+        slot = list(user.args).index(node) if node in user.args else -1
+        role = {1: "weight", 2: "bias"}.get(slot, "other")
+        fed.setdefault(user.target, []).append((node.target, role))
+    return fed
+
+
+def _bias_of(add, const, modules: dict[str, nn.Module]) -> str | None:
+    """The linear layer whose output `add` (an ONNX Add) offsets by the tensor `const`: MatMul + Add is
+    a dense layer with a bias, as the ONNX reader tags it. None otherwise."""
+    mod = modules[add.target]
+    if getattr(mod, "math_op_function", None) is not torch.add or len(add.args) != 2:
+        return None
+    other = add.args[0] if add.args[1] is const else add.args[1]
+    if getattr(other, "op", None) != "call_module" or other.target not in modules:
+        return None
+    lin = modules[other.target]
+    if type(lin).__name__ == "OnnxMatMul" or (isinstance(lin, nn.Linear) and lin.bias is None):
+        return other.target
+    return None
 
 
 def module_kind(sub: nn.Module) -> str:
@@ -91,13 +157,13 @@ def module_kind(sub: nn.Module) -> str:
         return "conv_transpose"
     if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return "depthwise_conv" if sub.groups > 1 and sub.groups == sub.in_channels else "conv"
-    if isinstance(sub, nn.Linear):
+    if isinstance(sub, nn.Linear) or type(sub).__name__ == "OnnxMatMul":  # (onnx2torch: MatMul by a constant)
         return "linear"
     if isinstance(sub, nn.modules.batchnorm._BatchNorm):
         return "batchnorm"
     if isinstance(sub, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
         return "norm"
-    if isinstance(sub, nn.PReLU):
+    if isinstance(sub, nn.PReLU) or type(sub).__name__ == "OnnxPReLU":  # onnx2torch's PRelu (slope passed in)
         return "prelu"
     if isinstance(sub, nn.Embedding):
         return "embedding"
