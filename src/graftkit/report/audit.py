@@ -6,9 +6,11 @@ splits, i.e. leakage), class imbalance.
   probability class j's own samples give j. The list is ranked by self-confidence p[given],
   lowest first (cleanlab's default ranking; on the planted-noise benchmark it finds more
   flips in the top N than the margin p[given] - max p[other]).
-- Near duplicates need two independent witnesses: the network's features (cosine) and a
-  16x16 grey thumbnail of the pixels (correlation). Either alone confuses plain look-alike
-  images (two white T-shirts) with copies; together they find re-encoded and resized copies.
+- Near duplicates need three witnesses: the network's features (cosine), a 16x16 grey
+  thumbnail (correlation: the same overall picture) and the fine detail of a 28x28 grey
+  thumbnail (correlation of what a 3x3 blur removes: the same texture and edges). Look-alike
+  products on a plain background (two pairs of trousers in Fashion-MNIST) pass the first two
+  and fail the third; a copy re-encoded as JPEG and resized passes all three.
 - Exact duplicates have the same decoded pixels.
 """
 from __future__ import annotations
@@ -23,7 +25,10 @@ import torch.nn.functional as F
 
 FEATURE_SIMILARITY = 0.90   # cosine of the network's features, both images
 PIXEL_SIMILARITY = 0.95     # correlation of the 16x16 grey thumbnails
-THUMB = 16
+DETAIL_SIMILARITY = 0.96    # correlation of the 28x28 thumbnails' high-pass detail
+THUMB, DETAIL = 16, 28
+# (set on the Fashion-MNIST demo set with planted copies, benchmarks/audit.py: copies score
+# >= 0.967 on detail, distinct look-alikes <= 0.949)
 IMBALANCE = 3.0             # largest / smallest class count worth a warning (as `graft data check`)
 MAX_LISTED = 200            # pairs or items listed per kind (the counts cover all)
 
@@ -36,14 +41,30 @@ class Split:
     labels: np.ndarray               # [N]
     features: torch.Tensor | None    # [N, C] (any network's pooled features)
     thumbs: torch.Tensor             # [N, THUMB*THUMB], zero-mean unit-norm
+    details: torch.Tensor            # [N, DETAIL*DETAIL], high-pass, zero-mean unit-norm
     digests: list[str]               # decoded-pixel hashes
 
 
-def pixels_of(dataset, progress: bool | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Thumbnails and pixel hashes of every image of an ImageDataset (undecodable ones: zeros, '')."""
+def _unit(t: torch.Tensor) -> torch.Tensor:
+    t = t.flatten()
+    t = t - t.mean()
+    return t / t.norm().clamp_min(1e-6)
+
+
+def _thumb(grey: torch.Tensor, side: int) -> torch.Tensor:
+    """[1, 1, H, W] -> [1, 1, side, side]: area averaging down, bilinear up."""
+    if min(grey.shape[2:]) >= side:
+        return F.adaptive_avg_pool2d(grey, side)
+    return F.interpolate(grey, size=(side, side), mode="bilinear", align_corners=False)
+
+
+def pixels_of(dataset, progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Thumbnails, detail thumbnails and pixel hashes of every image of an ImageDataset
+    (undecodable ones: zeros and '')."""
     from ..data.decode import DecodeError
     from ..progress import make_progress
     thumbs, digests = torch.zeros(len(dataset), THUMB * THUMB), []
+    details = torch.zeros(len(dataset), DETAIL * DETAIL)
     with make_progress("img", disable=None if progress is None else not progress) as bar:
         task = bar.add_task("audit: pixels", total=len(dataset), rate="")
         for i in range(len(dataset)):
@@ -56,11 +77,11 @@ def pixels_of(dataset, progress: bool | None = None) -> tuple[torch.Tensor, list
             digests.append(hashlib.blake2b(img.numpy().tobytes() + str(tuple(img.shape)).encode(),
                                            digest_size=12).hexdigest())
             grey = img.float().mean(0, keepdim=True)[None]
-            t = F.adaptive_avg_pool2d(grey, THUMB).flatten()
-            t = t - t.mean()
-            thumbs[i] = t / t.norm().clamp_min(1e-6)
+            thumbs[i] = _unit(_thumb(grey, THUMB))
+            d = _thumb(grey, DETAIL)
+            details[i] = _unit(d - F.avg_pool2d(d, 3, 1, 1, count_include_pad=False))
             bar.update(task, advance=1)
-    return thumbs, digests
+    return thumbs, details, digests
 
 
 def label_issues(probs: torch.Tensor, labels: np.ndarray, classes: Sequence[str], names: Sequence[str],
@@ -91,7 +112,7 @@ def _pairs(a: Split, b: Split, same: bool) -> tuple[list[dict[str, Any]], int]:
     for start in range(0, len(a.labels), 1024):
         stop = min(start + 1024, len(a.labels))
         pix = a.thumbs[start:stop] @ b.thumbs.T
-        hit = pix >= PIXEL_SIMILARITY
+        hit = (pix >= PIXEL_SIMILARITY) & (a.details[start:stop] @ b.details.T >= DETAIL_SIMILARITY)
         if fa is not None and fb is not None:
             feat = fa[start:stop] @ fb.T
             hit &= feat >= FEATURE_SIMILARITY

@@ -215,7 +215,7 @@ def _audit(splits: list[tuple[str, str]], scored: tuple[str, Any] | None, featur
         ds = ImageDataset.open(path)
         labels = np.asarray(ds.targets, dtype=np.int64)
         names = [ds.name(i) for i in range(len(ds))]
-        thumbs, digests = auditing.pixels_of(ds, progress)
+        thumbs, details, digests = auditing.pixels_of(ds, progress)
         feats, depths = None, {}
         if feature_net is not None:  # every default depth: one forward pass, and the strategy's cache
             depths = features_of(feature_net[0], ds, preprocessing=feature_net[2], cache_dir=cache_dir,
@@ -226,7 +226,7 @@ def _audit(splits: list[tuple[str, str]], scored: tuple[str, Any] | None, featur
             feats = torch.zeros(len(ds), scored[1].features.shape[1])
             feats[scored[1].index] = scored[1].features
             how = "the evaluated model's pre-logit features"
-        parts.append(auditing.Split(name, ds, labels, feats, thumbs, digests))
+        parts.append(auditing.Split(name, ds, labels, feats, thumbs, details, digests))
         if scored is not None and scored[0] == name:
             s = scored[1]
             probs = torch.full((len(ds), s.logits.shape[1]), 1.0 / s.logits.shape[1])
