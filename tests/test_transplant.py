@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 
 from conftest import random_bn, run_graft
+from graftkit.api import transplant
 from graftkit.errors import GraftError
 from graftkit.formats.base import TensorRecord, TensorSet
-from graftkit.transplant import transplant
-from graftkit.transplant.names import normalise
+from graftkit.grafting.names import normalise
 
 # Small CNNs for the three scenarios of Chainer's copy_model article. Written to a file too,
 # so the CLI can build them as `file.py:factory` targets.
@@ -495,9 +495,13 @@ def test_efficientnet_lite0_by_structure_alone():
     assert classify(net.eval(), data.chelsea()) == 285
 
 
-def test_graftkit_transplant_stays_callable_after_the_subpackage_is_imported():
+def test_graftkit_transplant_is_a_plain_function_next_to_plain_subpackages():
+    import types
     import graftkit
-    import graftkit.transplant  # noqa: F401  (binds the subpackage as graftkit.transplant)
+    import graftkit.api  # noqa: F401  (importing submodules binds them as graftkit attributes)
+    import graftkit.grafting.report  # noqa: F401
+    assert isinstance(graftkit.transplant, types.FunctionType)
+    assert type(graftkit.grafting) is types.ModuleType  # no callable-module class swapped in
     for _ in range(2):
         _, report = graftkit.transplant(nn.Linear(2, 2), nn.Linear(2, 2))
         assert report.summary()["copied"] == 2

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import graftkit
 from conftest import cases, fixture, rel_err, require
 from graftkit.errors import GraftError
-from graftkit.transplant import transplant
+from graftkit.api import transplant
 
 
 def run(net: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         from ..errors import GraftError
         from ..meta import meta_of
         from ..package import save
-        from ..transplant import source_tensors, transplant as graft
+        from ..api import source_tensors, transplant as graft
 
         if output is None and not dry_run:
             raise GraftError("no output file given", "add -o OUT.safetensors, or --dry-run to only see the report")
