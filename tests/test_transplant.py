@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import numpy as np
@@ -204,6 +205,21 @@ def test_widen_cli_outputs_equal_the_original(tmp_path, nets_file):
     assert net.graftkit_meta["report"]["summary"]["policy"] == "widen"
     prov = net.graftkit_meta["provenance"]["sources"][0]
     assert len(prov["sha256"]) == 64
+
+
+def test_cli_prints_a_summary_by_default_and_every_tensor_with_table(tmp_path, nets_file):
+    from safetensors.torch import save_file
+    save_file(ns["source"]().state_dict(), str(tmp_path / "small.safetensors"))
+    env = {**os.environ, "COLUMNS": "250"}  # no folded cells: names are matched whole
+    args = ("transplant", tmp_path / "small.safetensors", "--into", f"{nets_file}:wide", "--dry-run")
+    short = run_graft(*args, env=env)
+    assert short.returncode == 0, short.stderr
+    assert "18 target tensors, by pass: exact 9" in short.stderr and "--table lists every tensor" in short.stderr
+    assert "conv2.weight" in short.stderr and "fc1.weight" in short.stderr   # left: shown with why
+    assert "bn1.running_mean" not in short.stderr and "fc2.weight" not in short.stderr  # copied: counted only
+    full = run_graft(*args, "--table", env=env)
+    assert full.returncode == 0, full.stderr
+    assert all(f" {n} " in full.stderr for n in FlatCNN(width=16).state_dict())
 
 
 # ---------------------------------------------------------------- structure

@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         strict: bool = typer.Option(False, "--strict", help="fail if any target tensor is left at initialisation"),
         dry_run: bool = typer.Option(False, "--dry-run", help="report only, write nothing"),
         json_: bool = typer.Option(False, "--json", help="print the report as JSON"),
+        table: bool = typer.Option(False, "--table", "--details",
+                                   help="print every target tensor (by default: the counts, and the tensors "
+                                        "not copied as they were)"),
         trust: bool = typer.Option(False, "--trust", help="allow unpickling, and building a package whose architecture is a Python file (only for files you made)"),
         classes: Optional[str] = typer.Option(None, "--classes",
                                               help="the target's class names: a text file (one per line) or "
@@ -51,7 +54,7 @@ def register(app: typer.Typer) -> None:
         if json_:
             print_json(report.to_json())
         else:
-            report.table(console=err)
+            report.table(console=err, details=table)
         if report.warning():  # without --strict a partial result still says so, in one line on stderr
             err.print(f"[yellow]warning:[/] {report.warning()}", soft_wrap=True, highlight=False)
         if dry_run:
