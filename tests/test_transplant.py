@@ -1,6 +1,7 @@
 """Transplant: the matching passes, the structural alignment, the shape policies, the report and the CLI."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import textwrap
@@ -220,6 +221,27 @@ def test_cli_prints_a_summary_by_default_and_every_tensor_with_table(tmp_path, n
     full = run_graft(*args, "--table", env=env)
     assert full.returncode == 0, full.stderr
     assert all(f" {n} " in full.stderr for n in FlatCNN(width=16).state_dict())
+
+
+def test_api_transplant_and_save_write_the_package_graft_transplant_writes(tmp_path, nets_file):
+    """Class carry-over, the preprocessing fallback and the provenance hash belong to the API, not the CLI."""
+    import graftkit
+    prep = {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3, "pixel_range": 1.0, "channel_order": "RGB"}
+    src = graftkit.save(ns["source"](), tmp_path / "src.safetensors", spec=f"{nets_file}:source",
+                        classes=list("abcde"), preprocessing=prep)
+    target = f"{nets_file}:source"   # the same architecture: the head is copied whole, so its classes carry over
+    r = run_graft("transplant", src, "--into", target, "-o", tmp_path / "cli.safetensors", "--trust", "--json")
+    assert r.returncode == 0, r.stderr
+    net, _ = graftkit.transplant(str(src), target, trust=True)
+    graftkit.save(net, tmp_path / "api.safetensors")
+    cli, api = (graftkit.read_meta(tmp_path / f"{n}.safetensors") for n in ("cli", "api"))
+    for meta in (cli, api):
+        meta["provenance"].pop("created")  # the time of writing is all that may differ
+    assert api == cli
+    assert api["classes"] == list("abcde") and api["preprocessing"] == prep
+    assert api["provenance"]["sources"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    a, b = (graftkit.load(tmp_path / f"{n}.safetensors", trust=True).state_dict() for n in ("cli", "api"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------- structure

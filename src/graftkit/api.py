@@ -1,9 +1,14 @@
 """`transplant(source, target)` for people: sources and targets given as references (files, built-in
 names, specs, packages, modules, state dicts) are resolved here, above the pure core in graftkit.grafting,
 which only sees a TensorSet and a module. Keeping the resolution here keeps the core below the model
-layer (builtin and models use the core; the core imports neither)."""
+layer (builtin and models use the core; the core imports neither).
+
+The module it returns carries the package metadata `graft transplant` writes (which class names carry
+over, the preprocessing, the provenance with the source file's hash, the report), so that
+`graftkit.save(module, path)` writes the same package as the command line."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import torch.nn as nn
 from .errors import GraftError
 from .formats.base import TensorSet
 from .grafting import Report, check_options, check_rules, graft, parse_rule, records_from_module
-from .meta import meta_of
+from .meta import attach, make_meta, meta_of
 
 __all__ = ["transplant", "source_tensors"]
 
@@ -34,9 +39,42 @@ def transplant(source, target, rules=None, policy: str = "skip", strict: bool = 
     src, src_classes = source_tensors(source, trust=trust)
     check_rules(parsed, list(src))               # before building the target: fail fast
     module = _target_module(target, trust)
-    return graft(src, module, rules=rules, policy=policy, strict=strict, target_classes=class_names,
-                 source_classes=source_class_names or src_classes, seed=seed, keras_flatten=keras_flatten,
-                 target_name=_describe(target))
+    src_classes = list(source_class_names) if source_class_names else src_classes
+    module, report = graft(src, module, rules=rules, policy=policy, strict=strict, target_classes=class_names,
+                           source_classes=src_classes, seed=seed, keras_flatten=keras_flatten,
+                           target_name=_describe(target))
+    ref = str(source) if isinstance(source, (str, os.PathLike)) else src.source
+    report.source = ref
+    old = meta_of(module)
+    source_meta = src.meta.get("graftkit") or {}
+    spec = old.get("spec") or (str(target) if isinstance(target, (str, os.PathLike)) else None)
+    # the source's class names describe the target only when its classifier was copied whole
+    classes = list(class_names) if class_names else old.get("classes") or _classes_if_head_copied(report, src_classes)
+    attach(module, make_meta(spec, classes=classes,
+                             preprocessing=old.get("preprocessing") or source_meta.get("preprocessing"),
+                             provenance={**(old.get("provenance") or {}), "sources": [provenance(ref)],
+                                         "transplant": {"rules": list(rules or []), "policy": policy}},
+                             report=report.to_json(), extra=old.get("extra")))
+    return module, report
+
+
+def _classes_if_head_copied(report: Report, classes) -> list | None:
+    if not classes or not report.entries:
+        return None
+    head = [e for e in report.entries if len(e.shape) == 2 and e.shape[0] == len(classes)]
+    return list(classes) if head and all(e.status == "copied" for e in head) else None
+
+
+def provenance(ref: str) -> dict:
+    """Where a source came from: a file's resolved path, size and SHA-256, or the reference as given."""
+    path = Path(ref)
+    if not path.is_file():
+        return {"ref": ref}
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"file": str(path.resolve()), "sha256": h.hexdigest(), "bytes": path.stat().st_size}
 
 
 def source_tensors(source, *, trust: bool = False) -> tuple[TensorSet, list | None]:
@@ -47,6 +85,7 @@ def source_tensors(source, *, trust: bool = False) -> tuple[TensorSet, list | No
     if isinstance(source, nn.Module):
         ts = records_from_module(source)
         ts.source = type(source).__name__
+        ts.meta["graftkit"] = meta_of(source)  # its preprocessing is the fallback for a target without one
         return ts, meta_of(source).get("classes")
     if isinstance(source, dict):
         from .formats.safetensors_file import records_from_state_dict
@@ -58,6 +97,7 @@ def source_tensors(source, *, trust: bool = False) -> tuple[TensorSet, list | No
             module = resolve(ref, pretrained=True, trust=trust)
             ts = records_from_module(module)
             ts.source = ref
+            ts.meta["graftkit"] = meta_of(module)  # as a package file read as tensors carries it
             return ts, meta_of(module).get("classes")
         from . import formats
         ts = formats.read(Path(ref), trust=trust)
