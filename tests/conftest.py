@@ -1,8 +1,10 @@
 """Shared test helpers: the reference fixtures copied from ../shared/fixtures (see tests/fixtures/README.md)."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,23 @@ def fixture(rel: str) -> Path:
     p = FIXTURES / rel
     assert p.exists(), f"fixture {rel} missing from tests/fixtures"
     return p
+
+
+def require(module: str):
+    """Import a module that pyproject's `[test]` extra installs. A missing one fails the test, never skips it:
+    a broken install must not pass as a run of skips."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        pytest.fail(f"{module} is missing ({e}); the tests need the test extra: pip install -e '.[test]'",
+                    pytrace=False)
+
+
+def require_litert():
+    """LiteRT ships wheels for Linux x86_64 only (the `[test]` extra's marker): required there, skipped elsewhere."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        pytest.skip("ai-edge-litert has no wheels for this platform")
+    return require("ai_edge_litert.interpreter")
 
 
 def cases(fmt: str) -> list[dict]:

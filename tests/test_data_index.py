@@ -115,3 +115,24 @@ def test_a_stray_large_label_never_builds_a_million_class_names(tmp_path):
     (tmp_path / "x.lst").write_text("0\t0\ta.png\n1\t2000000\tb.png\n")
     with pytest.raises(GraftError, match="b.png has label 2000000, which would make 2,000,001 classes"):
         ImageDataset.open(tmp_path / "x.lst")
+
+
+def _tree(root, layout):
+    for rel in layout:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")  # indexing reads names, not pixels
+
+
+def test_a_folder_of_split_folders_is_refused_not_taken_as_classes(tmp_path):
+    _tree(tmp_path / "ds", ["train/cat/a.png", "train/dog/b.png", "val/cat/c.png", "val/dog/d.png",
+                            "test/cat/e.png"])
+    with pytest.raises(GraftError, match="are dataset splits holding class folders") as e:
+        index_folder(tmp_path / "ds")
+    assert "graft data index" in e.value.hint and "train" in e.value.hint
+    assert index_folder(tmp_path / "ds" / "train").classes == ["cat", "dog"]  # what the hint says to do
+    r = run_graft("data", "index", tmp_path / "ds", "-o", tmp_path / "x")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "dataset splits" in r.stderr
+    assert not (tmp_path / "x.lst").exists()
+    # split-like names with images right inside them are classes after all
+    _tree(tmp_path / "flat", ["train/a.png", "test/b.png"])
+    assert index_folder(tmp_path / "flat").classes == ["test", "train"]

@@ -12,7 +12,7 @@ from graftkit.errors import GraftError
 from graftkit.formats import detect
 from graftkit.formats import keras as kreader
 
-from conftest import fixture, run_graft
+from conftest import fixture, require, run_graft
 
 
 def keras_to_torch(cls: str, var: str, a: np.ndarray) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_file_kinds_agree_with_each_other(stem):
 
 def test_legacy_weights_only_h5_kinds_are_inferred(tmp_path):
     """A Keras 2 style weights-only .h5 (layer_names/weight_names, no config) reads like the .keras."""
-    keras = pytest.importorskip("keras")
+    keras = require("keras")
     from keras.src.legacy.saving import legacy_h5_format
     import h5py
     model = keras.saving.load_model(fixture("keras/layout_zoo.keras"), compile=False)
@@ -113,7 +113,7 @@ def test_layout_zoo_records():
 
 
 def test_fixture_weights_equal_keras_get_weights():
-    keras = pytest.importorskip("keras")
+    keras = require("keras")
     model = keras.saving.load_model(fixture("keras/layout_zoo.keras"), compile=False)
     expected = expected_from_keras(model)
     for path in ("layout_zoo.keras", "layout_zoo.h5", "layout_zoo.weights.h5"):
@@ -126,7 +126,7 @@ def test_fixture_weights_equal_keras_get_weights():
 @pytest.fixture(scope="module")
 def odd_layers(tmp_path_factory):
     """A model with BatchNorm without gamma/beta, PReLU, Conv2DTranspose, Normalization and a nested model."""
-    keras = pytest.importorskip("keras")
+    keras = require("keras")
     L = keras.layers
     inp = keras.Input((6, 5, 3), name="x")
     y = L.Conv2DTranspose(4, 3, strides=2, name="up")(inp)

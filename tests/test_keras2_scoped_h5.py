@@ -10,7 +10,7 @@ import torch
 
 import graftkit
 
-from conftest import fixture, rel_err
+from conftest import fixture, rel_err, require
 from test_nets_keras import _run, keras2_style_h5
 
 
@@ -56,7 +56,7 @@ def scoped(tmp_path_factory):
 
 
 def _keras_oracle(weights_path, x):
-    keras = pytest.importorskip("keras")
+    keras = require("keras")
     model = keras.saving.load_model(fixture("keras/layout_zoo.keras"), compile=False)
     model.load_weights(str(weights_path))  # Keras's own legacy-h5 loader: by layer, then by position
     return np.asarray(model.predict(x, verbose=0))

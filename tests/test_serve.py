@@ -306,6 +306,25 @@ def test_torchscript_export_agrees_with_pytorch(tmp_path):
     assert torch.allclose(loaded(x), graftkit.load(path, trust=True)(x)["loss3/classifier"], atol=1e-6)
 
 
+def test_onnx_batch_is_dynamic_by_default_and_fixed_with_static_batch(tmp_path, capsys):
+    import onnxruntime as ort
+    path = make_package(tmp_path)
+    model = graftkit.load(path, trust=True)
+    code, out, err = run_cli(capsys, "export", path, "--onnx", tmp_path / "d.onnx", "--json")
+    assert code == 0, err
+    (done,) = json.loads(out)
+    assert done["dynamic_batch"] is True and done["checked_batches"] == [1, 3]
+    session = ort.InferenceSession(str(tmp_path / "d.onnx"))
+    for n in (1, 3):
+        x = torch.randn(n, 3, 8, 8)
+        (got,) = session.run(None, {"input": x.numpy()})
+        assert got.shape == (n, 3) and np.abs(got - model(x).detach().numpy()).max() < 1e-5
+    code, out, err = run_cli(capsys, "export", path, "--onnx", tmp_path / "s.onnx", "--static-batch", "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["dynamic_batch"] is False
+    assert ort.InferenceSession(str(tmp_path / "s.onnx")).get_inputs()[0].shape == [1, 3, 8, 8]
+
+
 def test_export_of_a_real_architecture(tmp_path, capsys):
     # EfficientNet-Lite0 (depthwise convolutions, BatchNorm, ReLU6) at a small input to stay fast
     net = graftkit.nets.spec.build("timm:efficientnet_lite0?num_classes=4").eval()

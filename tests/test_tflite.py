@@ -12,7 +12,7 @@ import torch
 import graftkit
 from graftkit.errors import GraftError
 
-from conftest import fixture, rel_err, run_graft
+from conftest import fixture, rel_err, require_litert, run_graft
 
 RTOL = 1e-5
 MODELS = {"face_detection_short_range": ("regressors", "classificators"),
@@ -91,7 +91,7 @@ def test_truncated_file_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_live_litert_on_another_input(name):
-    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    litert = require_litert()
     path = str(fixture(f"tflite/{name}.tflite"))
     it = litert.Interpreter(model_path=path)
     it.allocate_tensors()

@@ -1,7 +1,9 @@
 """Transplant: the matching passes, the structural alignment, the shape policies, the report and the CLI."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import textwrap
 
 import numpy as np
@@ -10,10 +12,10 @@ import torch
 import torch.nn as nn
 
 from conftest import random_bn, run_graft
+from graftkit.api import transplant
 from graftkit.errors import GraftError
 from graftkit.formats.base import TensorRecord, TensorSet
-from graftkit.transplant import transplant
-from graftkit.transplant.names import normalise
+from graftkit.grafting.names import normalise
 
 # Small CNNs for the three scenarios of Chainer's copy_model article. Written to a file too,
 # so the CLI can build them as `file.py:factory` targets.
@@ -204,6 +206,42 @@ def test_widen_cli_outputs_equal_the_original(tmp_path, nets_file):
     assert net.graftkit_meta["report"]["summary"]["policy"] == "widen"
     prov = net.graftkit_meta["provenance"]["sources"][0]
     assert len(prov["sha256"]) == 64
+
+
+def test_cli_prints_a_summary_by_default_and_every_tensor_with_table(tmp_path, nets_file):
+    from safetensors.torch import save_file
+    save_file(ns["source"]().state_dict(), str(tmp_path / "small.safetensors"))
+    env = {**os.environ, "COLUMNS": "250"}  # no folded cells: names are matched whole
+    args = ("transplant", tmp_path / "small.safetensors", "--into", f"{nets_file}:wide", "--dry-run")
+    short = run_graft(*args, env=env)
+    assert short.returncode == 0, short.stderr
+    assert "18 target tensors, by pass: exact 9" in short.stderr and "--table lists every tensor" in short.stderr
+    assert "conv2.weight" in short.stderr and "fc1.weight" in short.stderr   # left: shown with why
+    assert "bn1.running_mean" not in short.stderr and "fc2.weight" not in short.stderr  # copied: counted only
+    full = run_graft(*args, "--table", env=env)
+    assert full.returncode == 0, full.stderr
+    assert all(f" {n} " in full.stderr for n in FlatCNN(width=16).state_dict())
+
+
+def test_api_transplant_and_save_write_the_package_graft_transplant_writes(tmp_path, nets_file):
+    """Class carry-over, the preprocessing fallback and the provenance hash belong to the API, not the CLI."""
+    import graftkit
+    prep = {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.25] * 3, "pixel_range": 1.0, "channel_order": "RGB"}
+    src = graftkit.save(ns["source"](), tmp_path / "src.safetensors", spec=f"{nets_file}:source",
+                        classes=list("abcde"), preprocessing=prep)
+    target = f"{nets_file}:source"   # the same architecture: the head is copied whole, so its classes carry over
+    r = run_graft("transplant", src, "--into", target, "-o", tmp_path / "cli.safetensors", "--trust", "--json")
+    assert r.returncode == 0, r.stderr
+    net, _ = graftkit.transplant(str(src), target, trust=True)
+    graftkit.save(net, tmp_path / "api.safetensors")
+    cli, api = (graftkit.read_meta(tmp_path / f"{n}.safetensors") for n in ("cli", "api"))
+    for meta in (cli, api):
+        meta["provenance"].pop("created")  # the time of writing is all that may differ
+    assert api == cli
+    assert api["classes"] == list("abcde") and api["preprocessing"] == prep
+    assert api["provenance"]["sources"][0]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    a, b = (graftkit.load(tmp_path / f"{n}.safetensors", trust=True).state_dict() for n in ("cli", "api"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------- structure
@@ -495,9 +533,13 @@ def test_efficientnet_lite0_by_structure_alone():
     assert classify(net.eval(), data.chelsea()) == 285
 
 
-def test_graftkit_transplant_stays_callable_after_the_subpackage_is_imported():
+def test_graftkit_transplant_is_a_plain_function_next_to_plain_subpackages():
+    import types
     import graftkit
-    import graftkit.transplant  # noqa: F401  (binds the subpackage as graftkit.transplant)
+    import graftkit.api  # noqa: F401  (importing submodules binds them as graftkit attributes)
+    import graftkit.grafting.report  # noqa: F401
+    assert isinstance(graftkit.transplant, types.FunctionType)
+    assert type(graftkit.grafting) is types.ModuleType  # no callable-module class swapped in
     for _ in range(2):
         _, report = graftkit.transplant(nn.Linear(2, 2), nn.Linear(2, 2))
         assert report.summary()["copied"] == 2

@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import graftkit
-from conftest import cases, fixture, rel_err
+from conftest import cases, fixture, rel_err, require
 from graftkit.errors import GraftError
-from graftkit.transplant import transplant
+from graftkit.api import transplant
 
 
 def run(net: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -222,7 +222,7 @@ def test_caffe_lenet_blobs_into_handwritten_lenet():
 def test_caffe_mobilenet_batchnorm_scale_and_1x1_classifier_into_timm(tmp_path):
     """Caffe MobileNet (BatchNorm and Scale as separate layers, fc7 a 1x1 convolution) into timm's
     mobilenetv1_100, checked against OpenCV's Caffe importer on seeded random weights written at test time."""
-    cv2 = pytest.importorskip("cv2")
+    cv2 = require("cv2")
     import timm
     from graftkit.formats import caffe, caffe_prototxt
     prototxt = fixture("caffe/mobilenet.deploy.prototxt")

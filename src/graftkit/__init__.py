@@ -27,8 +27,8 @@ def __getattr__(name):
 
 
 def transplant(source, target, **kwargs):
-    """Graft `source` tensors onto `target`: see graftkit.transplant.transplant."""
-    from .transplant import transplant as _transplant
+    """Graft `source` tensors onto `target`: see graftkit.api.transplant."""
+    from .api import transplant as _transplant
     return _transplant(source, target, **kwargs)
 
 

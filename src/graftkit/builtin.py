@@ -79,11 +79,12 @@ def cache_path(name: str) -> Path:
 
 def graft(name: str) -> nn.Module:
     """Transplant the pip weights onto timm's model (no cache)."""
-    from .transplant import transplant
-    path = weights_file(name)
     from .formats import torch_file
+    from .grafting import graft as graft_tensors
+    from .nets import spec as specs
+    path = weights_file(name)
     source = torch_file.read(path)          # weights_only=True: the file is never unpickled as code
-    module, report = transplant(source, spec_of(name), strict=True)
+    module, report = graft_tensors(source, specs.build(spec_of(name)), strict=True, target_name=spec_of(name))
     import hashlib
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return attach(module.eval(), meta_for(name, report=report.to_json(), provenance={

@@ -77,7 +77,8 @@ def register(app: typer.Typer) -> None:
                onnx: Optional[Path] = typer.Option(None, "--onnx", help="write an ONNX file here"),
                torchscript: Optional[Path] = typer.Option(None, "--torchscript", help="write a TorchScript file here"),
                opset: int = typer.Option(17, "--opset", help="ONNX opset version"),
-               dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="let the batch size vary (ONNX)"),
+               dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
+                                                  help="ONNX: let the batch size vary (default), or fix it at 1"),
                json_: bool = typer.Option(False, "--json", help="print JSON"),
                trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
     ) -> None:

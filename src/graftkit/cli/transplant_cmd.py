@@ -1,7 +1,6 @@
 """`graft transplant SRC --into TARGET -o OUT.safetensors`: graft weights, report every tensor."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,6 +22,9 @@ def register(app: typer.Typer) -> None:
         strict: bool = typer.Option(False, "--strict", help="fail if any target tensor is left at initialisation"),
         dry_run: bool = typer.Option(False, "--dry-run", help="report only, write nothing"),
         json_: bool = typer.Option(False, "--json", help="print the report as JSON"),
+        table: bool = typer.Option(False, "--table", "--details",
+                                   help="print every target tensor (by default: the counts, and the tensors "
+                                        "not copied as they were)"),
         trust: bool = typer.Option(False, "--trust", help="allow unpickling, and building a package whose architecture is a Python file (only for files you made)"),
         classes: Optional[str] = typer.Option(None, "--classes",
                                               help="the target's class names: a text file (one per line) or "
@@ -33,36 +35,26 @@ def register(app: typer.Typer) -> None:
                                                "that flattens NCHW (nn.Flatten); hwc keeps Keras's order"),
     ) -> None:
         """Copy every source tensor that fits into TARGET (by name, normalised name, rules, then structure)."""
+        from ..api import transplant as graft
         from ..errors import GraftError
-        from ..meta import meta_of
         from ..package import save
-        from ..transplant import source_tensors, transplant as graft
 
         if output is None and not dry_run:
             raise GraftError("no output file given", "add -o OUT.safetensors, or --dry-run to only see the report")
         if output is not None and (output.is_dir() or output.suffix != ".safetensors"):
             raise GraftError(f"{output}: the output must be a .safetensors file", "name it OUT.safetensors")
         target_classes = _class_names(classes) if classes else None
-        tensors, src_classes = source_tensors(src, trust=trust)
-        module, report = graft(tensors, into, rules=rule, policy=policy, strict=strict, class_names=target_classes,
-                               source_class_names=src_classes, trust=trust, seed=seed,
-                               keras_flatten=keras_flatten)
-        report.source = src
+        module, report = graft(src, into, rules=rule, policy=policy, strict=strict, class_names=target_classes,
+                               trust=trust, seed=seed, keras_flatten=keras_flatten)
         if json_:
             print_json(report.to_json())
         else:
-            report.table(console=err)
+            report.table(console=err, details=table)
         if report.warning():  # without --strict a partial result still says so, in one line on stderr
             err.print(f"[yellow]warning:[/] {report.warning()}", soft_wrap=True, highlight=False)
         if dry_run:
             return
-        tmeta = meta_of(module)
-        source_meta = tensors.meta.get("graftkit") or {}
-        names = target_classes or tmeta.get("classes") or _source_classes_if_head_copied(report, src_classes)
-        save(module, output, spec=tmeta.get("spec") or into, classes=names,
-             preprocessing=tmeta.get("preprocessing") or source_meta.get("preprocessing"),
-             provenance={"sources": [_provenance(src)], "transplant": {"rules": rule, "policy": policy}},
-             report=report.to_json())
+        save(module, output)  # the metadata (classes, preprocessing, provenance, report) came with the module
         err.print(f"wrote {output}")
 
 
@@ -79,22 +71,3 @@ def _class_names(value: str) -> list[str]:
     if len(set(names)) != len(names):
         raise GraftError(f"--classes {value!r} names a class twice", "class names must be unique")
     return names
-
-
-def _source_classes_if_head_copied(report, classes):
-    """The source's class names carry over only when the classifier itself was copied whole."""
-    if not classes or not report.entries:
-        return None
-    head = [e for e in report.entries if len(e.shape) == 2 and e.shape[0] == len(classes)]
-    return classes if head and all(e.status == "copied" for e in head) else None
-
-
-def _provenance(src: str) -> dict:
-    path = Path(src)
-    if not path.is_file():
-        return {"ref": src}
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"file": str(path.resolve()), "sha256": h.hexdigest(), "bytes": path.stat().st_size}

@@ -290,6 +290,8 @@ class ImageDataset(Dataset):
                 arr = np.repeat(arr, 3, axis=2)
             elif arr.shape[2] == 3 and channels == 1:
                 arr = np.asarray(arr.mean(axis=2, keepdims=True).round(), dtype=np.uint8)
+            if not arr.flags.writeable:  # a memory-mapped or Pillow buffer: tensors must own writable memory
+                arr = arr.copy()
             return torch.from_numpy(arr).permute(2, 0, 1)
         return decode_tensor(data, getattr(t, "min_side", None), "L" if channels == 1 else "RGB")
 

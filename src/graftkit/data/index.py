@@ -24,6 +24,8 @@ from ..errors import GraftError
 from .lists import IMAGE_EXTS, Entry, ImageList, classes_path, resolve_in_root, save_classes, write_lst
 
 log = logging.getLogger("graftkit.data")
+# Folder names that mean a dataset split, not a class (torchvision, Kaggle and im2rec layouts).
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "dev", "test", "testing"}
 
 
 def _norm_exts(exts: Sequence[str] | None) -> tuple[str, ...]:
@@ -56,6 +58,7 @@ def index_folder(root: str | os.PathLike, exts: Sequence[str] | None = None, rec
     if not class_dirs:
         raise GraftError(f"{root}: has no class sub-folders",
                          "put each class's images in its own sub-folder, e.g. ROOT/cat/*.jpg")
+    _refuse_split_folders(root, class_dirs)
     classes, entries = [], []
     for name in class_dirs:
         files = _walk_images(root / name, exts, recursive)
@@ -71,6 +74,17 @@ def index_folder(root: str | os.PathLike, exts: Sequence[str] | None = None, rec
         raise GraftError(f"{root}: no images with extensions {', '.join(exts)} in its sub-folders",
                          "check the folder or pass --ext")
     return ImageList(entries, root, classes, str(root))
+
+
+def _refuse_split_folders(root: Path, class_dirs: list[str]) -> None:
+    """ROOT/train/cat/*.jpg, ROOT/val/cat/*.jpg: indexing ROOT would make train and val the classes."""
+    if not all(d.lower() in SPLIT_NAMES for d in class_dirs):
+        return
+    if all(any(c.is_dir() and not c.name.startswith(".") for c in (root / d).iterdir()) for d in class_dirs):
+        first = next((d for d in class_dirs if d.lower().startswith("train")), class_dirs[0])
+        raise GraftError(f"{root}: its sub-folders {', '.join(class_dirs)} are dataset splits holding class folders, "
+                         "not classes", f"index each split on its own, e.g. graft data index {root / first} "
+                         f"-o lists/{first}")
 
 
 def index_csv(csv_file: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageList:

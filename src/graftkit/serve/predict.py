@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -46,15 +47,20 @@ def load_pixels(ref: str, *, channels: int = 3, min_side: int | None = None, tim
     mode = "L" if channels == 1 else "RGB"
     if not is_url(ref):
         try:
-            return torch.from_numpy(decode(ref, min_side=min_side, mode=mode)).permute(2, 0, 1)
+            return _chw(decode(ref, min_side=min_side, mode=mode))
         except DecodeError:
             raise GraftError(f"{ref}: not an image that can be decoded",
                              "pass JPEG, PNG, BMP, GIF, WebP or TIFF files") from None
     data = fetch_bytes(ref, timeout=timeout, max_bytes=max_bytes)
     try:
-        return torch.from_numpy(decode(data, min_side=min_side, mode=mode)).permute(2, 0, 1)
+        return _chw(decode(data, min_side=min_side, mode=mode))
     except DecodeError:
         raise not_an_image(ref, data) from None
+
+
+def _chw(a: np.ndarray) -> torch.Tensor:
+    """HWC pixels as a CHW tensor; Pillow's buffers are read-only and a tensor must own writable memory."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1)
 
 
 def rank(probs: torch.Tensor, classes: list[str] | None, k: int) -> list[list[dict[str, Any]]]:

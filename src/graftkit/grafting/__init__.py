@@ -1,6 +1,9 @@
-"""Graft source tensors onto a target network, in passes, and report every decision.
+"""The transplant core: graft a TensorSet onto a module, in passes, and report every decision.
 
-    module, report = transplant("weights.caffemodel", "timm:efficientnet_lite0?num_classes=10")
+    module, report = graft(tensors, module)
+
+A pure function of (tensors, module): resolving references (built-in names, specs, packages,
+files) happens above it, in graftkit.api, so this package never imports the model layer.
 
 Passes, each recorded per tensor as `matched_by`:
   1. exact      same name, same shape
@@ -17,11 +20,7 @@ keras_flatten="hwc" (a target that permutes to NHWC itself before flattening).
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import sys
-import types
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -35,36 +34,37 @@ from .names import conventions, normalise
 from .report import Entry, Report, Unused
 from .units import build_units, records_from_module, shape_str
 
-__all__ = ["transplant", "Report", "source_tensors", "parse_rule"]
+__all__ = ["graft", "Report", "parse_rule", "check_rules", "check_options", "records_from_module"]
 
 
-def transplant(source, target, rules=None, policy: str = "skip", strict: bool = False, class_names=None,
-               source_class_names=None, trust: bool = False, seed: int = 0,
-               keras_flatten: str = "chw") -> tuple[nn.Module, Report]:
-    """Copy what fits from `source` into `target`; returns (target module, report).
-
-    source: a TensorSet, a checkpoint path, a model reference (built-in name, spec, package),
-            an nn.Module or a state dict.  target: an nn.Module or a model reference (built
-            fresh, pretrained=False). rules: ["REGEX=>REPL", ...] applied to source names.
-    policy: skip | classes | channels | widen | slice. class_names / source_class_names
-    override the class names found in the metadata. strict: GraftError if anything is left.
-    keras_flatten: chw (reorder a Keras Dense-after-Flatten's columns for an NCHW flatten) | hwc (keep them).
-    """
+def check_options(policy: str, keras_flatten: str) -> None:
     check_policy(policy)
     if keras_flatten not in ("chw", "hwc"):
         raise GraftError(f"keras_flatten {keras_flatten!r} is not chw or hwc",
                          "chw: the target flattens NCHW (as nn.Flatten does); hwc: it flattens NHWC, as Keras")
+
+
+def graft(src: TensorSet, module: nn.Module, rules=None, policy: str = "skip", strict: bool = False,
+          target_classes=None, source_classes=None, seed: int = 0, keras_flatten: str = "chw",
+          target_name: str | None = None) -> tuple[nn.Module, Report]:
+    """Copy what fits from the tensors `src` into `module` (in place); returns (module, report).
+
+    rules: ["REGEX=>REPL", ...] applied to source names. policy: skip | classes | channels | widen | slice.
+    target_classes defaults to the module's metadata; source_classes to the TensorSet's.
+    strict: GraftError if anything is left. keras_flatten: chw (reorder a Keras Dense-after-Flatten's
+    columns for an NCHW flatten) | hwc (keep them). target_name: the target as the report names it.
+    """
+    check_options(policy, keras_flatten)
     parsed = [parse_rule(r) for r in (rules or [])]
-    src, src_classes = source_tensors(source, trust=trust)
-    _check_rules(parsed, list(src))              # before building the target: fail fast
-    module = _target_module(target, trust)
+    check_rules(parsed, list(src))
     tgt = records_from_module(module)
-    tgt_classes = list(class_names) if class_names else (meta_of(module).get("classes") or None)
-    src_classes = list(source_class_names) if source_class_names else src_classes
+    tgt_classes = list(target_classes) if target_classes else (meta_of(module).get("classes") or None)
+    src_classes = list(source_classes) if source_classes else _classes_of(src)
 
     pairs = _match(src, tgt, parsed)
     hwc = _keras_flatten_feeds(src, module) if keras_flatten == "chw" else {}
-    report = Report(source=src.source or type(source).__name__, target=_describe(target), policy=policy)
+    report = Report(source=src.source or type(src).__name__, target=target_name or type(module).__name__,
+                    policy=policy)
     state = module.state_dict()
 
     widened = {}
@@ -163,7 +163,7 @@ def _same_but_unit_dims(s: torch.Tensor, t: torch.Tensor) -> bool:
     return s.numel() == t.numel() and [d for d in s.shape if d != 1] == [d for d in t.shape if d != 1]
 
 
-def _check_rules(rules, src_names: list[str]) -> None:
+def check_rules(rules, src_names: list[str]) -> None:
     for rx, _, text in rules:
         if not any(rx.search(s) for s in src_names):
             raise GraftError(f"rule '{text}' matches no source tensor name",
@@ -180,54 +180,10 @@ def parse_rule(rule: str) -> tuple[re.Pattern, str, str]:
         raise GraftError(f"rule {rule!r}: bad regular expression: {e}") from None
 
 
-def source_tensors(source, *, trust: bool = False) -> tuple[TensorSet, list | None]:
-    """Any supported source as a TensorSet, plus its class names when known."""
-    if isinstance(source, TensorSet):
-        meta = source.meta.get("graftkit") or {}
-        return source, meta.get("classes") or source.meta.get("classes")
-    if isinstance(source, nn.Module):
-        ts = records_from_module(source)
-        ts.source = type(source).__name__
-        return ts, meta_of(source).get("classes")
-    if isinstance(source, dict):
-        from ..formats.safetensors_file import records_from_state_dict
-        return TensorSet(records_from_state_dict(source), format="state dict", source="state dict"), None
-    if isinstance(source, (str, os.PathLike)):
-        ref = str(source)
-        if _is_model_ref(ref):
-            from ..models import resolve
-            module = resolve(ref, pretrained=True, trust=trust)
-            ts = records_from_module(module)
-            ts.source = ref
-            return ts, meta_of(module).get("classes")
-        from .. import formats
-        ts = formats.read(Path(ref), trust=trust)
-        meta = ts.meta.get("graftkit") or {}
-        return ts, meta.get("classes") or ts.meta.get("classes")
-    raise GraftError(f"cannot use a {type(source).__name__} as a transplant source",
-                     "pass a file path, a model spec, a TensorSet, a state dict or an nn.Module")
-
-
-def _is_model_ref(ref: str) -> bool:
-    from .. import builtin
-    from ..nets import spec as specs
-    from ..package import is_package
-    return ref in builtin.NAMES or specs.is_arch_spec(ref) or (Path(ref).suffix == ".safetensors"
-                                                                and Path(ref).is_file() and is_package(ref))
-
-
-def _target_module(target, trust: bool) -> nn.Module:
-    if isinstance(target, nn.Module):
-        return target
-    if isinstance(target, (str, os.PathLike)):
-        from ..models import resolve
-        return resolve(str(target), pretrained=False, trust=trust)
-    raise GraftError(f"cannot use a {type(target).__name__} as a transplant target",
-                     "pass an nn.Module or a model spec such as timm:efficientnet_lite0")
-
-
-def _describe(target) -> str:
-    return str(target) if isinstance(target, (str, os.PathLike)) else type(target).__name__
+def _classes_of(src: TensorSet) -> list | None:
+    """The class names a TensorSet carries: a package's graftkit metadata, or the format's own."""
+    meta = src.meta.get("graftkit") or {}
+    return meta.get("classes") or src.meta.get("classes")
 
 
 def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
@@ -261,7 +217,7 @@ def _match(src: TensorSet, tgt: TensorSet, rules) -> dict[str, tuple[str, str]]:
             pair(t, cands[0], "normalised")
     # 3. user rules rewrite source names
     if rules:
-        _check_rules(rules, src_names)
+        check_rules(rules, src_names)
         by_tgt_norm: dict[str, list[str]] = {}
         for t, n in tgt_norm.items():
             by_tgt_norm.setdefault(n, []).append(t)
@@ -346,14 +302,3 @@ def _eps_notes(src: TensorSet, module: nn.Module, pairs) -> list[str]:
             notes.setdefault((float(eps), float(m.eps)), []).append(t.rpartition(".")[0])
     return [f"source BatchNorm eps {a:g} differs from the target's {b:g} in {len(v)} layers ({v[0]}, ...): "
             f"set the target's eps to {a:g} to reproduce the source exactly" for (a, b), v in notes.items()]
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this subpackage replaces the `graftkit.transplant` function with the module
-    (Python binds submodules as package attributes): keep `graftkit.transplant(...)` working."""
-
-    def __call__(self, *args, **kwargs):
-        return transplant(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

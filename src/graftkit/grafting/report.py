@@ -83,20 +83,31 @@ class Report:
                 "notes": list(self.notes), "summary": self.summary(),
                 "warnings": [w for w in (self.warning(),) if w]}
 
-    def table(self, console=None, limit: int | None = None) -> None:
-        """Print the report as rich tables (all rows unless `limit`)."""
+    def table(self, console=None, limit: int | None = None, details: bool = True) -> None:
+        """Print the report as rich tables (all rows unless `limit`). details=False prints a summary
+        instead: the counts by status and by pass, and only the tensors not copied as they were."""
         from rich.console import Console
         from rich.table import Table
         console = console or Console()
+        s = self.summary()
         colour = {"copied": "green", "adapted": "yellow", "left": "red"}
-        t = Table(title=f"transplant {self.source} -> {self.target}", title_justify="left", header_style="bold")
-        for c in ("target", "shape", "status", "pass", "source", "reason"):
-            t.add_column(c, overflow="fold")
-        for e in self.entries[:limit]:
-            t.add_row(e.target, shape_str(e.shape), f"[{colour[e.status]}]{e.status}[/]", e.matched_by or "",
-                      e.source or "", e.reason)
-        console.print(t)
-        if self.unused:
+        title = f"transplant {self.source} -> {self.target}"
+        rows = self.entries if details else [e for e in self.entries if e.status != "copied"]
+        if not details:
+            passes = ", ".join(f"{k} {v}" for k, v in sorted(s["by_pass"].items(), key=lambda kv: -kv[1]))
+            console.print(f"{title}: {len(self.entries)} target tensors, by pass: {passes or 'none'}",
+                          soft_wrap=True, highlight=False)
+        if rows:
+            t = Table(title=title if details else "not copied as they were", title_justify="left",
+                      header_style="bold")
+            for c in ("target", "shape", "status", "pass", "source", "reason"):
+                t.add_column(c, overflow="fold")
+            for e in rows[:limit]:
+                t.add_row(e.target, shape_str(e.shape), f"[{colour[e.status]}]{e.status}[/]", e.matched_by or "",
+                          e.source or "", e.reason)
+            console.print(t)
+        # a handful of unused source tensors is worth reading; hundreds (a source much larger than the target) are not
+        if self.unused and (details or len(self.unused) <= 10):
             u = Table(title="unused source tensors", title_justify="left", header_style="bold")
             u.add_column("source", overflow="fold")
             u.add_column("shape")
@@ -106,10 +117,10 @@ class Report:
             console.print(u)
         for note in self.notes:
             console.print(f"note: {note}")
-        s = self.summary()
         console.print(f"{s['copied']} copied, {s['adapted']} adapted, {s['left']} left "
                       f"({s['left_harmless']} harmless), {s['unused_source_tensors']} source tensors unused; "
-                      f"{100 * s['transferred_fraction']:.1f}% of target tensors transferred")
+                      f"{100 * s['transferred_fraction']:.1f}% of target tensors transferred"
+                      + ("" if details else " (--table lists every tensor)"), soft_wrap=True, highlight=False)
 
     def __str__(self) -> str:
         s = self.summary()
