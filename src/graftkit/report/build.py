@@ -20,6 +20,7 @@ from . import audit as auditing
 
 GALLERY = 12       # top-loss images shown, each with its Grad-CAM
 MOST_CONFUSED = 10
+TEMPERATURE_TOLERANCE = 0.05   # |T - 1| below this is noise, not miscalibration
 LABEL_L2 = 0.1     # probe penalty for finding label errors (on standardised features)
 
 
@@ -30,7 +31,8 @@ def run_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
     """The report of a `graft train` run folder. `data` (default: the run's validation data) is
     what the errors are shown on; the temperature is fitted on the validation data and stored in
     best.safetensors; the audit covers the training data, the validation data and `data`."""
-    from ..package import load
+    from ..meta import meta_of
+    from ..package import load, update_meta
     from ..serve.calibration import calibration, store_temperature
     from ..serve.evaluate import score
     from ..serve.inference import preprocessing_of
@@ -49,20 +51,27 @@ def run_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
     shown = str(data) if data is not None else val
     package = run / "best.safetensors"
     model = load(package, trust=trust)
+    model_meta = meta_of(model)
     doc: dict[str, Any] = {"kind": "run", "run": str(run), "summary": _run_summary(summary, model),
                            "history": _history(run / "log.csv")}
     kept = dict(batch_size=64, device=device, progress=progress, calibrated=False)
     val_scores = score(model, val, keep_features=shown == val, **kept) if val else None
-    cal = None
+    cal, kept_out = None, None
     if val_scores is not None:
-        cal = calibration(val_scores.logits, _targets(val_scores))
-        store_temperature(package, cal, fitted_on=val)
+        fitted = calibration(val_scores.logits, _targets(val_scores))
+        kept_out = _not_worth_it(fitted)
+        if kept_out is None:
+            cal = fitted
+            store_temperature(package, cal, fitted_on=val)
+        elif model_meta.get("calibration"):  # an earlier report's temperature no longer holds
+            update_meta(package, calibration=None)
         if log:
-            log(f"calibration: temperature {cal['temperature']:.3f} fitted on {val}, stored in {package}")
+            log(f"calibration: temperature {fitted['temperature']:.3f} fitted on {val}, "
+                + (f"stored in {package}" if kept_out is None else f"not applied: {kept_out}"))
     scores = val_scores if shown == val else (score(model, shown, keep_features=True, **kept) if shown else None)
     if scores is not None:
         doc.update(_errors(model, scores, shown))
-        doc["calibration"] = _calibration(scores, cal, fitted_on=val)
+        doc["calibration"] = _calibration(scores, cal, fitted_on=val, why=kept_out)
     else:
         doc["calibration"] = {"applied": False, "why": "the run had no validation data and no --data was given"}
     splits = [(n, p) for n, p in (("train", train), ("val", val), ("evaluated", shown if shown != val else None)) if p]
@@ -186,13 +195,25 @@ def _gallery(model: nn.Module, scores, rows: torch.Tensor, losses: torch.Tensor)
     return out
 
 
-def _calibration(scores, fitted: dict[str, Any] | None, fitted_on: str | None) -> dict[str, Any]:
+def _not_worth_it(fitted: dict[str, Any]) -> str | None:
+    """Why a fitted temperature is not applied, or None: one within 5 % of 1, or one that does not
+    lower the validation ECE, changes nothing but the noise of the data it was fitted on."""
+    t = fitted["temperature"]
+    if abs(t - 1.0) < TEMPERATURE_TOLERANCE:
+        return f"the model is calibrated already (T = {t:.3f}, within {TEMPERATURE_TOLERANCE:.0%} of 1)"
+    if fitted["ece_after"] >= fitted["ece_before"]:
+        return (f"T = {t:.3f} does not lower the validation ECE ({fitted['ece_before']:.3f} -> "
+                f"{fitted['ece_after']:.3f})")
+    return None
+
+
+def _calibration(scores, fitted: dict[str, Any] | None, fitted_on: str | None, why: str | None = None) -> dict[str, Any]:
     from ..serve.calibration import calibration
     target = _targets(scores)
     if fitted is None:
         c = calibration(scores.logits, target, temperature=1.0)
-        return {"applied": False, "why": "the model has no fitted temperature (a run's report fits one on its "
-                                         "validation data)", "ece_before": c["ece_before"],
+        return {"applied": False, "why": why or "the model has no fitted temperature (a run's report fits one on "
+                                                "its validation data)", "ece_before": c["ece_before"],
                 "bins_before": c["bins_before"], "n": c["n"]}
     c = calibration(scores.logits, target, temperature=fitted["temperature"])
     return {"applied": True, "fitted_on": fitted_on, **c}

@@ -24,6 +24,7 @@ img.fig{max-width:100%;background:#fff;border:1px solid #dde1e8;border-radius:6p
 .gallery{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:8px;width:336px}
 figure img{width:160px;height:auto;border-radius:4px} figcaption{font-size:13px;margin-top:4px}
+figure.small{width:auto;padding:6px} figure.small img{width:96px}
 .bad{color:#b42318} .ok{color:#067647} .note{color:#5b6475;font-size:13px}
 nav a{margin-right:14px}
 """
@@ -174,7 +175,7 @@ def _audit(doc) -> str:
             out.append(_table(["image", "given label", "looks like", "p(given)", "p(looks like)"],
                               [[_short(r["name"]), r["given"], r["suggested"], f"{r['p_given']:.3f}",
                                 f"{r['p_suggested']:.3f}"] for r in shown], {3, 4}))
-            out.append(_thumbs(doc, li["split"], [r["index"] for r in shown[:8]]))
+            out.append(_thumbs(doc, li["split"], shown[:8]))
     if not a.get("label_issues"):
         out.append("<p class=note>Not checked: no out-of-sample probabilities for any split.</p>")
     d = a.get("duplicates") or {}
@@ -207,18 +208,20 @@ def _audit(doc) -> str:
     return "".join(out) + "</section>"
 
 
-def _thumbs(doc, split: str, indices: list[int]) -> str:
-    """Small pictures of flagged images (the audit's data sets are kept on the doc while rendering)."""
-    sets = doc.get("_datasets") or {}
-    ds = sets.get(split)
-    if ds is None or not indices:
+def _thumbs(doc, split: str, rows: list[dict[str, Any]]) -> str:
+    """Small captioned pictures of flagged images (the audit's data sets are on the doc while rendering)."""
+    ds = (doc.get("_datasets") or {}).get(split)
+    if ds is None or not rows:
         return ""
+    from ..data.decode import DecodeError
     tiles = []
-    for i in indices:
+    for r in rows:
         try:
-            tiles.append(_img(figures.tile(ds.decode(i), side=96), ds.name(i), "jpeg", ""))
-        except Exception:  # an undecodable image is named in the table already
+            pic = _img(figures.tile(ds.decode(r["index"]), side=96), r["name"], "jpeg", "")
+        except DecodeError:  # an undecodable image is named in the table already
             continue
+        tiles.append(f"<figure class=small>{pic}<figcaption>{_e(r['given'])} → {_e(r['suggested'])}"
+                     f"</figcaption></figure>")
     return f"<div class=gallery>{''.join(tiles)}</div>"
 
 
