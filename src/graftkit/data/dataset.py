@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
 
 from ..errors import GraftError
 from .decode import DecodeError, decode_tensor
@@ -156,6 +157,11 @@ class _ArraySource:
         return f"array image {i}"
 
 
+def _decode_key(t) -> tuple:
+    """What decode() depends on besides the file: the transform's channels, JPEG min_side and presize."""
+    return getattr(t, "channels", 3), getattr(t, "min_side", None), getattr(t, "presize", None)
+
+
 def find_shards(prefix: str | os.PathLike) -> list[Path]:
     """The `.rec` files of a pack: PREFIX.rec, or PREFIX-00000.rec, PREFIX-00001.rec, ..."""
     p = Path(prefix)
@@ -210,6 +216,7 @@ class ImageDataset(Dataset):
         # shared memory: worker processes see set_epoch and report failures back to the parent
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._failed = torch.zeros(n, dtype=torch.uint8).share_memory_()
+        self._cache = None  # a memory.MemoryCache once `cache()` has decoded the images
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
@@ -280,8 +287,14 @@ class ImageDataset(Dataset):
         return self._src.name(i)
 
     def decode(self, i: int) -> torch.Tensor:
-        """Sample i as a uint8 CHW tensor, before the transform (raises DecodeError)."""
+        """Sample i as a uint8 CHW tensor, before the transform's random draws (raises DecodeError).
+
+        The shorter side is brought down to the transform's `presize` (the size its pipeline resizes to
+        before cropping), so that a cached image (see `cache`) and a streamed one are the same pixels."""
         t = self.transform
+        cache = getattr(self, "_cache", None)
+        if cache is not None and cache.key == _decode_key(t):  # decoded for this transform's channels and sizes
+            return cache.get(i)
         channels = getattr(t, "channels", 3)
         data = self._src.read(i)
         if isinstance(data, np.ndarray):
@@ -292,8 +305,37 @@ class ImageDataset(Dataset):
                 arr = np.asarray(arr.mean(axis=2, keepdims=True).round(), dtype=np.uint8)
             if not arr.flags.writeable:  # a memory-mapped or Pillow buffer: tensors must own writable memory
                 arr = arr.copy()
-            return torch.from_numpy(arr).permute(2, 0, 1)
-        return decode_tensor(data, getattr(t, "min_side", None), "L" if channels == 1 else "RGB")
+            img = torch.from_numpy(arr).permute(2, 0, 1)
+        else:
+            img = decode_tensor(data, getattr(t, "min_side", None), "L" if channels == 1 else "RGB")
+        side = getattr(t, "presize", None)
+        if side and min(img.shape[-2:]) > side:
+            img = F.resize(img, [int(side)], antialias=True)  # what the pipeline's Resize does (eval: a no-op after)
+        return img
+
+    # ----- decoded once ---------------------------------------------------------------------
+    def cache(self, budget="25%", *, workers: int | None = None, progress: bool | None = None) -> dict:
+        """Decode every image once into RAM (uint8, pre-resized to the transform's `presize`) if it fits `budget`
+        ('25%' of available RAM, '2G', bytes, 0 = never); later epochs then skip decoding and resizing, with the
+        same tensors as streaming. Returns what was done (`cached`, `bytes`, `seconds`, or the `reason` not)."""
+        from .memory import build, parse_budget
+        if isinstance(self._src, _ArraySource):
+            return {"cached": False, "reason": "the images are in memory already", "images": len(self)}
+        self._cache = None
+        cache, info = build(self, parse_budget(budget), workers=workers, progress=progress,
+                            description=f"{len(self):,} images")
+        if cache is not None:
+            cache.key = _decode_key(self.transform)
+        self._cache = cache
+        return info
+
+    def uncache(self) -> None:
+        """Drop the decoded images (streaming again)."""
+        self._cache = None
+
+    @property
+    def cached(self) -> bool:
+        return self._cache is not None
 
     def __getitem__(self, i: int):
         n = len(self)

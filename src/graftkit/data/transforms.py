@@ -100,6 +100,11 @@ class Pipeline:
         self.min_side = min_side
         self.normalize = normalize
         self._own = [bool(getattr(op, "uses_rng", False)) for op in self.ops]
+        # the shorter side images are brought down to before the first op (ImageDataset.decode, and the memory
+        # cache): the resize before the crop, or for a random resized crop the eval resize (>= the output);
+        # a scale augmentation (random_resize) keeps what it may enlarge to
+        self.presize = max([int(min_side), *size] + [getattr(op, "max_size", 0) for op in self.ops
+                                                     if isinstance(op, aug.RandomResize)])
         self.uses_torch_rng = not all(self._own)
 
     def __call__(self, img: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
