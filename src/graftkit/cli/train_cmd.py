@@ -39,7 +39,10 @@ def register(app: typer.Typer) -> None:
               freeze: List[str] = typer.Option([], "--freeze", help="freeze parameters matching this pattern (repeatable; 'body' = all but the head)"),
               head: Optional[str] = typer.Option(None, "--head", help="auto, new, keep or keep_matching"),
               size: Optional[int] = typer.Option(None, "--size", help="input side in pixels (default: auto)"),
-              workers: Optional[int] = typer.Option(None, "--workers", help="data loader worker processes"),
+              workers: Optional[str] = typer.Option(None, "--workers", help="data loader worker processes, or auto "
+                                                    "(default: measured in the first epochs); 0 loads in-process"),
+              cache_ram: Optional[str] = typer.Option(None, "--cache-ram", help="decode the images once into RAM when "
+                                                      "they fit this: 25% of available RAM (default), 2G, or 0 to stream"),
               checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="also checkpoint every N iterations"),
               device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)"),
               trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
@@ -52,6 +55,7 @@ def register(app: typer.Typer) -> None:
         from ..train import RunInterrupted
         plan = _plan(plan_file, strategy=strategy, epochs=epochs, max_iter=max_iter, lr=lr, batch_size=batch_size,
                      optimizer=optimizer, policy=policy, freeze=list(freeze), head=head, size=size, num_workers=workers,
+                     cache_ram=cache_ram,
                      checkpoint_every=checkpoint_every, time_budget=time_budget)
         try:
             summary = run(model, train_data, val_data, out_dir=out, plan=plan, seed=seed, resume=resume, device=device,

@@ -22,7 +22,7 @@ or modules (`blocks.0`, `blocks.[0-3]*`, `re:^conv_stem`), plus two keywords:
     solver: {optimizer: adamw, lr: 0.001, weight_decay: 0.05, policy: cosine, warmup_epochs: 1,
              label_smoothing: 0.1, epochs: 30, batch_size: 32}
     # or Caffe's: {type: SGD, base_lr: 0.001, lr_policy: step, stepsize: 1000, gamma: 0.1, max_iter: 5000}
-    data: {size: auto, augment: light, balanced: false, num_workers: 0}
+    data: {size: auto, augment: light, balanced: false, num_workers: auto, cache_ram: 25%}
 """
 from __future__ import annotations
 
@@ -83,7 +83,9 @@ class Data:
     size: int | str = "auto"         # input side; auto: the model's, or 4x small images (>= 96)
     augment: Any = "light"           # none | light | standard, or an augmentation list (graftkit.data.augment)
     balanced: bool = False           # class-balanced sampling
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # auto: measured in the first epochs (train.loop.choose_workers); 0 = in-process
+    cache_ram: str = "25%"           # decode small training/validation data once into RAM up to this: 25% (of
+                                     # available RAM), 2G, 512M, or 0 to always stream (graftkit.data.memory)
     val_fraction: float = 0.0        # split off a validation set when none is given
 
 
@@ -181,6 +183,15 @@ class Plan:
         if isinstance(self.data.augment, str) and self.data.augment not in ("none", "light", "standard"):
             raise GraftError(f"{where}: data augment must be none, light, standard or a list of augmentations, "
                              f"not {self.data.augment!r}")
+        w = self.data.num_workers
+        if not (w == "auto" or (isinstance(w, int) and not isinstance(w, bool) and w >= 0)):
+            raise GraftError(f"{where}: data num_workers must be 'auto' or a count >= 0, not {w!r}")
+        from ..data.memory import parse_budget
+        try:
+            parse_budget(self.data.cache_ram)
+        except GraftError:
+            raise GraftError(f"{where}: data cache_ram {self.data.cache_ram!r} is not understood",
+                             "give e.g. 25% (of available RAM), 2G, 512M or 0 (always stream)") from None
         if not (self.data.size == "auto" or (isinstance(self.data.size, int) and self.data.size >= 8)):
             raise GraftError(f"{where}: data size must be 'auto' or a side in pixels >= 8, not {self.data.size!r}")
         for name, table in (("lr_mult", self.lr_mult), ("decay_mult", self.decay_mult),
