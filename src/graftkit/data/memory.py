@@ -173,7 +173,9 @@ def build(ds: "ImageDataset", budget: int, *, workers: int | None = None, progre
         info["reason"] = f"about {human(estimate)} decoded, over the memory budget of {human(budget)}"
         return None, info
     workers = decode_workers(n) if workers is None else workers
+    # its own generator: the caller's RNG (a training run's dropout draws) must not move
     loader = DataLoader(_Decoded(ds, range(n)), batch_size=16, num_workers=workers, collate_fn=_batches,
+                        generator=torch.Generator(),
                         multiprocessing_context="fork" if workers and "fork" in torch.multiprocessing.get_all_start_methods()
                         and not torch.cuda.is_initialized() else ("spawn" if workers else None))
     images: list[torch.Tensor | None] = [None] * n
