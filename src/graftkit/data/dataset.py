@@ -9,6 +9,7 @@
     train.classes, train.targets          # class names; int64 label per sample (for samplers)
     train.set_epoch(e)                    # new augmentation draws each epoch (reaches worker processes)
     train.failed                          # indices that could not be decoded (skipped, counted)
+    train.cache("25%")                    # small data: decoded once into RAM (graftkit.data.memory), same samples
 
 Sources: `open` takes a folder of class sub-folders, a `.lst` (root and class names
 from `NAME.classes.json`), a `.csv` of path,label, a `.rec`/`.idx`/pack prefix or a
@@ -16,7 +17,8 @@ list of `.rec` shards; `from_arrays` wraps uint8 images in memory (N,H,W[,C]).
 
 Images are decoded to uint8 (grayscale/CMYK/palette/alpha -> RGB, or L for 1-channel
 models; EXIF rotation applied; JPEGs DCT-downscaled when the pipeline's `min_side`
-allows) and stay uint8 through the augmentations; normalisation is the last step.
+allows), their shorter side brought down to the pipeline's `presize` (the size it resizes
+to before cropping), and stay uint8 through the augmentations; normalisation is the last step.
 
 Determinism: the random draws for sample i in epoch e come from a torch RNG seeded
 with (seed, e, i), so the result is the same with any number of DataLoader workers,
