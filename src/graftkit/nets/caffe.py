@@ -22,6 +22,7 @@ auxiliary losses (loss_weight below the largest) are outputs in training mode on
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -286,6 +287,11 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
             silenced.extend(b for b in bottoms if b not in silenced)
             continue
         cls = LAYERS[t]
+        lo, hi = _arity(cls)
+        if not lo <= len(bottoms) <= hi:
+            want = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi < 1 << 30 else f"at least {lo}"
+            raise GraftError(f"layer {name!r} ({t}) has {len(bottoms)} bottoms but takes {want}",
+                             "check the layer's bottom lines")
         bshapes = [shapes[b] for b in bottoms]
         known = all(b is not None for b in bshapes)
         try:
@@ -296,6 +302,10 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
         except (IndexError, ValueError, ZeroDivisionError) as e:
             got = [list(b) if b else None for b in bshapes]
             raise GraftError(f"layer {name!r} ({t}) does not fit inputs of shape {got} ({e})") from None
+        for shape in pshapes:  # before any module is built, even on the meta device (torch overflows)
+            if any(int(d) < 0 for d in shape) or math.prod(int(d) for d in shape) > MAX_BLOB:
+                raise GraftError(f"layer {name!r} ({t}) would need a parameter of shape {list(shape)}",
+                                 "the prototxt's sizes (num_output, kernel, input dims) are absurd or corrupt")
         found = blobs.get(name) if blobs else None
         if known:
             if found is not None and pshapes:
@@ -351,6 +361,26 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
     graph.update(_outputs(graph, label_blobs))
     graph["blob_shapes"] = {k: (list(v) if v is not None else None) for k, v in shapes.items()}
     return graph, modules, checked
+
+
+MAX_BLOB = 2**31 - 1  # elements of one parameter blob (Caffe's own limit: int32 counts)
+MAX_INIT_BYTES = 1 << 30  # float32 bytes graftkit allocates for layers the caffemodel does not give
+_ARITY: dict[type, tuple[int, int]] = {}
+
+
+def _arity(cls) -> tuple[int, int]:
+    """(fewest, most) bottoms a layer class's forward takes."""
+    if cls not in _ARITY:
+        import inspect
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]  # (without self)
+        if any(p.kind is p.VAR_POSITIONAL for p in params):
+            lo, hi = sum(1 for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty), 1 << 30
+            lo = max(lo, 1)
+        else:
+            pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            lo, hi = sum(1 for p in pos if p.default is p.empty), len(pos)
+        _ARITY[cls] = (lo, hi)
+    return _ARITY[cls]
 
 
 def _param_name(spec: Any) -> str | None:
@@ -728,6 +758,11 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
         raise GraftError(f"{model}: none of its layers matches a layer of {proto} by name "
                          f"(it holds {some(blobs)})",
                          "Caffe pairs weights with layers by name: give the caffemodel trained with this prototxt")
+    need = sum(4 * math.prod(s) for L in graph["layers"] if L["name"] not in checked for s in L["shapes"])
+    if need > MAX_INIT_BYTES:
+        raise GraftError(f"the layers without weights in the caffemodel need {need / 2**30:.1f} GiB of parameters, "
+                         f"more than the {MAX_INIT_BYTES >> 30} GiB graftkit initialises",
+                         "the prototxt's sizes are absurd or corrupt; or give the caffemodel that holds them")
     left = []
     for L, mod in zip(graph["layers"], modules):
         if L["name"] in checked:  # (built around the caffemodel's tensors)
