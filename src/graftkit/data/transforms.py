@@ -89,6 +89,8 @@ def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(out["interpolation"], str):
         raise GraftError(f"preprocessing interpolation {str(out['interpolation'])[:30]} is not a name", _PRE_HINT)
     out["channel_order"] = str(out["channel_order"]).upper()
+    if out["channel_order"] == "GRAY" and c == 1:  # (what converters write for one-channel nets)
+        out["channel_order"] = "RGB"
     if out["channel_order"] not in ("RGB", "BGR"):
         raise GraftError(f"channel_order {out['channel_order']!r} is not RGB or BGR", "use RGB or BGR")
     return out

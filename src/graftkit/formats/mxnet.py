@@ -153,7 +153,22 @@ def _tensor(r: _Reader, dtype: torch.dtype, shape, what: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
 
 
+MAX_DENSE = 512 << 20  # bytes: the largest array a sparse one may densify to
+
+
 def _densify(r: _Reader, stype: int, shape, data, aux, index) -> torch.Tensor:
+    # the dense shape is checked against the stored one before the dense array exists: a few bytes of
+    # row_sparse may claim a dense shape of GiBs
+    nbytes = math.prod(shape) * data.element_size()
+    if nbytes > MAX_DENSE:
+        raise r.fail(f"sparse array {index} would densify to shape {list(shape)} ({nbytes:,} bytes, more than "
+                     f"{MAX_DENSE >> 20} MiB)")
+    ok = (len(shape) == data.dim() and tuple(data.shape[1:]) == tuple(shape[1:]) and data.shape[0] <= shape[0]
+          and aux[0].shape == (data.shape[0],)) if stype == 1 else (
+        len(shape) == 2 and data.dim() == 1 and aux[0].shape == (shape[0] + 1,) and aux[1].shape == data.shape)
+    if not ok:
+        raise r.fail(f"sparse array {index}: stored shapes {[list(data.shape)] + [list(a.shape) for a in aux]} do "
+                     f"not fit its shape {list(shape)}")
     try:
         if stype == 1:  # row_sparse: the listed rows of a dense array
             dense = torch.zeros(shape, dtype=data.dtype)

@@ -11,6 +11,7 @@ Arrays are loaded with allow_pickle=False: object arrays would unpickle code.
 from __future__ import annotations
 
 import re
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -95,7 +96,7 @@ def _load_arrays(path: Path, trust: bool) -> dict[str, np.ndarray]:
             for name in z.files:
                 arrays[name] = z[name]
         return arrays
-    except ValueError as e:
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:  # (numpy's header parser lets these out)
         if "allow_pickle" in str(e):
             raise GraftError(f"{path}: the file holds pickled Python objects, whose loading could run code",
                              "pass --trust (trust=True) only if you made this file yourself") from None
