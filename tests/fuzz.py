@@ -1005,7 +1005,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     s = fuzz(args.count, args.seed, timeout=args.timeout, mem_mib=args.mem_mib, jobs=args.jobs, save=args.save,
              cases=args.case, only=args.only, progress=not args.quiet)
-    print(f"python tests/fuzz.py --count {args.count} --seed {args.seed}"
+    print(f"python tests/fuzz.py {f'--count {args.count}' if not args.case else ' '.join(f'--case {c}' for c in args.case)} --seed {args.seed}"
           f"{f' --only {args.only!r}' if args.only else ''}: {len(s.results)} mutants in "
           f"{time.monotonic() - t0:.0f} s")
     print(s.table())

@@ -147,6 +147,8 @@ def _st(path: Path, header, data: bytes = b"") -> Path:
     ({"a": {"dtype": "F32", "shape": "ab", "data_offsets": [0, 8]}}, "corrupt safetensors entry"),
     ({"a": {"dtype": "F32", "shape": [1.5, 2], "data_offsets": [0, 12]}}, "corrupt safetensors entry"),
     ({"a": {"dtype": "F32", "shape": [30000, 30000], "data_offsets": [0, 16]}}, "wrong size"),
+    (b'{"a": {"dtype": "F32", "shape": ' + b"[" * 1000 + b"]" * 1000 + b', "data_offsets": [0, 8]}}',
+     "corrupt safetensors entry"),
     ({"__metadata__": ["x"], "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, "__metadata__"),
     ({"__metadata__": {"graftkit": 5}, "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}},
      "__metadata__"),
@@ -344,11 +346,33 @@ def test_a_damaged_hdf5_symbol_table_is_one_error(tmp_path):
         graftkit.convert([tmp_path / "m.h5"])
 
 
-@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, 93])
+def test_an_onnx_initializer_of_an_unknown_data_type(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    t = onnx.TensorProto(name="W", data_type=55, dims=[2], raw_data=b"\0" * 8)
+    g = helper.make_graph([helper.make_node("Relu", ["W"], ["y"])], "g", [],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [t])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with pytest.raises(GraftError, match="unknown data type 55"):
+        graftkit.read(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, 93, zipfile.ZIP_LZMA])
 def test_a_keras_archive_with_a_compression_zipfile_cannot_read(tmp_path, method):
     src = fixture("keras/layout_zoo.keras")
     raw = bytearray(src.read_bytes())
-    if method == 93:  # zstd: patch the method field of every header
+    if method == zipfile.ZIP_LZMA:  # an LZMA member whose properties are damaged
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp_path / "m.keras", "w", method) as zout:
+            for info in zin.infolist():
+                zout.writestr(info.filename, zin.read(info))
+        raw = bytearray((tmp_path / "m.keras").read_bytes())
+        at = raw.find(b"PK\x03\x04")
+        while raw[at + 30:at + 30 + 16] != b"model.weights.h5":
+            at = raw.find(b"PK\x03\x04", at + 4)
+        data = at + 30 + 16 + struct.unpack_from("<H", raw, at + 28)[0]
+        raw[data + 4:data + 9] = b"\xff" * 5  # the LZMA properties after zipfile's 4-byte header
+        (tmp_path / "m.keras").write_bytes(bytes(raw))
+    elif method == 93:  # zstd: patch the method field of every header
         for sig, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
             i = raw.find(sig)
             while i >= 0:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import GraftError
+from ..errors import GraftError, short
 from . import augment as aug
 
 DEFAULT_PRE = {"input_size": [3, 224, 224], "resize": 256, "interpolation": "bilinear",
@@ -42,14 +42,14 @@ def _is_int(v: Any) -> bool:
 def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
     """The preprocessing dict with defaults filled in and checked."""
     if pre is not None and not isinstance(pre, dict):
-        raise GraftError(f"preprocessing {str(pre)[:60]!r} is not a dict of settings", _PRE_HINT)
+        raise GraftError(f"preprocessing {short(pre)} is not a dict of settings", _PRE_HINT)
     out = dict(DEFAULT_PRE)
     out.update({k: v for k, v in (pre or {}).items() if v is not None})
     size = out["input_size"]
     if _is_int(size):
         size = [3, size, size]
     if not isinstance(size, (list, tuple)) or len(size) not in (2, 3) or not all(_is_int(s) for s in size):
-        raise GraftError(f"preprocessing input_size {str(size)[:60]} is not [channels,] height, width", _PRE_HINT)
+        raise GraftError(f"preprocessing input_size {short(size)} is not [channels,] height, width", _PRE_HINT)
     if len(size) == 2:
         size = [3, *size]
     out["input_size"] = [int(s) for s in size]
@@ -61,19 +61,19 @@ def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
     if "resize" not in (pre or {}):
         crop = (pre or {}).get("crop_pct", 0.875)
         if not isinstance(crop, (int, float)) or isinstance(crop, bool) or not 0.05 <= crop <= 1:
-            raise GraftError(f"preprocessing crop_pct {str(crop)[:30]} is not a fraction in 0.05..1", _PRE_HINT)
+            raise GraftError(f"preprocessing crop_pct {short(crop)} is not a fraction in 0.05..1", _PRE_HINT)
         out["resize"] = int(round(max(out["input_size"][1:]) / crop))
     if not _is_int(out["resize"]) or not 1 <= out["resize"] <= 2 * MAX_SIDE:
-        raise GraftError(f"preprocessing resize {str(out['resize'])[:30]} is not a side of 1..{2 * MAX_SIDE} pixels",
+        raise GraftError(f"preprocessing resize {short(out['resize'])} is not a side of 1..{2 * MAX_SIDE} pixels",
                          _PRE_HINT)
     pr = out["pixel_range"]
     if not isinstance(pr, (int, float)) or isinstance(pr, bool) or not math.isfinite(pr) or pr <= 0:
-        raise GraftError(f"preprocessing pixel_range {str(pr)[:30]} is not a positive number", _PRE_HINT)
+        raise GraftError(f"preprocessing pixel_range {short(pr)} is not a positive number", _PRE_HINT)
     for key in ("mean", "std"):
         v = out[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) or isinstance(v, (list, tuple)) and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            raise GraftError(f"preprocessing {key} {str(v)[:60]} is not a number or a list of numbers", _PRE_HINT)
+            raise GraftError(f"preprocessing {key} {short(v)} is not a number or a list of numbers", _PRE_HINT)
         v = [float(v)] * c if isinstance(v, (int, float)) else [float(x) for x in v]
         if not all(math.isfinite(x) for x in v):
             raise GraftError(f"preprocessing {key} {v} is not finite", _PRE_HINT)
@@ -87,7 +87,7 @@ def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
     if any(s == 0 for s in out["std"]):
         raise GraftError("preprocessing std contains 0", "use the std of the data the model was trained on")
     if not isinstance(out["interpolation"], str):
-        raise GraftError(f"preprocessing interpolation {str(out['interpolation'])[:30]} is not a name", _PRE_HINT)
+        raise GraftError(f"preprocessing interpolation {short(out['interpolation'])} is not a name", _PRE_HINT)
     out["channel_order"] = str(out["channel_order"]).upper()
     if out["channel_order"] == "GRAY" and c == 1:  # (what converters write for one-channel nets)
         out["channel_order"] = "RGB"

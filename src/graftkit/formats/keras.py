@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import lzma
 import re
 import zipfile
 import zlib
@@ -502,7 +503,7 @@ def _as_graft_errors(path: Path):
     except json.JSONDecodeError as e:
         raise GraftError(f"{path}: the model config inside is not valid JSON ({e})",
                          "re-save the model with Keras") from None
-    except (NotImplementedError, zlib.error) as e:  # zipfile: a compression method or flag it cannot read
+    except (NotImplementedError, zlib.error, lzma.LZMAError) as e:  # zipfile: a method or flag it cannot read
         raise GraftError(f"{path}: the .keras archive cannot be read ({e})",
                          "re-save the model with Keras (it writes plain deflate members)") from None
     except RecursionError:  # HDF5 groups that link to themselves, JSON nested beyond reason

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..errors import GraftError
+from ..errors import GraftError, short
 from .base import TensorRecord, TensorSet
 
 LIST_MAGIC = 0x112
@@ -240,7 +240,7 @@ MAX_ATTR = 4096  # characters of one attribute value: a kernel tuple is a few
 def _entry(e: Any, n_nodes: int, before: int, what: str, fail) -> None:
     """A node entry [node, output(, version)] naming an existing node earlier than `before`."""
     if not isinstance(e, list) or not 2 <= len(e) <= 3 or not all(type(x) is int for x in e):
-        raise fail(f"{what} {str(e)[:60]} is not [node, output, version]")
+        raise fail(f"{what} {short(e)} is not [node, output, version]")
     if not 0 <= e[0] < min(before, n_nodes) or not 0 <= e[1] < 2**16:
         raise fail(f"{what} {e} names node {e[0]}, which is not an earlier node of the {n_nodes}"
                    if before <= n_nodes else f"{what} {e} names node {e[0]} of {n_nodes}")

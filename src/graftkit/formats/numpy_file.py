@@ -10,6 +10,7 @@ Arrays are loaded with allow_pickle=False: object arrays would unpickle code.
 """
 from __future__ import annotations
 
+import lzma
 import re
 import tokenize
 import zipfile
@@ -101,7 +102,7 @@ def _load_arrays(path: Path, trust: bool) -> dict[str, np.ndarray]:
             raise GraftError(f"{path}: the file holds pickled Python objects, whose loading could run code",
                              "pass --trust (trust=True) only if you made this file yourself") from None
         raise GraftError(f"{path}: corrupt or truncated NumPy file ({e})", "re-create or re-download it") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, UnicodeDecodeError, NotImplementedError,
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, KeyError, UnicodeDecodeError, NotImplementedError,
             RuntimeError) as e:  # (zipfile: names that are not UTF-8, unknown compression, encryption)
         raise GraftError(f"{path}: corrupt or truncated NumPy file ({str(e) or type(e).__name__})",
                          "re-create or re-download it") from None

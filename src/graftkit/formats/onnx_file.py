@@ -164,6 +164,9 @@ def _to_tensor(path: Path, t) -> torch.Tensor:
     from onnx import numpy_helper
     try:
         arr = numpy_helper.to_array(t)
+    except KeyError:  # onnx's table of element types: a data_type it does not know
+        raise GraftError(f"{path}: initializer {t.name!r} has an unknown data type {t.data_type}",
+                         "the model is corrupt or newer than this onnx package; re-export it") from None
     except (ValueError, TypeError) as e:
         raise GraftError(f"{path}: initializer {t.name!r} is corrupt ({e})", "re-export the model") from None
     if arr.dtype.byteorder == ">":

@@ -25,7 +25,7 @@ import torch
 
 from .. import fastjson
 from ..atomic import start_writeback
-from ..errors import GraftError
+from ..errors import GraftError, short
 from ..meta import SPEC_TEXT_PREFIX, check_document, from_metadata
 from .base import TensorRecord, TensorSet
 
@@ -84,7 +84,7 @@ def open_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
                 raise TypeError
             count = math.prod(shape)
         except (KeyError, TypeError, ValueError):
-            raise GraftError(f"{path}: corrupt safetensors entry for {name!r}: {str(info)[:200]}") from None
+            raise GraftError(f"{path}: corrupt safetensors entry for {name!r}: {short(info, 200)}") from None
         if (type(count) is not int or type(start) is not int or type(end) is not int
                 or not 0 <= start <= end <= data_len or end - start != count * ITEMSIZE[code]
                 or (shape and min(shape) < 0)):

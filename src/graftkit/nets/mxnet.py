@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import GraftError, some
+from ..errors import GraftError, short, some
 from ..formats import mxnet as mxfile
 from ..meta import attach, make_meta
 
@@ -192,7 +192,7 @@ class MXNetNet(nn.Module):
                 m = self._make(node, shapes)
             except (ValueError, TypeError, OverflowError, IndexError) as e:  # an attribute that is no number
                 raise GraftError(f"MXNet node {node['name']!r} ({node['op']}): invalid attributes "
-                                 f"{str(node.get('attrs'))[:120]} ({e})", "the symbol file is corrupt") from None
+                                 f"{short(node.get('attrs'))} ({e})", "the symbol file is corrupt") from None
             if m is not None:
                 name = module_name(node["name"])
                 while hasattr(self, name):  # taken by a submodule or an nn.Module attribute ("forward")
