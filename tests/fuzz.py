@@ -148,6 +148,10 @@ def targets(gen: dict[str, Path]) -> list[Target]:
     t.append(Target("chainer_npz", {"npz": _fx("chainer/chainer_net.npz")}, "npz", "read", zipk + ("npy",)))
     for name in ("images/cat.jpg", f"{im}/imgs/tshirt/01.png", f"{im}/imgs/sneaker/04.jpg"):
         t.append(Target("image", {"image": _fx(name)}, "image", "image", ("image",)))
+    for name in ("ops_zoo.tflite", "face_detection_short_range.tflite"):
+        t.append(Target("tflite", {"tflite": _fx(f"tflite/{name}")}, "tflite", "read", ("flatbuffer",)))
+        t.append(Target("tflite", {"tflite": _fx(f"tflite/{name}")}, "tflite", "convert", ("flatbuffer",),
+                        f"tflite/{name}:convert"))
     t.append(Target("onnx", {"onnx": gen["onnx"]}, "onnx", "read", proto))
     t.append(Target("onnx", {"onnx": gen["onnx"]}, "onnx", "convert", proto, "onnx/tiny.onnx:convert"))
     t.append(Target("safetensors", {"st": gen["safetensors"]}, "st", "read", ("safetensors",)))
@@ -734,11 +738,22 @@ def m_h5(b, rng):
     return b[:k] + v.to_bytes(8, "little")[:size] + b[k + size:], f"h5@{at}+{k - at}={v}/{size}"
 
 
+def m_flatbuf(b, rng):
+    """A FlatBuffers offset or vector length (an aligned u32) pointed past the end, at itself, or made huge."""
+    n = len(b) // 4
+    if n < 2:
+        return m_bitflip(b, rng)
+    k = 4 * int(rng.integers(1, n))
+    (v,) = struct.unpack_from("<I", b, k)
+    new = int(rng.choice([len(b), len(b) - k, len(b) - k + 4, 0, 2**31 - 1, 2**32 - 1, v + 4, v * 1000 % 2**32]))
+    return b[:k] + struct.pack("<I", new) + b[k + 4:], f"flatbuf@{k}:{v}->{new}"
+
+
 GENERIC = [m_truncate, m_bitflip, m_overwrite, m_dup_chunk, m_del_chunk, m_inflate_int]
 SPECIFIC = {"varint": [m_varint, m_varint], "zip": [m_zip, m_zip_members], "h5": [m_h5], "recordio": [m_recordio] * 2,
             "mxparams": [m_mxparams] * 3, "safetensors": [m_safetensors] * 3, "package": [m_package] * 4,
             "text": [m_text, m_text], "prototxt": [m_prototxt, m_prototxt], "symbol": [m_symbol] * 4,
-            "lst": [m_lst] * 3, "idx": [m_idx] * 2, "image": [m_image, m_image], "npy": [m_zip_members]}
+            "lst": [m_lst] * 3, "idx": [m_idx] * 2, "flatbuffer": [m_flatbuf] * 3, "image": [m_image, m_image], "npy": [m_zip_members]}
 
 
 def mutate(data: bytes, kinds: tuple, rng) -> tuple[bytes, str]:
@@ -880,7 +895,7 @@ def warm_up() -> None:
         _module(name)
     import importlib
     for mod in ("graftkit.nets.caffe", "graftkit.nets.keras", "graftkit.nets.mxnet", "graftkit.nets.onnx",
-                "graftkit.nets.convert", "graftkit.data", "graftkit.data.recordio", "graftkit.package",
+                "graftkit.nets.convert", "graftkit.nets.tflite", "graftkit.data", "graftkit.data.recordio", "graftkit.package",
                 "graftkit.serve.predict", "graftkit.models", "graftkit.data.transforms", "torchvision.io"):
         importlib.import_module(mod)
     try:

@@ -13,7 +13,7 @@ import pytest
 
 FUZZ = Path(__file__).parent / "fuzz.py"
 FORMATS = {"caffemodel", "caffe_net", "prototxt", "keras_h5", "keras_zip", "mxnet_params", "mxnet_symbol",
-           "recordio", "recordio_idx", "lst", "chainer_npz", "image", "onnx", "safetensors", "package"}
+           "recordio", "recordio_idx", "lst", "chainer_npz", "image", "onnx", "safetensors", "package", "tflite"}
 
 
 def run_fuzz(tmp_path: Path, count: int, seed: int, timeout: float) -> list[dict]:

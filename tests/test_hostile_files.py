@@ -388,3 +388,10 @@ def test_a_keras_archive_with_a_compression_zipfile_cannot_read(tmp_path, method
         return
     with pytest.raises(GraftError, match="cannot be read|truncated or corrupt"):
         graftkit.read(tmp_path / "m.keras")
+
+
+def test_a_tflite_conv_whose_weight_is_no_constant(tmp_path):
+    raw = fixture("tflite/ops_zoo.tflite").read_bytes()  # (found by the fuzzer: a buffer index made huge)
+    (tmp_path / "m.tflite").write_bytes(raw[:13336] + struct.pack("<Q", 2**40) + raw[13344:])
+    with pytest.raises(GraftError, match="is not a constant of rank"):
+        graftkit.convert([tmp_path / "m.tflite"])
