@@ -98,6 +98,11 @@ def make_generated_seeds(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = {"onnx": folder / "tiny.onnx"}
     onnx.save(model, out["onnx"])
+    ext = folder / "ext"
+    ext.mkdir()
+    out["onnx_ext"], out["onnx_ext_data"] = ext / "tiny_ext.onnx", ext / "tiny_ext.data"
+    onnx.save(model, out["onnx_ext"], save_as_external_data=True, all_tensors_to_one_file=True,
+              location="tiny_ext.data", size_threshold=0)
 
     out["safetensors"] = folder / "tiny.safetensors"
     tensors = {"conv.weight": torch.from_numpy(arr(4, 3, 3, 3)), "conv.bias": torch.from_numpy(arr(4)),
@@ -154,6 +159,9 @@ def targets(gen: dict[str, Path]) -> list[Target]:
                         f"tflite/{name}:convert"))
     t.append(Target("onnx", {"onnx": gen["onnx"]}, "onnx", "read", proto))
     t.append(Target("onnx", {"onnx": gen["onnx"]}, "onnx", "convert", proto, "onnx/tiny.onnx:convert"))
+    ext = {"onnx": gen["onnx_ext"], "data": gen["onnx_ext_data"]}
+    t.append(Target("onnx", ext, "onnx", "read", proto + ("onnx_location",), "onnx/tiny_ext.onnx"))
+    t.append(Target("onnx", ext, "data", "convert", (), "onnx/tiny_ext.data:convert"))
     t.append(Target("safetensors", {"st": gen["safetensors"]}, "st", "read", ("safetensors",)))
     t.append(Target("package", {"pkg": gen["package"]}, "pkg", "read", ("safetensors", "package")))
     t.append(Target("package", {"pkg": gen["package"]}, "pkg", "package", ("safetensors", "package"),
@@ -738,6 +746,16 @@ def m_h5(b, rng):
     return b[:k] + v.to_bytes(8, "little")[:size] + b[k + size:], f"h5@{at}+{k - at}={v}/{size}"
 
 
+def m_onnx_location(b, rng):
+    """An external-data location (13 bytes, so no length changes) pointed outside, at nothing, or NUL."""
+    loc = b"tiny_ext.data"
+    if loc not in b:
+        return m_varint(b, rng)
+    new = [b"../../etc/pas", b"/etc/hostname", b"tiny\0ext.data", b"tiny_ext.dat\xff", b"............."][
+        int(rng.integers(0, 5))]
+    return b.replace(loc, new), f"location={new!r}"
+
+
 def m_flatbuf(b, rng):
     """A FlatBuffers offset or vector length (an aligned u32) pointed past the end, at itself, or made huge."""
     n = len(b) // 4
@@ -753,7 +771,7 @@ GENERIC = [m_truncate, m_bitflip, m_overwrite, m_dup_chunk, m_del_chunk, m_infla
 SPECIFIC = {"varint": [m_varint, m_varint], "zip": [m_zip, m_zip_members], "h5": [m_h5], "recordio": [m_recordio] * 2,
             "mxparams": [m_mxparams] * 3, "safetensors": [m_safetensors] * 3, "package": [m_package] * 4,
             "text": [m_text, m_text], "prototxt": [m_prototxt, m_prototxt], "symbol": [m_symbol] * 4,
-            "lst": [m_lst] * 3, "idx": [m_idx] * 2, "flatbuffer": [m_flatbuf] * 3, "image": [m_image, m_image], "npy": [m_zip_members]}
+            "lst": [m_lst] * 3, "idx": [m_idx] * 2, "flatbuffer": [m_flatbuf] * 3, "onnx_location": [m_onnx_location], "image": [m_image, m_image], "npy": [m_zip_members]}
 
 
 def mutate(data: bytes, kinds: tuple, rng) -> tuple[bytes, str]:

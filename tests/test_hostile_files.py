@@ -395,3 +395,37 @@ def test_a_tflite_conv_whose_weight_is_no_constant(tmp_path):
     (tmp_path / "m.tflite").write_bytes(raw[:13336] + struct.pack("<Q", 2**40) + raw[13344:])
     with pytest.raises(GraftError, match="is not a constant of rank"):
         graftkit.convert([tmp_path / "m.tflite"])
+
+
+def test_an_onnx_external_data_location_with_a_nul_byte(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    t = onnx.TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[2], data_location=TensorProto.EXTERNAL)
+    for k, v in (("location", "a\0b.bin"), ("offset", "0"), ("length", "8")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    g = helper.make_graph([helper.make_node("Relu", ["W"], ["y"])], "g", [],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [t])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    with pytest.raises(GraftError, match="NUL byte"):
+        graftkit.read(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda s: s.__setitem__("graph", [1, 2]), None),  # not a graph: rebuilt from the prototxt
+    (lambda s: s["graph"]["layers"].__setitem__(0, "conv1"), "Caffe graph is corrupt"),
+    (lambda s: s["graph"]["layers"][1].__setitem__("bottoms", ["nowhere"]), "no earlier layer produces"),
+    (lambda s: s["graph"]["layers"][0].__setitem__("shapes", [[2**40, 2**40]]), "parameter of shape"),
+    (lambda s: s["graph"].__setitem__("outputs", 5), "Caffe graph is corrupt"),
+    (lambda s: (s.__setitem__("graph", None), s.__setitem__("prototxt", 5)), "neither a graph nor a prototxt"),
+])
+def test_a_package_whose_caffe_graph_is_corrupt(tmp_path, package, change, match):
+    def edit(doc):
+        change(doc["spec"])
+        return json.dumps(doc)
+    path = _with_doc(package, tmp_path / "p.safetensors", edit)
+    if match is None:
+        assert graftkit.load(path) is not None
+        return
+    with pytest.raises(GraftError, match=match):
+        graftkit.load(path)

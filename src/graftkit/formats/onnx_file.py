@@ -135,6 +135,10 @@ def _load_external(path: Path, t) -> None:
     info = {e.key: e.value for e in t.external_data}
     folder = path.parent.resolve()
     location = info.get("location", "")
+    if not isinstance(location, str) or "\0" in location:  # (protobuf gives bytes for invalid UTF-8; the OS
+        # cannot name a file with a NUL, pathlib raises ValueError)
+        raise GraftError(f"{path}: initializer {t.name!r} names external data {location!r}, not a file name (a NUL byte, or not UTF-8)",
+                         "the model is corrupt; re-export it")
     target = (folder / location).resolve()
     if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
         raise GraftError(f"{path}: initializer {t.name!r} points outside the model's folder ({location!r})",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import GraftError, some
+from ..errors import GraftError, short, some
 from ..meta import attach, make_meta
 from .caffe_layers import (DATA_LAYERS, LAYERS, LOSS_LAYERS, METRIC_LAYERS, SINK_LAYERS, GivenMismatch, all_of,
                            as_bool, enum, one, sub, v2_type)
@@ -808,15 +808,61 @@ def caffe_blobs(net: CaffeNet) -> list[tuple[str, str, list[np.ndarray]]]:
     return out
 
 
+def check_graph(graph: Any) -> dict:
+    """A package's compiled graph has the structure CaffeNet relies on (the package is untrusted data):
+    typed fields, known layer types, bottoms that earlier layers or inputs produce, bounded shapes."""
+    def bad(what: str) -> GraftError:
+        return GraftError(f"the package's Caffe graph is corrupt ({what})", "convert the model again")
+
+    def names(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    if not isinstance(graph, dict):
+        raise bad("not an object")
+    inputs, layers = graph.get("inputs"), graph.get("layers")
+    if not isinstance(inputs, list) or not isinstance(layers, list):
+        raise bad("no inputs or layers list")
+    blobs = set()
+    for i in inputs:
+        if not isinstance(i, dict) or not isinstance(i.get("name"), str) or not (
+                i.get("shape") is None or isinstance(i["shape"], list) and all(type(d) is int and 0 <= d < 2**31
+                                                                               for d in i["shape"])):
+            raise bad(f"input {short(i)}")
+        blobs.add(i["name"])
+    for L in layers:
+        if not isinstance(L, dict) or L.get("type") not in LAYERS or not all(
+                isinstance(L.get(k), str) for k in ("name", "module")) or not names(L.get("bottoms")) \
+                or not names(L.get("tops")) or not isinstance(L.get("attrs"), dict) \
+                or not isinstance(L.get("shapes"), list):
+            raise bad(f"layer {short(L)}")
+        for shape in L["shapes"]:
+            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) \
+                    or math.prod(shape) > MAX_BLOB:
+                raise bad(f"layer {L['name']!r} has a parameter of shape {short(shape)}")
+        missing = [b for b in L["bottoms"] if b not in blobs]
+        if missing:
+            raise bad(f"layer {L['name']!r} reads {short(missing)}, which no earlier layer produces")
+        lo, hi = _arity(LAYERS[L["type"]])
+        if not lo <= len(L["bottoms"]) <= hi:
+            raise bad(f"layer {L['name']!r} has {len(L['bottoms'])} bottoms")
+        blobs.update(L["tops"])
+    if not names(graph.get("outputs")) or not names(graph.get("train_outputs")) \
+            or not set(graph["outputs"]) | set(graph["train_outputs"]) <= blobs:
+        raise bad("outputs")
+    if not isinstance(graph.get("loss_weights"), dict):
+        raise bad("loss_weights")
+    return graph
+
+
 def build_loaded(spec: dict, tensors: Mapping[str, torch.Tensor]) -> CaffeNet | None:
     """The module of a package built straight around its tensors (package.load's fast path: no empty
     build, no load_state_dict); None when they do not fit the graph exactly, or the spec has no
     graph of this version (package.load then takes the general path, which says what differs)."""
     graph = spec.get("graph")
-    if graph is None or graph.get("version") != GRAPH_VERSION:
+    if not isinstance(graph, dict) or graph.get("version") != GRAPH_VERSION:
         return None
     try:
-        return CaffeNet(graph, state=tensors)
+        return CaffeNet(check_graph(graph), state=tensors)
     except GivenMismatch:
         return None
 
@@ -824,10 +870,10 @@ def build_loaded(spec: dict, tensors: Mapping[str, torch.Tensor]) -> CaffeNet | 
 def build_from_spec(spec: dict, *, trust: bool = False) -> CaffeNet:
     """The architecture of a converted package (weights initialised; the package loads its tensors)."""
     graph = spec.get("graph")
-    if graph is None or graph.get("version") != GRAPH_VERSION:
-        if not spec.get("prototxt"):
+    if not isinstance(graph, dict) or graph.get("version") != GRAPH_VERSION:
+        if not isinstance(spec.get("prototxt"), str) or not spec["prototxt"]:
             raise GraftError("the Caffe package spec has neither a graph nor a prototxt",
                              "the package is corrupt; convert the model again")
         net = _parse_prototxt(spec["prototxt"])
         graph, _, _ = compile_graph(net, spec.get("phase", "TEST"), None, spec.get("input_shapes"))
-    return CaffeNet(graph)
+    return CaffeNet(check_graph(graph))

@@ -84,7 +84,7 @@ def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     does not fit its network: channels, size) is one GraftError, not torch's traceback."""
     try:
         return net(x)
-    except (RuntimeError, ValueError, IndexError) as e:
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:  # (torch's and a package graph's)
         if isinstance(e, torch.cuda.OutOfMemoryError):
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
