@@ -793,7 +793,9 @@ def mutate(data: bytes, kinds: tuple, rng) -> tuple[bytes, str]:
 
 def make_case(tlist: list[Target], seed: int, i: int) -> tuple[Target, bytes, str]:
     rng = np.random.default_rng([seed, i])
-    t = tlist[i % len(tlist)]  # round robin: every format gets its share
+    fmts = list(dict.fromkeys(t.fmt for t in tlist))  # round robin over formats, then over each one's targets:
+    mine = [t for t in tlist if t.fmt == fmts[i % len(fmts)]]  # every format gets an equal share
+    t = mine[(i // len(fmts)) % len(mine)]
     data, desc = mutate(t.files[t.mutate].read_bytes(), t.kinds, rng)
     return t, data, desc
 
