@@ -501,7 +501,7 @@ def m_safetensors(b, rng):
         v = int(rng.choice([n + 1, n - 1, n * 1000, 2**63, 2**64 - 1, len(b)]))
         return struct.pack("<Q", v % (1 << 64)) + b[8:], f"st-len={v}"
     data = b[8 + n:]
-    names = [k for k in header if k != "__metadata__"]
+    names = [k for k in header if k != "__metadata__" and isinstance(header[k], dict)]
     name = names[int(rng.integers(0, len(names)))] if names else None
     desc = ""
     if how == 1 and name:
@@ -563,7 +563,8 @@ def m_package(b, rng):
         md["graftkit"] = json.dumps(_mutate_value(None, rng))
         desc = "doc"
     else:
-        paths = [(k,) for k in doc] + [("preprocessing", k) for k in (doc.get("preprocessing") or {})] + \
+        paths = [(k,) for k in doc] + [("preprocessing", k) for k in (
+            doc["preprocessing"] if isinstance(doc.get("preprocessing"), dict) else {})] + \
                 [("spec", k) for k in (doc["spec"] if isinstance(doc.get("spec"), dict) else {})]
         p = paths[int(rng.integers(0, len(paths)))]
         tgt = doc
@@ -786,7 +787,11 @@ def mutate(data: bytes, kinds: tuple, rng) -> tuple[bytes, str]:
         op = pool[int(rng.integers(0, len(pool)))]
         if not data:
             break
-        data, d = op(data, rng)
+        try:
+            data, d = op(data, rng)
+        except (TypeError, KeyError, IndexError, AttributeError, ValueError):
+            # a structure-aware mutator meeting what an earlier mutation left: damage bytes instead
+            data, d = m_bitflip(data, rng)
         descs.append(d)
     return data, " + ".join(descs)
 
