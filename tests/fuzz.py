@@ -1,13 +1,16 @@
 """graftkit's own fuzzer: seeded mutants of real files of every format, each read in a sandboxed child.
 
     python tests/fuzz.py --count 2000 --seed 0            # summary table format x outcome
-    python tests/fuzz.py --seed 0 --case 137 --save out/  # write mutant 137, rerun it here with its traceback
+    python tests/fuzz.py --seed 0 --case 137 --here --save out/  # mutant 137 into out/, read here (traceback)
+    python tests/fuzz.py --count 500 --only 'mxnet|onnx' --jobs 2 --save bad/  # some targets; failing mutants kept
 
 Seeds are the real fixtures of tests/fixtures (Caffe prototxt/caffemodel, Keras .h5/.keras, MXNet
-symbol/params, RecordIO .rec/.idx/.lst, Chainer .npz, images) plus ONNX, safetensors and graftkit
-package files written at start with graftkit's own writers. Mutants come from truncation, bit flips,
-byte-range overwrites, duplicated/deleted chunks, and inflated length/size fields of each container
-(protobuf varints, HDF5/zip/RecordIO/MXNet/safetensors headers, JSON shapes and offsets).
+symbol/params, RecordIO .rec/.idx/.lst, Chainer .npz, TFLite, images) plus ONNX (inline and
+external data), safetensors and graftkit package files written at start with graftkit's own writers.
+Mutants come from truncation, bit flips, byte-range overwrites, duplicated/deleted chunks, and inflated
+length/size fields of each container (protobuf varints, HDF5/zip/RecordIO/MXNet/FlatBuffers/safetensors
+headers, JSON shapes and offsets), plus format-aware edits (hostile .lst/.idx lines, MXNet symbol nodes,
+Caffe geometry, package documents, image dimensions).
 
 Mutant i of seed S is a pure function of (S, i): `--case i` reproduces it. Each mutant runs in a
 child forked from this (already warm) process, under a wall timeout and an RLIMIT_AS of the child's
