@@ -16,6 +16,7 @@ float32 `(x * pixel_range/255 - mean) / std` in the model's channel order. With
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from typing import Any, Callable, Sequence
 
@@ -35,8 +36,16 @@ MAX_SIDE = 8192  # pixels: the largest input side a package's preprocessing may 
 _PRE_HINT = "the package's preprocessing is corrupt; set it again (graft transplant/convert --input-size ...)"
 
 
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()
+    return _is_real(v) and float(v).is_integer()
+
+
+def _is_seq(v: Any) -> bool:
+    return hasattr(v, "__len__") and not isinstance(v, (str, bytes, dict))
 
 
 def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
@@ -48,7 +57,7 @@ def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
     size = out["input_size"]
     if _is_int(size):
         size = [3, size, size]
-    if not isinstance(size, (list, tuple)) or len(size) not in (2, 3) or not all(_is_int(s) for s in size):
+    if not _is_seq(size) or len(size) not in (2, 3) or not all(_is_int(s) for s in size):
         raise GraftError(f"preprocessing input_size {short(size)} is not [channels,] height, width", _PRE_HINT)
     if len(size) == 2:
         size = [3, *size]
@@ -60,21 +69,20 @@ def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
         raise GraftError(f"preprocessing input_size {size}: sides must be 1..{MAX_SIDE} pixels", _PRE_HINT)
     if "resize" not in (pre or {}):
         crop = (pre or {}).get("crop_pct", 0.875)
-        if not isinstance(crop, (int, float)) or isinstance(crop, bool) or not 0.05 <= crop <= 1:
+        if not _is_real(crop) or not 0.05 <= crop <= 1:
             raise GraftError(f"preprocessing crop_pct {short(crop)} is not a fraction in 0.05..1", _PRE_HINT)
         out["resize"] = int(round(max(out["input_size"][1:]) / crop))
     if not _is_int(out["resize"]) or not 1 <= out["resize"] <= 2 * MAX_SIDE:
         raise GraftError(f"preprocessing resize {short(out['resize'])} is not a side of 1..{2 * MAX_SIDE} pixels",
                          _PRE_HINT)
     pr = out["pixel_range"]
-    if not isinstance(pr, (int, float)) or isinstance(pr, bool) or not math.isfinite(pr) or pr <= 0:
+    if not _is_real(pr) or not math.isfinite(pr) or pr <= 0:
         raise GraftError(f"preprocessing pixel_range {short(pr)} is not a positive number", _PRE_HINT)
     for key in ("mean", "std"):
         v = out[key]
-        if isinstance(v, bool) or not (isinstance(v, (int, float)) or isinstance(v, (list, tuple)) and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+        if not (_is_real(v) or _is_seq(v) and all(_is_real(x) for x in v)):
             raise GraftError(f"preprocessing {key} {short(v)} is not a number or a list of numbers", _PRE_HINT)
-        v = [float(v)] * c if isinstance(v, (int, float)) else [float(x) for x in v]
+        v = [float(v)] * c if _is_real(v) else [float(x) for x in v]
         if not all(math.isfinite(x) for x in v):
             raise GraftError(f"preprocessing {key} {v} is not finite", _PRE_HINT)
         if len(v) == 1:
@@ -89,9 +97,8 @@ def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(out["interpolation"], str):
         raise GraftError(f"preprocessing interpolation {short(out['interpolation'])} is not a name", _PRE_HINT)
     out["channel_order"] = str(out["channel_order"]).upper()
-    if out["channel_order"] == "GRAY" and c == 1:  # (what converters write for one-channel nets)
-        out["channel_order"] = "RGB"
-    if out["channel_order"] not in ("RGB", "BGR"):
+    if out["channel_order"] not in ("RGB", "BGR") and not (out["channel_order"] == "GRAY" and c == 1):
+        # ("gray": what the Caffe converter writes for one-channel nets)
         raise GraftError(f"channel_order {out['channel_order']!r} is not RGB or BGR", "use RGB or BGR")
     return out
 
