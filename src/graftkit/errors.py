@@ -17,6 +17,15 @@ class GraftError(Exception):
         super().__init__(f"{message} ({hint})" if hint else message)
 
 
+def short(value, limit: int = 80) -> str:
+    """A value read from a file, shown in an error message: clipped, and safe on deep nesting (reprlib)."""
+    import reprlib
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def some(names, limit: int = 5) -> str:
     """'a, b, c, d, e, ...': the first few of a list, for naming offenders in one line."""
     names = [str(n) for n in names]

@@ -14,4 +14,7 @@ def loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except RecursionError:  # (orjson refuses more than 1024 levels; json recurses until Python stops it)
+            raise json.JSONDecodeError("nested too deeply", "", 0) from None

@@ -47,7 +47,12 @@ def from_metadata(metadata: dict[str, str]) -> dict[str, Any] | None:
     raw = metadata.get("graftkit")
     if raw is None:
         return None
-    meta = fastjson.loads(raw)
+    if not isinstance(raw, str):
+        raise json.JSONDecodeError("the graftkit metadata is not a string", "", 0)
+    try:
+        meta = fastjson.loads(raw)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
     spec = meta.get("spec") if isinstance(meta, dict) else None
     if isinstance(spec, dict):
         spec.update((k[len(SPEC_TEXT_PREFIX):], v) for k, v in metadata.items() if k.startswith(SPEC_TEXT_PREFIX))
@@ -67,3 +72,33 @@ def imagenet_preprocessing(size: int = 224, mean=(0.485, 0.456, 0.406), std=(0.2
                            crop_pct: float = 0.875) -> dict[str, Any]:
     return {"input_size": [3, size, size], "resize": int(round(size / crop_pct)), "interpolation": "bilinear",
             "mean": list(mean), "std": list(std), "pixel_range": 1.0, "channel_order": "RGB"}
+
+
+def check_document(meta: Any, where: str) -> dict[str, Any]:
+    """A package document's fields have the types graftkit relies on (the file is untrusted data):
+    one GraftError naming the field otherwise. Preprocessing values are checked where they are used
+    (data.transforms.complete), specs by the converter that builds them."""
+    from .errors import GraftError
+
+    def bad(field: str, what: str) -> GraftError:
+        return GraftError(f"{where}: the package's graftkit metadata is corrupt ({field} is not {what})",
+                          "re-create the package with `graft transplant` or `graft convert`")
+
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise GraftError(f"{where}: the package's graftkit metadata is corrupt (not a graftkit package document)")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad("version", "an integer")
+    spec = meta.get("spec")
+    if not (isinstance(spec, str) or isinstance(spec, dict) and isinstance(spec.get("converter"), str)):
+        raise bad("spec", "an architecture string or a converter spec")
+    classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", "a list of names")
+    for key in ("preprocessing", "provenance", "report", "extra"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(key, "an object")
+    order = meta.get("order")
+    if order is not None and not (isinstance(order, list) and all(isinstance(n, str) for n in order)):
+        raise bad("order", "a list of tensor names")
+    return meta

@@ -32,7 +32,7 @@ import torch.nn as nn
 from .atomic import atomic_path
 from .errors import GraftError
 from .formats.safetensors_file import open_safetensors, read_metadata, write_safetensors
-from .meta import (FORMAT, META_ATTR, VERSION, from_metadata, imagenet_preprocessing, make_meta,  # noqa: F401
+from .meta import (FORMAT, META_ATTR, VERSION, check_document, from_metadata, imagenet_preprocessing, make_meta,  # noqa: F401
                    meta_of, to_metadata)
 from .nets import spec as specs
 
@@ -95,9 +95,8 @@ def _package_meta(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     if meta is None:
         raise GraftError(f"{path}: a safetensors file but not a graftkit package (no graftkit metadata)",
                          "use `graft transplant` or `graft convert` to make a package, or pass it as a weights source")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GraftError(f"{path}: the package's graftkit metadata is corrupt (not a graftkit package document)")
-    if not isinstance(meta.get("version", 0), int) or meta.get("version", 0) > VERSION:
+    check_document(meta, str(path))
+    if meta.get("version", 0) > VERSION:
         raise GraftError(f"{path}: package version {meta.get('version')} is newer than this graftkit reads",
                          "upgrade graftkit")
     return meta

@@ -165,12 +165,19 @@ def _has_orientation(img: Image.Image) -> bool:
 
 def probe(path_or_bytes) -> dict:
     """What a file is, without decoding the pixels: format, size, mode, frames, EXIF orientation."""
-    with _open(path_or_bytes) as img:
-        info = {"format": img.format, "size": img.size, "mode": img.mode,
-                "frames": getattr(img, "n_frames", 1), "orientation": 1}
-        try:
-            info["orientation"] = int(img.getexif().get(0x0112, 1) or 1)
-        except Exception:
-            pass
-        info["transparency"] = "transparency" in img.info
+    try:
+        with _open(path_or_bytes) as img:
+            info = {"format": img.format, "size": img.size, "mode": img.mode,
+                    "frames": getattr(img, "n_frames", 1), "orientation": 1}
+            try:
+                info["orientation"] = int(img.getexif().get(0x0112, 1) or 1)
+            except Exception:
+                pass
+            info["transparency"] = "transparency" in img.info
+    except GraftError:
+        raise
+    except Exception as e:  # Pillow raises many types for bad data (as in decode): all mean "not an image"
+        where = path_or_bytes if isinstance(path_or_bytes, (str, os.PathLike)) else f"{len(path_or_bytes)}-byte image"
+        reason = failure_reason(e)
+        raise DecodeError(f"{where}: {reason}", "re-export the file or remove it from the list", reason) from None
     return info

@@ -114,7 +114,7 @@ def read_record_at(buf, offset: int, where: str = "pack") -> tuple[bytes, int]:
     parts = []
     size = len(buf)
     while True:
-        if offset + 8 > size:
+        if offset < 0 or offset + 8 > size:
             raise GraftError(f"{where}: record header at byte {offset} runs past the end of the file",
                              "the pack is truncated; re-create it with `graft data pack`")
         magic, lrec = _HEAD.unpack_from(buf, offset)
@@ -138,14 +138,17 @@ def read_idx(path: str | os.PathLike) -> list[tuple[int, int]]:
     """(key, offset) pairs of an `.idx` file, in file order."""
     path = Path(path)
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="ascii", errors="replace") as f:  # (digits and tabs: anything else is damage)
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             parts = line.split("\t")
             try:
-                out.append((int(parts[0]), int(parts[1])))
+                key, offset = int(parts[0]), int(parts[1])
+                if len(parts) != 2 or not 0 <= offset < 2**63 or not -2**63 <= key < 2**64:
+                    raise ValueError
+                out.append((key, offset))
             except (ValueError, IndexError):
                 raise GraftError(f"{path}:{n}: expected `key<TAB>offset`, got {line[:60]!r}",
                                  "the .idx file is damaged; re-create the pack") from None

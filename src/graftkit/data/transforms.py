@@ -15,12 +15,14 @@ float32 `(x * pixel_range/255 - mean) / std` in the model's channel order. With
 """
 from __future__ import annotations
 
+import math
+import numbers
 import random
 from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import GraftError
+from ..errors import GraftError, short
 from . import augment as aug
 
 DEFAULT_PRE = {"input_size": [3, 224, 224], "resize": 256, "interpolation": "bilinear",
@@ -30,24 +32,59 @@ DEFAULT_TRAIN_AUGMENT = ["random_resized_crop", "hflip"]
 _SIZE_OPS = {"random_resized_crop", "center_crop", "random_crop"}
 
 
+MAX_SIDE = 8192  # pixels: the largest input side a package's preprocessing may ask for
+_PRE_HINT = "the package's preprocessing is corrupt; set it again (graft transplant/convert --input-size ...)"
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return _is_real(v) and float(v).is_integer()
+
+
+def _is_seq(v: Any) -> bool:
+    return hasattr(v, "__len__") and not isinstance(v, (str, bytes, dict))
+
+
 def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
     """The preprocessing dict with defaults filled in and checked."""
+    if pre is not None and not isinstance(pre, dict):
+        raise GraftError(f"preprocessing {short(pre)} is not a dict of settings", _PRE_HINT)
     out = dict(DEFAULT_PRE)
     out.update({k: v for k, v in (pre or {}).items() if v is not None})
     size = out["input_size"]
-    if isinstance(size, int):
+    if _is_int(size):
         size = [3, size, size]
+    if not _is_seq(size) or len(size) not in (2, 3) or not all(_is_int(s) for s in size):
+        raise GraftError(f"preprocessing input_size {short(size)} is not [channels,] height, width", _PRE_HINT)
     if len(size) == 2:
         size = [3, *size]
     out["input_size"] = [int(s) for s in size]
     c = out["input_size"][0]
     if c not in (1, 3):
         raise GraftError(f"preprocessing input_size {size}: {c} channels is not supported", "use 1 or 3 channels")
+    if not all(1 <= s <= MAX_SIDE for s in size[1:]):
+        raise GraftError(f"preprocessing input_size {size}: sides must be 1..{MAX_SIDE} pixels", _PRE_HINT)
     if "resize" not in (pre or {}):
-        out["resize"] = int(round(max(out["input_size"][1:]) / (pre or {}).get("crop_pct", 0.875)))
+        crop = (pre or {}).get("crop_pct", 0.875)
+        if not _is_real(crop) or not 0.05 <= crop <= 1:
+            raise GraftError(f"preprocessing crop_pct {short(crop)} is not a fraction in 0.05..1", _PRE_HINT)
+        out["resize"] = int(round(max(out["input_size"][1:]) / crop))
+    if not _is_int(out["resize"]) or not 1 <= out["resize"] <= 2 * MAX_SIDE:
+        raise GraftError(f"preprocessing resize {short(out['resize'])} is not a side of 1..{2 * MAX_SIDE} pixels",
+                         _PRE_HINT)
+    pr = out["pixel_range"]
+    if not _is_real(pr) or not math.isfinite(pr) or pr <= 0:
+        raise GraftError(f"preprocessing pixel_range {short(pr)} is not a positive number", _PRE_HINT)
     for key in ("mean", "std"):
         v = out[key]
-        v = [float(v)] * c if isinstance(v, (int, float)) else [float(x) for x in v]
+        if not (_is_real(v) or _is_seq(v) and all(_is_real(x) for x in v)):
+            raise GraftError(f"preprocessing {key} {short(v)} is not a number or a list of numbers", _PRE_HINT)
+        v = [float(v)] * c if _is_real(v) else [float(x) for x in v]
+        if not all(math.isfinite(x) for x in v):
+            raise GraftError(f"preprocessing {key} {v} is not finite", _PRE_HINT)
         if len(v) == 1:
             v = v * c
         if len(v) == 3 and c == 1 and key not in (pre or {}):  # ImageNet defaults for a gray model
@@ -57,8 +94,11 @@ def complete(pre: dict[str, Any] | None) -> dict[str, Any]:
         out[key] = v
     if any(s == 0 for s in out["std"]):
         raise GraftError("preprocessing std contains 0", "use the std of the data the model was trained on")
+    if not isinstance(out["interpolation"], str):
+        raise GraftError(f"preprocessing interpolation {short(out['interpolation'])} is not a name", _PRE_HINT)
     out["channel_order"] = str(out["channel_order"]).upper()
-    if out["channel_order"] not in ("RGB", "BGR"):
+    if out["channel_order"] not in ("RGB", "BGR") and not (out["channel_order"] == "GRAY" and c == 1):
+        # ("gray": what the Caffe converter writes for one-channel nets)
         raise GraftError(f"channel_order {out['channel_order']!r} is not RGB or BGR", "use RGB or BGR")
     return out
 

@@ -28,8 +28,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import lzma
 import re
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
@@ -501,7 +503,14 @@ def _as_graft_errors(path: Path):
     except json.JSONDecodeError as e:
         raise GraftError(f"{path}: the model config inside is not valid JSON ({e})",
                          "re-save the model with Keras") from None
-    except (OSError, KeyError, ValueError, TypeError, EOFError) as e:
+    except (NotImplementedError, zlib.error, lzma.LZMAError) as e:  # zipfile: a method or flag it cannot read
+        raise GraftError(f"{path}: the .keras archive cannot be read ({e})",
+                         "re-save the model with Keras (it writes plain deflate members)") from None
+    except RecursionError:  # HDF5 groups that link to themselves, JSON nested beyond reason
+        raise GraftError(f"{path}: the Keras file nests groups or JSON too deeply (a loop?)",
+                         "the file is corrupt or malicious; re-save the model with Keras") from None
+    except (OSError, KeyError, ValueError, TypeError, EOFError, RuntimeError) as e:
+        # (h5py raises RuntimeError for damaged B-trees, symbol tables and heaps)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise GraftError(f"{path}: the Keras file is truncated or corrupt ({msg})",
                          "re-save or re-download the model") from None
@@ -534,8 +543,10 @@ def read_config(path: str | Path) -> tuple[dict | None, str]:
                 if "config.json" not in names:
                     raise GraftError(f"{path}: not a Keras 3 .keras archive (no config.json inside)",
                                      "save the model with model.save('name.keras')")
-                config = json.loads(zf.read("config.json"))
-                meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
+                config = json.loads(_read_member(zf, "config.json", path))
+                meta = json.loads(_read_member(zf, "metadata.json", path)) if "metadata.json" in names else {}
+            if not isinstance(meta, dict):
+                raise GraftError(f"{path}: metadata.json inside is not a JSON object", "re-save the model with Keras")
             return config, str(meta.get("keras_version", ""))
         with h5py.File(path, "r") as h5:
             return _json_attr(h5.attrs, "model_config"), _decode(h5.attrs.get("keras_version", ""))

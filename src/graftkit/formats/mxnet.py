@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..errors import GraftError
+from ..errors import GraftError, short
 from .base import TensorRecord, TensorSet
 
 LIST_MAGIC = 0x112
@@ -153,7 +153,22 @@ def _tensor(r: _Reader, dtype: torch.dtype, shape, what: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
 
 
+MAX_DENSE = 512 << 20  # bytes: the largest array a sparse one may densify to
+
+
 def _densify(r: _Reader, stype: int, shape, data, aux, index) -> torch.Tensor:
+    # the dense shape is checked against the stored one before the dense array exists: a few bytes of
+    # row_sparse may claim a dense shape of GiBs
+    nbytes = math.prod(shape) * data.element_size()
+    if nbytes > MAX_DENSE:
+        raise r.fail(f"sparse array {index} would densify to shape {list(shape)} ({nbytes:,} bytes, more than "
+                     f"{MAX_DENSE >> 20} MiB)")
+    ok = (len(shape) == data.dim() and tuple(data.shape[1:]) == tuple(shape[1:]) and data.shape[0] <= shape[0]
+          and aux[0].shape == (data.shape[0],)) if stype == 1 else (
+        len(shape) == 2 and data.dim() == 1 and aux[0].shape == (shape[0] + 1,) and aux[1].shape == data.shape)
+    if not ok:
+        raise r.fail(f"sparse array {index}: stored shapes {[list(data.shape)] + [list(a.shape) for a in aux]} do "
+                     f"not fit its shape {list(shape)}")
     try:
         if stype == 1:  # row_sparse: the listed rows of a dense array
             dense = torch.zeros(shape, dtype=data.dtype)
@@ -214,10 +229,56 @@ def load_symbol(path: Path) -> dict[str, Any]:
         graph = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GraftError(f"{path}: not a readable MXNet symbol JSON ({e})") from None
+    except RecursionError:
+        raise GraftError(f"{path}: the MXNet symbol JSON nests too deeply", "the file is corrupt") from None
+    return check_symbol(graph, str(path))
+
+
+MAX_ATTR = 4096  # characters of one attribute value: a kernel tuple is a few
+
+
+def _entry(e: Any, n_nodes: int, before: int, what: str, fail) -> None:
+    """A node entry [node, output(, version)] naming an existing node earlier than `before`."""
+    if not isinstance(e, list) or not 2 <= len(e) <= 3 or not all(type(x) is int for x in e):
+        raise fail(f"{what} {short(e)} is not [node, output, version]")
+    if not 0 <= e[0] < min(before, n_nodes) or not 0 <= e[1] < 2**16:
+        raise fail(f"{what} {e} names node {e[0]}, which is not an earlier node of the {n_nodes}"
+                   if before <= n_nodes else f"{what} {e} names node {e[0]} of {n_nodes}")
+
+
+def check_symbol(graph: Any, where: str) -> dict[str, Any]:
+    """The symbol's structure checked before anything uses it: a dict of nodes, each a dict with a string
+    op and name, string attributes, and inputs that name earlier nodes only (so no cycle and no index out
+    of range); heads and arg_nodes in range. Pre-1.0 `attr`/`param` become `attrs`."""
+    def fail(what: str) -> GraftError:
+        return GraftError(f"{where}: not a valid MXNet symbol: {what}", "the symbol file is corrupt")
+
     if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
-        raise GraftError(f"{path}: not an MXNet symbol file (no 'nodes' list)")
-    for node in graph["nodes"]:
-        node.setdefault("attrs", node.pop("attr", None) or node.pop("param", None) or {})  # pre-1.0 spelling
+        raise GraftError(f"{where}: not an MXNet symbol file (no 'nodes' list)")
+    nodes = graph["nodes"]
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict):
+            raise fail(f"node {i} is a {type(node).__name__}, not an object")
+        if not isinstance(node.get("op"), str) or not isinstance(node.get("name"), str):
+            raise fail(f"node {i} has no string 'op' and 'name'")
+        attrs = node.pop("attrs", None) or node.pop("attr", None) or node.pop("param", None) or {}  # pre-1.0
+        if not isinstance(attrs, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
+                                                  and len(str(v)) <= MAX_ATTR for k, v in attrs.items()):
+            raise fail(f"node {i} ({node['name']!r}) has attributes that are not short strings")
+        node["attrs"] = attrs
+        inputs = node.setdefault("inputs", [])
+        if not isinstance(inputs, list):
+            raise fail(f"node {i} ({node['name']!r}) has inputs that are not a list")
+        for e in inputs:
+            _entry(e, len(nodes), i, f"input of node {i} ({node['name']!r})", fail)
+    heads = graph.setdefault("heads", [])
+    if not isinstance(heads, list):
+        raise fail("'heads' is not a list")
+    for e in heads:
+        _entry(e, len(nodes), len(nodes), "head", fail)
+    args = graph.get("arg_nodes", [])
+    if not isinstance(args, list) or not all(type(a) is int and 0 <= a < len(nodes) for a in args):
+        raise fail("'arg_nodes' are not node indices")
     return graph
 
 

@@ -10,7 +10,9 @@ Arrays are loaded with allow_pickle=False: object arrays would unpickle code.
 """
 from __future__ import annotations
 
+import lzma
 import re
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -51,23 +53,57 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+DEFLATE_RATIO = 1100  # the most a deflated member can inflate (1032:1), rounded up
+
+
+def _check_header(f, room: int, where: str) -> None:
+    """Read an npy header and refuse an array that declares more bytes than `room` (what its file or zip
+    member can hold): numpy allocates the declared shape before it reads a byte of data."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise ValueError(f"unknown npy format version {version}")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f, max_header_size=10000)
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"shape {shape}")
+    if dtype.hasobject:
+        return  # refused (or unpickled, with trust) by np.load itself
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > room:
+        raise GraftError(f"{where}: declares an array of shape {shape} ({need:,} bytes) but holds at most "
+                         f"{room:,} bytes", "the file is truncated or corrupt; re-create it")
+
+
 def _load_arrays(path: Path, trust: bool) -> dict[str, np.ndarray]:
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             single = f.read(6) == b"\x93NUMPY"
+            if single or path.suffix.lower() == ".npy":
+                f.seek(0)
+                _check_header(f, size, str(path))
         if single or path.suffix.lower() == ".npy":
             return {path.stem: np.load(path, allow_pickle=trust)}
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise GraftError(f"{path}: archive member {info.filename!r} is not a .npy array",
+                                     "an .npz holds only .npy members (np.savez)")
+                room = min(info.file_size, size * (1 if info.compress_type == zipfile.ZIP_STORED else DEFLATE_RATIO))
+                with zf.open(info) as m:
+                    _check_header(m, room, f"{path}: member {info.filename}")
         arrays = {}
         with np.load(path, allow_pickle=trust) as z:
             for name in z.files:
                 arrays[name] = z[name]
         return arrays
-    except ValueError as e:
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:  # (numpy's header parser lets these out)
         if "allow_pickle" in str(e):
             raise GraftError(f"{path}: the file holds pickled Python objects, whose loading could run code",
                              "pass --trust (trust=True) only if you made this file yourself") from None
         raise GraftError(f"{path}: corrupt or truncated NumPy file ({e})", "re-create or re-download it") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as e:
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, KeyError, UnicodeDecodeError, NotImplementedError,
+            RuntimeError) as e:  # (zipfile: names that are not UTF-8, unknown compression, encryption)
         raise GraftError(f"{path}: corrupt or truncated NumPy file ({str(e) or type(e).__name__})",
                          "re-create or re-download it") from None
 

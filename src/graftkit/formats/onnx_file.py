@@ -135,6 +135,10 @@ def _load_external(path: Path, t) -> None:
     info = {e.key: e.value for e in t.external_data}
     folder = path.parent.resolve()
     location = info.get("location", "")
+    if not isinstance(location, str) or "\0" in location:  # (protobuf gives bytes for invalid UTF-8; the OS
+        # cannot name a file with a NUL, pathlib raises ValueError)
+        raise GraftError(f"{path}: initializer {t.name!r} names external data {location!r}, not a file name (a NUL byte, or not UTF-8)",
+                         "the model is corrupt; re-export it")
     target = (folder / location).resolve()
     if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
         raise GraftError(f"{path}: initializer {t.name!r} points outside the model's folder ({location!r})",
@@ -164,6 +168,9 @@ def _to_tensor(path: Path, t) -> torch.Tensor:
     from onnx import numpy_helper
     try:
         arr = numpy_helper.to_array(t)
+    except KeyError:  # onnx's table of element types: a data_type it does not know
+        raise GraftError(f"{path}: initializer {t.name!r} has an unknown data type {t.data_type}",
+                         "the model is corrupt or newer than this onnx package; re-export it") from None
     except (ValueError, TypeError) as e:
         raise GraftError(f"{path}: initializer {t.name!r} is corrupt ({e})", "re-export the model") from None
     if arr.dtype.byteorder == ">":

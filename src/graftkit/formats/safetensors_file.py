@@ -25,8 +25,8 @@ import torch
 
 from .. import fastjson
 from ..atomic import start_writeback
-from ..errors import GraftError
-from ..meta import SPEC_TEXT_PREFIX, from_metadata
+from ..errors import GraftError, short
+from ..meta import SPEC_TEXT_PREFIX, check_document, from_metadata
 from .base import TensorRecord, TensorSet
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -36,6 +36,7 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
 ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in DTYPES.items()}
 CODES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
+MAX_DIMS = 64  # dimensions of one tensor
 ALIGN = 64  # bytes: where written data starts (a CPU allocation's alignment)
 WRITEBACK_EVERY = 4 << 20  # bytes written between two requests to start writing them to disk
 
@@ -71,26 +72,35 @@ def open_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         raise GraftError(f"{path}: cannot read: {e.strerror}") from None
     if not isinstance(header, dict):
         raise GraftError(f"{path}: corrupt safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = _metadata(header.pop("__metadata__", None), path)
     tensors: dict[str, torch.Tensor] = {}
     base = 8 + n
+    spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         try:
             code = info["dtype"]
             dtype, shape, (start, end) = DTYPES[code], info["shape"], info["data_offsets"]
+            if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(d) is int for d in shape):
+                raise TypeError
             count = math.prod(shape)
         except (KeyError, TypeError, ValueError):
-            raise GraftError(f"{path}: corrupt safetensors entry for {name!r}: {info!r}") from None
+            raise GraftError(f"{path}: corrupt safetensors entry for {name!r}: {short(info, 200)}") from None
         if (type(count) is not int or type(start) is not int or type(end) is not int
                 or not 0 <= start <= end <= data_len or end - start != count * ITEMSIZE[code]
                 or (shape and min(shape) < 0)):
             raise GraftError(f"{path}: tensor {name!r} lies outside the file or has the wrong size",
                              "the file is truncated or corrupt")
+        if end > start:
+            spans.append((start, end, name))
         if count == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
         else:  # (a 1-d tensor needs no view; view(*shape) parses faster than view(shape))
             flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=base + start)
             tensors[name] = flat if len(shape) == 1 else flat.view(*shape) if shape else flat.view(())
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:  # two tensors on the same bytes: writing one would change the other
+            raise GraftError(f"{path}: tensors {a!r} and {b!r} overlap in the file", "the file is corrupt")
     return tensors, metadata
 
 
@@ -160,7 +170,17 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             header = fastjson.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise GraftError(f"{path}: corrupt safetensors header", "the file is damaged or not safetensors") from None
-    return (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
+    return _metadata(header.get("__metadata__"), path) if isinstance(header, dict) else {}
+
+
+def _metadata(value: Any, path: Path) -> dict[str, str]:
+    """The header's "__metadata__": a map of strings to strings (the format's rule), else one clean error."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise GraftError(f"{path}: corrupt safetensors header (__metadata__ is not a map of strings)",
+                         "the file is damaged")
+    return value
 
 
 def _kind_role(name: str, t: torch.Tensor) -> tuple[str, str, str]:
@@ -203,7 +223,7 @@ def read(path: Path, *, trust: bool = False) -> TensorSet:
     except json.JSONDecodeError:
         raise GraftError(f"{path}: the graftkit metadata in this package is corrupt") from None
     if package_meta is not None:
-        fmt, meta["graftkit"] = "graftkit package", package_meta
+        fmt, meta["graftkit"] = "graftkit package", check_document(package_meta, str(path))
     order = (meta.get("graftkit") or {}).get("order") or []
     rank = {k: i for i, k in enumerate(order)}
     # Source order: the package's recorded module order, else the file's data order.

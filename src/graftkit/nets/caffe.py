@@ -22,6 +22,7 @@ auxiliary losses (loss_weight below the largest) are outputs in training mode on
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import GraftError, some
+from ..errors import GraftError, short, some
 from ..meta import attach, make_meta
 from .caffe_layers import (DATA_LAYERS, LAYERS, LOSS_LAYERS, METRIC_LAYERS, SINK_LAYERS, GivenMismatch, all_of,
                            as_bool, enum, one, sub, v2_type)
@@ -286,6 +287,11 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
             silenced.extend(b for b in bottoms if b not in silenced)
             continue
         cls = LAYERS[t]
+        lo, hi = _arity(cls)
+        if not lo <= len(bottoms) <= hi:
+            want = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi < 1 << 30 else f"at least {lo}"
+            raise GraftError(f"layer {name!r} ({t}) has {len(bottoms)} bottoms but takes {want}",
+                             "check the layer's bottom lines")
         bshapes = [shapes[b] for b in bottoms]
         known = all(b is not None for b in bshapes)
         try:
@@ -296,6 +302,10 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
         except (IndexError, ValueError, ZeroDivisionError) as e:
             got = [list(b) if b else None for b in bshapes]
             raise GraftError(f"layer {name!r} ({t}) does not fit inputs of shape {got} ({e})") from None
+        for shape in pshapes:  # before any module is built, even on the meta device (torch overflows)
+            if any(int(d) < 0 for d in shape) or math.prod(int(d) for d in shape) > MAX_BLOB:
+                raise GraftError(f"layer {name!r} ({t}) would need a parameter of shape {list(shape)}",
+                                 "the prototxt's sizes (num_output, kernel, input dims) are absurd or corrupt")
         found = blobs.get(name) if blobs else None
         if known:
             if found is not None and pshapes:
@@ -351,6 +361,26 @@ def compile_graph(net: dict, phase: str = "TEST", blobs: Mapping[str, tuple[str,
     graph.update(_outputs(graph, label_blobs))
     graph["blob_shapes"] = {k: (list(v) if v is not None else None) for k, v in shapes.items()}
     return graph, modules, checked
+
+
+MAX_BLOB = 2**31 - 1  # elements of one parameter blob (Caffe's own limit: int32 counts)
+MAX_INIT_BYTES = 1 << 30  # float32 bytes graftkit allocates for layers the caffemodel does not give
+_ARITY: dict[type, tuple[int, int]] = {}
+
+
+def _arity(cls) -> tuple[int, int]:
+    """(fewest, most) bottoms a layer class's forward takes."""
+    if cls not in _ARITY:
+        import inspect
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]  # (without self)
+        if any(p.kind is p.VAR_POSITIONAL for p in params):
+            lo, hi = sum(1 for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty), 1 << 30
+            lo = max(lo, 1)
+        else:
+            pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            lo, hi = sum(1 for p in pos if p.default is p.empty), len(pos)
+        _ARITY[cls] = (lo, hi)
+    return _ARITY[cls]
 
 
 def _param_name(spec: Any) -> str | None:
@@ -728,6 +758,11 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
         raise GraftError(f"{model}: none of its layers matches a layer of {proto} by name "
                          f"(it holds {some(blobs)})",
                          "Caffe pairs weights with layers by name: give the caffemodel trained with this prototxt")
+    need = sum(4 * math.prod(s) for L in graph["layers"] if L["name"] not in checked for s in L["shapes"])
+    if need > MAX_INIT_BYTES:
+        raise GraftError(f"the layers without weights in the caffemodel need {need / 2**30:.1f} GiB of parameters, "
+                         f"more than the {MAX_INIT_BYTES >> 30} GiB graftkit initialises",
+                         "the prototxt's sizes are absurd or corrupt; or give the caffemodel that holds them")
     left = []
     for L, mod in zip(graph["layers"], modules):
         if L["name"] in checked:  # (built around the caffemodel's tensors)
@@ -773,15 +808,61 @@ def caffe_blobs(net: CaffeNet) -> list[tuple[str, str, list[np.ndarray]]]:
     return out
 
 
+def check_graph(graph: Any) -> dict:
+    """A package's compiled graph has the structure CaffeNet relies on (the package is untrusted data):
+    typed fields, known layer types, bottoms that earlier layers or inputs produce, bounded shapes."""
+    def bad(what: str) -> GraftError:
+        return GraftError(f"the package's Caffe graph is corrupt ({what})", "convert the model again")
+
+    def names(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    if not isinstance(graph, dict):
+        raise bad("not an object")
+    inputs, layers = graph.get("inputs"), graph.get("layers")
+    if not isinstance(inputs, list) or not isinstance(layers, list):
+        raise bad("no inputs or layers list")
+    blobs = set()
+    for i in inputs:
+        if not isinstance(i, dict) or not isinstance(i.get("name"), str) or not (
+                i.get("shape") is None or isinstance(i["shape"], list) and all(type(d) is int and 0 <= d < 2**31
+                                                                               for d in i["shape"])):
+            raise bad(f"input {short(i)}")
+        blobs.add(i["name"])
+    for L in layers:
+        if not isinstance(L, dict) or L.get("type") not in LAYERS or not all(
+                isinstance(L.get(k), str) for k in ("name", "module")) or not names(L.get("bottoms")) \
+                or not names(L.get("tops")) or not isinstance(L.get("attrs"), dict) \
+                or not isinstance(L.get("shapes"), list):
+            raise bad(f"layer {short(L)}")
+        for shape in L["shapes"]:
+            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) \
+                    or math.prod(shape) > MAX_BLOB:
+                raise bad(f"layer {L['name']!r} has a parameter of shape {short(shape)}")
+        missing = [b for b in L["bottoms"] if b not in blobs]
+        if missing:
+            raise bad(f"layer {L['name']!r} reads {short(missing)}, which no earlier layer produces")
+        lo, hi = _arity(LAYERS[L["type"]])
+        if not lo <= len(L["bottoms"]) <= hi:
+            raise bad(f"layer {L['name']!r} has {len(L['bottoms'])} bottoms")
+        blobs.update(L["tops"])
+    if not names(graph.get("outputs")) or not names(graph.get("train_outputs")) \
+            or not set(graph["outputs"]) | set(graph["train_outputs"]) <= blobs:
+        raise bad("outputs")
+    if not isinstance(graph.get("loss_weights"), dict):
+        raise bad("loss_weights")
+    return graph
+
+
 def build_loaded(spec: dict, tensors: Mapping[str, torch.Tensor]) -> CaffeNet | None:
     """The module of a package built straight around its tensors (package.load's fast path: no empty
     build, no load_state_dict); None when they do not fit the graph exactly, or the spec has no
     graph of this version (package.load then takes the general path, which says what differs)."""
     graph = spec.get("graph")
-    if graph is None or graph.get("version") != GRAPH_VERSION:
+    if not isinstance(graph, dict) or graph.get("version") != GRAPH_VERSION:
         return None
     try:
-        return CaffeNet(graph, state=tensors)
+        return CaffeNet(check_graph(graph), state=tensors)
     except GivenMismatch:
         return None
 
@@ -789,10 +870,10 @@ def build_loaded(spec: dict, tensors: Mapping[str, torch.Tensor]) -> CaffeNet | 
 def build_from_spec(spec: dict, *, trust: bool = False) -> CaffeNet:
     """The architecture of a converted package (weights initialised; the package loads its tensors)."""
     graph = spec.get("graph")
-    if graph is None or graph.get("version") != GRAPH_VERSION:
-        if not spec.get("prototxt"):
+    if not isinstance(graph, dict) or graph.get("version") != GRAPH_VERSION:
+        if not isinstance(spec.get("prototxt"), str) or not spec["prototxt"]:
             raise GraftError("the Caffe package spec has neither a graph nor a prototxt",
                              "the package is corrupt; convert the model again")
         net = _parse_prototxt(spec["prototxt"])
         graph, _, _ = compile_graph(net, spec.get("phase", "TEST"), None, spec.get("input_shapes"))
-    return CaffeNet(graph)
+    return CaffeNet(check_graph(graph))

@@ -69,6 +69,16 @@ def enum(v: Any, names: tuple[str, ...], default: str) -> str:
     return str(v)
 
 
+def _at_least(a: dict, **least: int) -> dict:
+    """`a` with its geometry checked: each named value (or every value of a list) at least its minimum
+    (a stride of 0 would divide by zero, a negative pad or kernel makes no layer)."""
+    for key, lo in least.items():
+        vals = a[key] if isinstance(a[key], list) else [a[key]]
+        if any(v < lo for v in vals):
+            raise GraftError(f"{key} {a[key]} must be at least {lo}", "the prototxt is corrupt")
+    return a
+
+
 def _spatial(p: dict, key: str, n: int, default: int) -> list[int]:
     """Caffe's kernel_size/stride/pad/dilation: repeated, or `_h`/`_w` for 2-D."""
     h, w = p.get(f"{key}_h"), p.get(f"{key}_w")
@@ -262,12 +272,14 @@ class Convolution(CaffeLayer):
         if int(one(p, "axis", 1)) != 1:
             raise GraftError("only channel axis 1 is supported for convolutions")
         nd = max(2, len(all_of(p, "kernel_size")))
-        return {"num_output": int(one(p, "num_output", 0)), "bias_term": as_bool(one(p, "bias_term", True)),
-                "kernel": _spatial(p, "kernel", nd, 0) if p.get("kernel_h") is not None
-                else _spatial(p, "kernel_size", nd, 0),
-                "stride": _spatial(p, "stride", nd, 1), "pad": _spatial(p, "pad", nd, 0),
-                "dilation": _spatial(p, "dilation", nd, 1), "group": int(one(p, "group", 1)),
-                "weight_filler": _filler(sub(p, "weight_filler")), "bias_filler": _filler(sub(p, "bias_filler"))}
+        return _at_least(
+            {"num_output": int(one(p, "num_output", 0)), "bias_term": as_bool(one(p, "bias_term", True)),
+             "kernel": _spatial(p, "kernel", nd, 0) if p.get("kernel_h") is not None
+             else _spatial(p, "kernel_size", nd, 0),
+             "stride": _spatial(p, "stride", nd, 1), "pad": _spatial(p, "pad", nd, 0),
+             "dilation": _spatial(p, "dilation", nd, 1), "group": int(one(p, "group", 1)),
+             "weight_filler": _filler(sub(p, "weight_filler")), "bias_filler": _filler(sub(p, "bias_filler"))},
+            num_output=1, kernel=1, stride=1, pad=0, dilation=1, group=1)
 
     @staticmethod
     def blob_shapes(a, bottoms):
@@ -405,9 +417,10 @@ class Pooling(CaffeOp):
                                       else _spatial(p, "kernel_size", 2, 0))
         if not glob and min(kernel) <= 0:
             raise GraftError("pooling_param has no kernel_size", "give kernel_size or global_pooling: true")
-        return {"pool": pool, "global": glob, "kernel": kernel,
-                "stride": _spatial(p, "stride", 2, 1), "pad": _spatial(p, "pad", 2, 0),
-                "ceil": enum(one(p, "round_mode"), ("CEIL", "FLOOR"), "CEIL") == "CEIL"}
+        return _at_least({"pool": pool, "global": glob, "kernel": kernel,
+                          "stride": _spatial(p, "stride", 2, 1), "pad": _spatial(p, "pad", 2, 0),
+                          "ceil": enum(one(p, "round_mode"), ("CEIL", "FLOOR"), "CEIL") == "CEIL"},
+                         stride=1, pad=0)
 
     def __init__(self, a, shapes, given=None):
         super().__init__(a, shapes, given)

@@ -14,7 +14,6 @@ ceil_mode does, Deconvolution without bias unless asked.
 """
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
@@ -25,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import GraftError, some
+from ..errors import GraftError, short, some
 from ..formats import mxnet as mxfile
 from ..meta import attach, make_meta
 
@@ -46,8 +45,12 @@ def _tuple(v: Any, default: tuple[int, ...] = ()) -> tuple[int, ...]:
         return default
     if isinstance(v, (list, tuple)):
         return tuple(int(x) for x in v)
-    parsed = ast.literal_eval(str(v).replace("None", "0")) if str(v).strip() else ()
-    return tuple(int(x) for x in (parsed if isinstance(parsed, (list, tuple)) else (parsed,)))
+    # "(3, 3)", "[1,1]", "3", "(None, 2)": parsed as text (linear time, no nesting), not by literal_eval
+    inner = str(v).strip().strip("()[] ")
+    parts = [p.strip() for p in inner.split(",")] if inner else []
+    if parts and not parts[-1]:
+        parts.pop()  # "(3,)"
+    return tuple(0 if p == "None" else int(p) for p in parts)  # (ValueError for anything else)
 
 
 def _bool(v: Any, default: bool) -> bool:
@@ -185,7 +188,11 @@ class MXNetNet(nn.Module):
         self.input_shapes = {n: list(_tuple(shape_attr[n])) if shape_attr.get(n) else None for n in self.inputs}
         self.mod_of: dict[int, str] = {}
         for i, node in enumerate(nodes):
-            m = self._make(node, shapes)
+            try:
+                m = self._make(node, shapes)
+            except (ValueError, TypeError, OverflowError, IndexError) as e:  # an attribute that is no number
+                raise GraftError(f"MXNet node {node['name']!r} ({node['op']}): invalid attributes "
+                                 f"{short(node.get('attrs'))} ({e})", "the symbol file is corrupt") from None
             if m is not None:
                 name = module_name(node["name"])
                 while hasattr(self, name):  # taken by a submodule or an nn.Module attribute ("forward")
@@ -222,6 +229,13 @@ class MXNetNet(nn.Module):
             stride = _tuple(a.get("stride")) or (1,) * nd
             dilate = _tuple(a.get("dilate")) or (1,) * nd
             pad = _tuple(a.get("pad")) or (0,) * nd
+            # the symbol's kernel must be the weight's: checked before the layer allocates anything
+            if not 1 <= nd <= 3 or len(w) != nd + 2 or tuple(w[2:]) != kernel or groups < 1 \
+                    or (w[0] if op == "Convolution" else w[1] * groups) % groups \
+                    or any(len(t) != nd for t in (stride, dilate, pad)) or min(stride + dilate) < 1 or min(pad) < 0:
+                raise GraftError(f"{where}: kernel {kernel}, groups {groups}, stride {stride}, pad {pad}, "
+                                 f"dilate {dilate} do not fit its weight of shape {tuple(w)}",
+                                 "the symbol and .params files do not belong together, or one is corrupt")
             if op == "Convolution":
                 cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[nd - 1]
                 return cls(w[1] * groups, w[0], kernel, stride, pad, dilate, groups, bias)
@@ -229,6 +243,9 @@ class MXNetNet(nn.Module):
             cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[nd - 1]
             return cls(w[0], w[1] * groups, kernel, stride, pad, adj, groups, bias, dilate)
         if op == "FullyConnected":
+            if len(w) != 2:
+                raise GraftError(f"{where}: its weight has shape {tuple(w)}, not [out, in]",
+                                 "the symbol and .params files do not belong together, or one is corrupt")
             return nn.Linear(w[1], w[0], bias=not _bool(a.get("no_bias"), False))
         if op == "BatchNorm":
             return BatchNorm(w[0], _float(a.get("eps"), 1e-3), _float(a.get("momentum"), 0.9),
@@ -435,9 +452,9 @@ def build_from_spec(spec: dict[str, Any], *, trust: bool = False) -> nn.Module:
         shapes = {k: list(v) for k, v in spec["shapes"].items()}
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise GraftError(f"the package's MXNet spec is damaged ({e})") from None
-    for node in graph["nodes"]:
-        node.setdefault("attrs", node.pop("attr", None) or node.pop("param", None) or {})
-    return MXNetNet(graph, shapes)
+    except RecursionError:
+        raise GraftError("the package's MXNet spec nests too deeply") from None
+    return MXNetNet(mxfile.check_symbol(graph, "the package's MXNet spec"), shapes)
 
 
 def convert(paths: list[Path], *, mean=None, std=None, input_size=None, channel_order: str = "RGB",

@@ -17,6 +17,7 @@ allocates without limit. A spec the user types themselves is built with trust.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -27,7 +28,7 @@ from urllib.parse import parse_qsl
 
 import torch.nn as nn
 
-from ..errors import GraftError
+from ..errors import GraftError, short
 
 _FILE_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<fn>[A-Za-z_][A-Za-z0-9_]*)$")
 
@@ -106,7 +107,9 @@ def build(spec: str | dict, *, trust: bool = False, **overrides: Any) -> nn.Modu
     """A freshly initialised module for an architecture spec. Without `trust`, a spec that
     names a Python file or passes options off the allow-list is refused (module docstring)."""
     if isinstance(spec, dict):  # (a converter that wraps another spec, as probe does, passes trust on)
-        return _converter(spec).build_from_spec(spec, trust=trust)
+        converter = _converter(spec)
+        with corrupt_spec(spec):
+            return converter.build_from_spec(spec, trust=trust)
     scheme, name, kwargs = parse(spec)
     kwargs.update(overrides)
     if not trust:
@@ -154,7 +157,22 @@ def build_loaded(spec: str | dict, tensors: dict) -> nn.Module | None:
     if not isinstance(spec, dict):
         return None
     build = getattr(_converter(spec), "build_loaded", None)
-    return build(spec, tensors) if build is not None else None
+    if build is None:
+        return None
+    with corrupt_spec(spec):
+        return build(spec, tensors)
+
+
+@contextlib.contextmanager
+def corrupt_spec(spec: dict):
+    """A converter spec comes from a package file (data): a field of the wrong type or shape that its
+    converter trips over (KeyError, TypeError, ...) is one GraftError naming the converter."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise GraftError(f"the package's {short(spec.get('converter'))} spec is corrupt "
+                         f"({type(e).__name__}: {short(str(e), 120)})",
+                         "the package is damaged; convert the model again") from None
 
 
 def _build_from_file(spec: str, kwargs: dict[str, Any]) -> nn.Module:

@@ -124,9 +124,16 @@ class TFLiteNet(nn.Module):
             if "module" in op:
                 self.layers[op["module"]] = self._layer(op)
 
+    _WEIGHT_RANK = {"CONV_2D": 4, "DEPTHWISE_CONV_2D": 4, "TRANSPOSE_CONV": 4, "FULLY_CONNECTED": 2, "PRELU": 1}
+
     def _layer(self, op: dict) -> nn.Module:
         shapes = op["weight_shapes"]
         kind = op["op"]
+        rank = self._WEIGHT_RANK.get(kind)
+        if rank is not None and (not shapes or len(shapes[0]) != rank if rank > 1 else not shapes or not shapes[0]) \
+                or any(not isinstance(d, int) or d < 0 for s in shapes for d in s):
+            raise GraftError(f"TFLite op {kind} ({op['module']}): its weight {shapes[0] if shapes else 'is missing'} "
+                             f"is not a constant of rank {rank}", "the .tflite file is corrupt")
         if kind == "CONV_2D":
             o, i, kh, kw = shapes[0]
             return nn.Conv2d(i, o, (kh, kw), stride=(op["stride_h"], op["stride_w"]),

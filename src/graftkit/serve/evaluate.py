@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..atomic import atomic_open
 from ..errors import GraftError
 from ..progress import make_progress
-from .inference import MainOutput, classes_of, input_shape_of, num_outputs, preprocessing_of
+from .inference import MainOutput, classes_of, input_shape_of, num_outputs, preprocessing_of, run_net
 
 OTHER = "(other)"  # column for predictions of model classes the data does not have
 
@@ -162,7 +162,7 @@ def score(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 
             for images, y in loader:
                 keep = y >= 0
                 if keep.any():
-                    logits.append(net(images[keep].to(device)).float().cpu())
+                    logits.append(run_net(net, images[keep].to(device)).float().cpu())
                     labels.append(y[keep])
                     index.append(torch.arange(at, at + len(y))[keep])
                     if hook is not None and taken and len(taken[-1]) != int(keep.sum()):

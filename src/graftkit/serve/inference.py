@@ -74,10 +74,25 @@ def preprocessing_of(model: nn.Module) -> dict[str, Any]:
 
 
 def input_shape_of(model: nn.Module) -> tuple[int, int, int]:
-    c, h, w = preprocessing_of(model).get("input_size") or (3, 224, 224)
+    from ..data.transforms import complete
+    c, h, w = complete(preprocessing_of(model))["input_size"]  # (checked: types, channels, bounds)
     return int(c), int(h), int(w)
+
+
+def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`net(x)` on preprocessed images; a network that cannot take them (a package whose preprocessing
+    does not fit its network: channels, size) is one GraftError, not torch's traceback."""
+    try:
+        return net(x)
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:  # (torch's and a package graph's)
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise GraftError(f"the network cannot run on its preprocessed input of shape {list(x.shape)} ({first})",
+                         "the package's preprocessing (input_size, channels) does not fit its network; "
+                         "set it again with the right --input-size") from None
 
 
 def num_outputs(model: nn.Module, shape: tuple[int, int, int]) -> int:
     with torch.inference_mode():
-        return int(MainOutput(model).eval()(torch.zeros(1, *shape)).shape[-1])
+        return int(run_net(MainOutput(model).eval(), torch.zeros(1, *shape)).shape[-1])

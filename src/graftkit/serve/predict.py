@@ -13,7 +13,7 @@ from ..data.lists import IMAGE_EXTS
 from ..errors import GraftError
 from ..progress import make_progress
 from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_bytes, is_url, not_an_image
-from .inference import MainOutput, classes_of, preprocessing_of
+from .inference import MainOutput, classes_of, preprocessing_of, run_net
 
 IMAGE_SUFFIXES = set(IMAGE_EXTS)  # the same files `graft data index` takes
 
@@ -64,6 +64,12 @@ def _chw(a: np.ndarray) -> torch.Tensor:
 
 
 def rank(probs: torch.Tensor, classes: list[str] | None, k: int) -> list[list[dict[str, Any]]]:
+    if probs.ndim != 2:
+        raise GraftError(f"the model's output has shape {list(probs.shape)}, not [images, classes]",
+                         "serve a classifier whose forward() returns one score per class")
+    if classes and len(classes) != probs.shape[1]:
+        raise GraftError(f"the model names {len(classes)} classes but outputs {probs.shape[1]} scores",
+                         "the package's class list does not fit its network; set the classes again")
     values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
     names = classes or [f"class {i}" for i in range(probs.shape[1])]
     return [[{"class": names[i], "index": i, "prob": float(p)} for p, i in zip(row_p.tolist(), row_i.tolist())]
@@ -112,7 +118,7 @@ def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.Path
                         raise
                     entry["error"] = str(e)
             if tensors:
-                probs = net(torch.stack(tensors).to(device)).float().softmax(dim=1).cpu()
+                probs = run_net(net, torch.stack(tensors).to(device)).float().softmax(dim=1).cpu()
                 for entry, preds in zip(slots, rank(probs, classes, top_k)):
                     entry["predictions"] = preds
             speed = bar.tasks[0].speed
