@@ -18,20 +18,10 @@ import argparse
 import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def graft(*args, env) -> float:
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "graftkit.cli.main", *map(str, args)], capture_output=True, text=True,
-                       env=env)
-    if r.returncode:
-        sys.exit(f"graft {' '.join(map(str, args))} failed:\n{r.stderr[-3000:]}")
-    return time.perf_counter() - t
+from timing import graft_seconds  # benchmarks/timing.py (the script folder is on sys.path)
 
 
 def write_list(path: Path, rows: list[tuple[int, str]], classes: list[str]) -> Path:
@@ -71,7 +61,7 @@ def main() -> None:
     noisy = [((c + rng.randrange(1, len(classes))) % len(classes), p) if i in flipped else (c, p)
              for i, (c, p) in enumerate(train)]
     lists["noisy"] = write_list(work / "train_noisy.lst", noisy, classes)
-    seconds = graft("train", "--model", "lite0", "--strategy", "probe", "--train", lists["noisy"], "--val",
+    seconds = graft_seconds("train", "--model", "lite0", "--strategy", "probe", "--train", lists["noisy"], "--val",
                     lists["val"], "-o", work / "run_noisy", env=env)
     audit = json.loads((work / "run_noisy" / "audit.json").read_text())
     issues = next(li for li in audit["label_issues"] if li["split"] == "train")
@@ -90,9 +80,9 @@ def main() -> None:
 
     # leakage: a clean run (false alarms), then test copies planted in the training data
     lists["clean"] = write_list(work / "train.lst", train, classes)
-    graft("train", "--model", "lite0", "--strategy", "probe", "--train", lists["clean"], "--val", lists["val"],
+    graft_seconds("train", "--model", "lite0", "--strategy", "probe", "--train", lists["clean"], "--val", lists["val"],
           "-o", work / "run_clean", "--no-report", env=env)
-    graft("report", work / "run_clean", "--data", lists["test"], env=env)
+    graft_seconds("report", work / "run_clean", "--data", lists["test"], env=env)
     clean = json.loads((work / "run_clean" / "audit.json").read_text())["duplicates"]
     (work / "copies").mkdir(exist_ok=True)
     planted, leaky = {}, list(train)
@@ -107,9 +97,9 @@ def main() -> None:
         planted[str(dst.relative_to(work))] = rel
         leaky.append((c, str(dst.relative_to(work))))
     lists["leaky"] = write_list(work / "train_leaky.lst", leaky, classes)
-    graft("train", "--model", "lite0", "--strategy", "probe", "--train", lists["leaky"], "--val", lists["val"],
+    graft_seconds("train", "--model", "lite0", "--strategy", "probe", "--train", lists["leaky"], "--val", lists["val"],
           "-o", work / "run_leaky", "--no-report", env=env)
-    graft("report", work / "run_leaky", "--data", lists["test"], env=env)
+    graft_seconds("report", work / "run_leaky", "--data", lists["test"], env=env)
     dup = json.loads((work / "run_leaky" / "audit.json").read_text())["duplicates"]
     across = [p for p in dup["exact"] + dup["near"] if {p["a"], p["b"]} == {"train", "evaluated"}]
     found = {p["a_name"] for p in across if "leak" in p["a_name"]}

@@ -12,23 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from strategies import write_fmnist  # noqa: E402
-
-
-def timed(*args, env) -> float:
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "graftkit.cli.main", *map(str, args)], capture_output=True, text=True,
-                       env=env)
-    if r.returncode:
-        sys.exit(f"graft {' '.join(map(str, args))} failed:\n{r.stderr[-3000:]}")
-    return time.perf_counter() - t
+from timing import graft_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -42,11 +32,11 @@ def main() -> None:
     train, test = write_fmnist(work, 100, a.test_limit)
     run = work / "run"
     if not (run / "best.safetensors").exists():
-        timed("train", "--model", "lite0", "--strategy", "probe", "--train", train, "-o", run, "--no-report", env=env)
+        graft_seconds("train", "--model", "lite0", "--strategy", "probe", "--train", train, "-o", run, "--no-report", env=env)
     plain, report = [], []
     for i in range(a.repeat):  # alternating, so a change in the machine's load hits both
-        plain.append(timed("evaluate", run / "best.safetensors", test, env=env))
-        report.append(timed("evaluate", run / "best.safetensors", test, "-o", work / f"eval{i}", env=env))
+        plain.append(graft_seconds("evaluate", run / "best.safetensors", test, env=env))
+        report.append(graft_seconds("evaluate", run / "best.safetensors", test, "-o", work / f"eval{i}", env=env))
     p, r = min(plain), min(report)
     print(f"evaluate {p:.1f} s; evaluate + report {r:.1f} s: the report adds {r / p - 1:+.1%} "
           f"({a.test_limit} images)")

@@ -1,4 +1,6 @@
-"""Shared by the benchmark scripts: the best wall time of repeated calls."""
+"""Shared by the benchmark scripts: the best wall time of repeated calls, a timed `graft` process."""
+import subprocess
+import sys
 import time
 
 
@@ -10,3 +12,13 @@ def best(fn, repeat: int = 7) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def graft_seconds(*args, env=None) -> float:
+    """Wall seconds of one fresh `graft` process (its imports included, as a user pays them)."""
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "graftkit.cli.main", *map(str, args)], capture_output=True, text=True,
+                       env=env)
+    if r.returncode:
+        sys.exit(f"graft {' '.join(map(str, args))} failed:\n{r.stderr[-3000:]}")
+    return time.perf_counter() - t

@@ -223,13 +223,17 @@ def ln_var_names(cfg: dict | None, count: int) -> list[str]:
     return ["gamma", "beta"][:count] if count <= 2 else [str(i) for i in range(count)]
 
 
-def keras3_var_names(cls: str, cfg: dict | None, count: int) -> list[str]:
+def _known_var_names(cls: str, cfg: dict | None, count: int) -> list[str]:
+    """A layer's variable names in creation order, as far as its class tells them."""
     if cls == "BatchNormalization":
-        names = bn_var_names(cfg, count)
-    elif cls == "LayerNormalization":
-        names = ln_var_names(cfg, count)
-    else:
-        names = VAR_ORDER.get(cls, [])
+        return bn_var_names(cfg, count)
+    if cls == "LayerNormalization":
+        return ln_var_names(cfg, count)
+    return VAR_ORDER.get(cls, [])
+
+
+def keras3_var_names(cls: str, cfg: dict | None, count: int) -> list[str]:
+    names = _known_var_names(cls, cfg, count)
     if len(names) < count:
         names = names + [str(i) for i in range(len(names), count)]
     return names[:count]
@@ -397,15 +401,10 @@ def _own_weights(lname: str, wnames: list[str], flat: dict[str, dict]) -> bool:
 
 def _legacy_var_order(cls: str, cfg: dict | None, count: int) -> list[str]:
     """The variable names of a legacy layer by position (Keras 2's creation order), when known."""
-    if cls == "BatchNormalization":
-        names = bn_var_names(cfg, count)
-    elif cls == "LayerNormalization":
-        names = ln_var_names(cfg, count)
-    else:
-        names = VAR_ORDER.get(cls, [])
-        if cls in ("Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Dense", "DepthwiseConv2D",
-                   "SeparableConv2D") and cfg is not None and not cfg.get("use_bias", True):
-            names = names[:-1]
+    names = _known_var_names(cls, cfg, count)
+    if cls in ("Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Dense", "DepthwiseConv2D",
+               "SeparableConv2D") and cfg is not None and not cfg.get("use_bias", True):
+        names = names[:-1]
     return names if len(names) == count and all(not n.isdigit() for n in names) else []
 
 
