@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -30,8 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import GraftError
 from .decode import DecodeError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .dataset import ImageDataset
+# `ds` below is an ImageDataset, typed as a torch Dataset: dataset.py imports this module, not the reverse
 
 log = logging.getLogger("graftkit.data")
 DEFAULT_BUDGET = "25%"
@@ -124,7 +123,7 @@ class MemoryCache:
 class _Decoded(Dataset):
     """(index, presized uint8 image or the reason it failed), for filling the cache (in worker processes too)."""
 
-    def __init__(self, ds: "ImageDataset", indices):
+    def __init__(self, ds: Dataset, indices):
         self.ds, self.indices = ds, list(indices)
 
     def __len__(self):
@@ -152,7 +151,7 @@ def decode_workers(n: int) -> int:
     return 0 if n < 256 or cpus < 2 else min(cpus, 8)
 
 
-def build(ds: "ImageDataset", budget: int, *, workers: int | None = None, progress: bool | None = None,
+def build(ds: Dataset, budget: int, *, workers: int | None = None, progress: bool | None = None,
           description: str = "") -> tuple[MemoryCache | None, dict[str, Any]]:
     """Decode `ds` once into a MemoryCache if it fits `budget` bytes; else (None, why)."""
     from ..progress import make_progress
