@@ -382,7 +382,7 @@ def _summary(run: Run) -> dict[str, Any]:
             "val": last.get("val_detail"), "preprocessing": data.preprocessing, "tuning": run.tuning.summary(),
             "groups": run.tuning.groups(plan.solver.lr, plan.solver.weight_decay),
             "plan": plan.to_dict(), "files": {n: str(run.out / n) for n in ("best.safetensors", "last.safetensors",
-                                                                          CHECKPOINT, "log.csv", "curves.png")},
+                                                                              CHECKPOINT, "log.csv", "curves.png")},
             "warnings": warnings}
 
 
