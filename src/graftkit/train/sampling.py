@@ -7,6 +7,12 @@ that item (epoch, index) is produced with torch/numpy/random seeded from
 (seed, epoch, index): augmentations are then the same whatever the number of
 loader workers and wherever a run was resumed, and the training process's own
 RNG (dropout, drop-path) is left untouched.
+
+graftkit.data.ImageDataset seeds its own draws as well (its own splitmix hash of
+(seed, epoch, index), a random.Random for its pipeline), so that it is deterministic
+in a plain DataLoader too; under fit its draws win and `Seeded` only covers other
+datasets (and transforms that use numpy's or Python's global RNG). Making the two
+one changes every augmentation draw of one of them, so every earlier run's numbers.
 """
 from __future__ import annotations
 
