@@ -109,7 +109,8 @@ def _diagnose(run: Run, loss: torch.Tensor, x: torch.Tensor) -> GraftError:
     ckpt = run.ckpt_path
     kept = f"; the last good checkpoint {ckpt} is intact" if ckpt.exists() else "; no checkpoint was written"
     if not torch.isfinite(x).all():
-        return GraftError(f"the loss became {float(loss):.3g} {where} because the input batch holds NaN/Inf values{kept}",
+        return GraftError(f"the loss became {float(loss):.3g} {where} because the input batch holds NaN/Inf "
+                          f"values{kept}",
                           "check the images and the preprocessing mean/std (std must not be 0)")
     bad = [n for n, p in run.raw.named_parameters() if not torch.isfinite(p).all()]
     what = f"the weights ({bad[0]}, ...) are no longer finite" if bad else "the logits overflowed"
@@ -272,9 +273,9 @@ class Packages(Callback):
 
     @staticmethod
     def save(run: Run, name: str) -> None:
-        tuning = run.tuning
+        tuning, ref = run.tuning, run.model_ref
         package.save(run.raw, run.out / name, classes=run.data.classes, preprocessing=run.data.preprocessing,
-                     provenance={"fine_tuned_from": str(run.model_ref) if run.model_ref else meta_of(run.raw).get("spec"),
+                     provenance={"fine_tuned_from": str(ref) if ref else meta_of(run.raw).get("spec"),
                                  "train_data": str(run.train_ref) if run.train_ref is not None else None},
                      extra={"train": {"epoch": run.pos.epoch, "iteration": run.pos.it, "seed": run.seed,
                                       "head": tuning.head_report},
@@ -365,7 +366,8 @@ class Curves(Callback):
 
     def on_epoch_end(self, run: Run, row: dict[str, Any]) -> None:
         pos = run.pos
-        if run.ctx.main and (pos.stop_reason or pos.epoch >= pos.epochs or time.monotonic() - self.plotted >= PLOT_EVERY):
+        due = pos.stop_reason or pos.epoch >= pos.epochs or time.monotonic() - self.plotted >= PLOT_EVERY
+        if run.ctx.main and due:
             logs.plot_curves(run.out / "curves.png", run.history, title=str(run.model_ref or ""))
             self.plotted = time.monotonic()
 
