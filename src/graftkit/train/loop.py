@@ -36,7 +36,7 @@ from .callbacks import Callbacks, default_callbacks
 from .data import RunData, open_run_data
 from .distributed import Context, context
 from .metrics import Meter
-from .sampling import EpochBatches, Seeded
+from .sampling import EpochBatches
 from .solver import LRPolicy, make_optimizer
 
 CHECKPOINT = "checkpoint.pt"
@@ -116,15 +116,22 @@ class Run:
         """Train and validation loaders; persistent workers start once, not at every epoch (set_epoch reaches
         them through shared memory)."""
         spawn = "spawn" if workers and self.cuda else None
-        train = DataLoader(Seeded(self.data.train, self.seed), batch_sampler=self.sampler, num_workers=workers,
+        train = DataLoader(_seeded(self.data.train, self.seed), batch_sampler=self.sampler, num_workers=workers,
                            collate_fn=_collate, pin_memory=self.cuda, generator=torch.Generator(),
                            persistent_workers=workers > 0, multiprocessing_context=spawn)
         val = None
         if self.val_batches is not None:
-            val = DataLoader(Seeded(self.data.val, self.seed), batch_sampler=self.val_batches, num_workers=workers,
+            val = DataLoader(_seeded(self.data.val, self.seed), batch_sampler=self.val_batches, num_workers=workers,
                              collate_fn=_collate, generator=torch.Generator(), persistent_workers=workers > 0,
                              multiprocessing_context=spawn)
         return train, val
+
+
+def _seeded(ds: Dataset, seed: int) -> Dataset:
+    """A dataset that takes (epoch, index) keys and seeds each sample's draws: an ImageDataset does both itself."""
+    from ..data import ImageDataset
+    from ..data.seeding import Seeded
+    return ds if isinstance(ds, ImageDataset) else Seeded(ds, seed)
 
 
 def _collate(items):
