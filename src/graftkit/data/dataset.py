@@ -22,9 +22,9 @@ to before cropping), and stay uint8 through the augmentations; normalisation is 
 
 Determinism: the random draws for sample i in epoch e come from RNGs seeded with
 mix(seed, e, i) (graftkit.data.seeding), so the result is the same with any number of
-DataLoader workers, in any order, and after a resume. A sample that fails to decode is logged once,
-counted (`failed`, shared with worker processes) and replaced by the next decodable
-sample, so a training run never crashes on a bad file.
+DataLoader workers, in any order, and after a resume. A sample that fails to decode is
+logged once, counted (`failed`, shared with worker processes) and replaced by the next
+decodable sample, so a training run never crashes on a bad file.
 """
 from __future__ import annotations
 

@@ -113,8 +113,8 @@ class Run:
         return self.clock() - self.t_start
 
     def make_loaders(self, workers: int) -> tuple[DataLoader, DataLoader | None]:
-        """Train and validation loaders; persistent workers start once, not at every epoch (set_epoch reaches
-        them through shared memory)."""
+        """Train and validation loaders; persistent workers start once, not at every epoch (the epoch travels in
+        each (epoch, index) key)."""
         spawn = "spawn" if workers and self.cuda else None
         train = DataLoader(_seeded(self.data.train, self.seed), batch_sampler=self.sampler, num_workers=workers,
                            collate_fn=_collate, pin_memory=self.cuda, generator=torch.Generator(),
