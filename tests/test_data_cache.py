@@ -12,7 +12,7 @@ from graftkit.data.memory import parse_budget
 from graftkit.data.pack import PackOptions, pack
 from graftkit.errors import GraftError
 from graftkit.train import RunInterrupted, fit
-from graftkit.train.loop import WorkerTuner, choose_workers
+from graftkit.train.callbacks import WorkerTuner, choose_workers
 from test_train import assert_identical, make_model, small_plan, weights
 
 PRE = {"input_size": [3, 32, 32], "resize": 36}

@@ -13,6 +13,7 @@ The pieces (one idea per module):
     transforms  train/eval pipelines from a package's preprocessing dict
     dataset     ImageDataset over folders, lists, packs and arrays
     sampling    class-balanced (label shuffling) and weighted samplers
+    seeding     per-sample randomness from (seed, epoch, index)
     demo_set    the shipped Fashion-MNIST subset and the full set from Debian's package
 """
 from .augment import parse_spec as parse_augment

@@ -20,11 +20,11 @@ models; EXIF rotation applied; JPEGs DCT-downscaled when the pipeline's `min_sid
 allows), their shorter side brought down to the pipeline's `presize` (the size it resizes
 to before cropping), and stay uint8 through the augmentations; normalisation is the last step.
 
-Determinism: the random draws for sample i in epoch e come from a torch RNG seeded
-with (seed, e, i), so the result is the same with any number of DataLoader workers,
-in any order, and after a resume. A sample that fails to decode is logged once,
-counted (`failed`, shared with worker processes) and replaced by the next decodable
-sample, so a training run never crashes on a bad file.
+Determinism: the random draws for sample i in epoch e come from RNGs seeded with
+mix(seed, e, i) (graftkit.data.seeding), so the result is the same with any number of
+DataLoader workers, in any order, and after a resume. A sample that fails to decode is
+logged once, counted (`failed`, shared with worker processes) and replaced by the next
+decodable sample, so a training run never crashes on a bad file.
 """
 from __future__ import annotations
 
@@ -47,23 +47,13 @@ from .decode import DecodeError, decode_tensor
 from .index import index_csv, index_folder
 from .lists import ImageList, check_label, classes_path, load_classes, open_list, resolve_in_root
 from .recordio import IRHEADER, RecordReader, unpack_header
+from .seeding import mix
 from .transforms import Pipeline
 
 log = logging.getLogger("graftkit.data")
 # Pillow hands numpy read-only pixel buffers; the pipeline never writes into its input in place.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 MAX_SUBSTITUTES = 64  # consecutive undecodable samples tolerated before giving up
-
-
-def _mix(*vals: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 steps), stable across processes and runs."""
-    x = 0x9E3779B97F4A7C15
-    for v in vals:
-        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-        x = x * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 29
-    return x & 0x7FFFFFFFFFFFFFFF
 
 
 class _FileSource:
@@ -339,7 +329,9 @@ class ImageDataset(Dataset):
     def cached(self) -> bool:
         return self._cache is not None
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        """Sample `key`: an index, drawn for the epoch of `set_epoch`, or an (epoch, index) pair (fit's keys)."""
+        epoch, i = key if isinstance(key, tuple) else (self._epoch[0], key)
         n = len(self)
         i = int(i)
         for k in range(MAX_SUBSTITUTES):
@@ -359,7 +351,7 @@ class ImageDataset(Dataset):
         label = int(self.targets[j])
         if self.transform is None:
             return img, label
-        seed = _mix(self.seed, int(self._epoch[0]), j)
+        seed = mix(self.seed, int(epoch), j)
         t = self.transform
         if isinstance(t, Pipeline) and not t.uses_torch_rng:
             return t(img, random.Random(seed)), label

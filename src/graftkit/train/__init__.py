@@ -2,7 +2,8 @@
 
     summary = graftkit.train.fit("lite0", "data/train", "data/val", out_dir="runs/a", epochs=5)
 """
-from .loop import RunInterrupted, evaluate, fit
+from .callbacks import RunInterrupted
+from .loop import evaluate, fit
 from .solver import LRPolicy, make_optimizer
 
 __all__ = ["fit", "evaluate", "RunInterrupted", "LRPolicy", "make_optimizer"]

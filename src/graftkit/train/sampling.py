@@ -1,24 +1,20 @@
-"""Reproducible batches: the order of every epoch and every sample's randomness follow from the seed.
+"""Reproducible batches: the order of every epoch follows from the seed.
 
 `EpochBatches` yields the batches of one epoch as lists of (epoch, index) keys,
 from any batch position on (so a resumed run starts where the interrupted one
-stopped) and, under DDP, only this rank's share. `Seeded` wraps a dataset so
-that item (epoch, index) is produced with torch/numpy/random seeded from
-(seed, epoch, index): augmentations are then the same whatever the number of
-loader workers and wherever a run was resumed, and the training process's own
-RNG (dropout, drop-path) is left untouched.
+stopped) and, under DDP, only this rank's share. Each sample's own randomness
+follows from its key (graftkit.data.seeding).
 """
 from __future__ import annotations
 
-import random
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 
 def _mix(*xs: int) -> int:
+    """The order's seed; not data.seeding.mix, so that every run keeps the batch order it had."""
     h = 0x9E3779B97F4A7C15
     for x in xs:
         h = (h ^ (x + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
@@ -75,46 +71,3 @@ class EpochBatches(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for b in self.batches(self.epoch)[self.start:]:
             yield [(self.epoch, i) for i in b]
-
-
-class Seeded(Dataset):
-    """dataset[(epoch, index)] computed under RNGs seeded from (seed, epoch, index).
-
-    The caller's RNG states are saved and restored once per batch (`__getitems__`, which the
-    DataLoader calls), not once per item: saving numpy's state and torch.manual_seed's seeding
-    of every accelerator cost ~0.2 ms an item, a few percent of a small model's training step."""
-
-    def __init__(self, base: Dataset, seed: int):
-        self.base, self.seed = base, seed
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key):
-        return self.__getitems__([key])[0]
-
-    def __getitems__(self, keys: list) -> list:
-        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
-        try:
-            return [self._item(key) for key in keys]
-        finally:
-            torch.set_rng_state(saved[0])
-            np.random.set_state(saved[1])
-            random.setstate(saved[2])
-
-    def _item(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        s = _mix(self.seed, epoch, index)
-        _seed_torch(s)
-        np.random.seed(s & 0xFFFFFFFF)
-        random.seed(s)
-        return self.base[index]
-
-
-def _seed_torch(s: int) -> None:
-    """torch.manual_seed(s), which also seeds accelerators in use; without one, only the CPU generator
-    (a seed queued for a CUDA that this process never starts changes nothing, and costs 0.1 ms)."""
-    if torch.cuda.is_initialized() or torch.backends.mps.is_available():
-        torch.manual_seed(s)
-    else:
-        torch.default_generator.manual_seed(s)

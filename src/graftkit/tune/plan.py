@@ -83,7 +83,7 @@ class Data:
     size: int | str = "auto"         # input side; auto: the model's, or 4x small images (>= 96)
     augment: Any = "light"           # none | light | standard, or an augmentation list (graftkit.data.augment)
     balanced: bool = False           # class-balanced sampling
-    num_workers: int | str = "auto"  # auto: measured in the first epochs (train.loop.choose_workers); 0 = in-process
+    num_workers: int | str = "auto"  # auto: measured in the first epochs (train.callbacks.choose_workers); 0 = in-process
     cache_ram: str = "25%"           # decode small training/validation data once into RAM up to this: 25% (of
                                      # available RAM), 2G, 512M, or 0 to always stream (graftkit.data.memory)
     val_fraction: float = 0.0        # split off a validation set when none is given
