@@ -32,7 +32,8 @@ def _modules() -> dict[str, Path]:
 def import_graph() -> dict[str, set[str]]:
     """module -> the graftkit modules it imports, at module level or inside functions (a lazy import is
     still a dependency: both old cycles ran through imports inside functions). A module importing one
-    of its own parent packages is left out: Python imports the parents first anyway."""
+    of its own parent packages is left out: Python imports the parents first anyway. Imports under
+    `if TYPE_CHECKING:` never run, so they are left out too (annotations only)."""
     mods = _modules()
 
     def owner(name: str) -> str | None:
@@ -43,7 +44,13 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, f in mods.items():
         package = m if f.name == "__init__.py" else m.rpartition(".")[0]
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
