@@ -70,7 +70,7 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
                        progress=None if not quiet else False, strategy=strategy, extra_images=val_n)
     chosen = advice.strategy
     record = {"asked": strategy, "chosen": chosen, "why": advice.why, "scenario": advice.scenario,
-              "evidence": advice.to_json()}
+              "time_budget": plan.time_budget, "evidence": advice.to_json()}  # the budget asked, measuring included
     say(f"strategy {chosen}" + (f" (auto): {advice.scenario}; {advice.why}" if strategy == "auto" else ""))
     if chosen.startswith("probe"):
         summary = _probe_run(module, ds, val_data, advice, pre, Path(out_dir), cache_dir, quiet, t0, model)

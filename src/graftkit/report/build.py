@@ -129,7 +129,9 @@ def _run_summary(summary: dict[str, Any], model: nn.Module) -> dict[str, Any]:
             "epochs": summary.get("epochs"), "seconds": summary.get("seconds"),
             "seconds_measuring": summary.get("seconds_measuring"), "stop_reason": summary.get("stop_reason"),
             "best": summary.get("best"), "tuning": summary.get("tuning"), "groups": summary.get("groups"),
-            "time_budget": (summary.get("plan") or {}).get("time_budget"), "data": summary.get("data"),
+            # the budget asked for (a strategy's measuring came out of it before the plan's share)
+            "time_budget": (summary.get("strategy") or {}).get("time_budget")
+            or (summary.get("plan") or {}).get("time_budget"), "data": summary.get("data"),
             "warnings": summary.get("warnings", [])}
 
 

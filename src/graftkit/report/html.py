@@ -84,7 +84,8 @@ def _summary(doc) -> str:
         st = s.get("strategy") or {}
         facts += [["strategy", f"{st.get('chosen')} (asked: {st.get('asked')})"], ["scenario", st.get("scenario") or "-"],
                   ["why", st.get("why") or "-"], ["epochs", s.get("epochs")],
-                  ["stopped", s.get("stop_reason")], ["time budget", s.get("time_budget") or "none"],
+                  ["stopped", s.get("stop_reason")],
+                  ["time budget", f"{s['time_budget']:.0f} s" if s.get("time_budget") else "none"],
                   *([["measuring before training", f"{s['seconds_measuring']:.0f} s"]] if s.get("seconds_measuring") else []),
                   ["training data", (s.get("data") or {}).get("train")], ["validation data", (s.get("data") or {}).get("val")]]
     t = s.get("transplant")
