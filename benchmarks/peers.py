@@ -121,7 +121,8 @@ def run_tutorial(args, train, val, test, frozen: bool) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(0)
     net, mean, std = backbone(args.model)
-    classes = len(load_items(train)[2].classes or sorted(set(load_items(train)[1])))
+    _, labels, il = load_items(train)
+    classes = len(il.classes or set(labels))
     if frozen:
         for p in net.parameters():
             p.requires_grad = False
