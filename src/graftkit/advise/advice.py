@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from ..atomic import atomic_open, atomic_path
 from ..errors import GraftError
+from ..layout import channels_last, to_channels_last
 from ..meta import meta_of
 from ..nets.probe import PRE_LOGITS
 from .features import cache_key, cache_root, data_digest, default_depths, features, model_digest
@@ -82,6 +83,8 @@ def train_speed(model: nn.Module, input_size: Sequence[int], batch: int = 16) ->
     """Images per second of a training step (forward + backward) and of inference, measured on
     this machine at this size (one warm-up step, then two timed)."""
     x = torch.randn(batch, *input_size)
+    if to_channels_last(model, input_size):  # as training will run it
+        x = channels_last(x)
     was = model.training
     params = [p for p in model.parameters()]
     flags = [p.requires_grad for p in params]

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..atomic import atomic_path
 from ..errors import GraftError
+from ..layout import channels_last, to_channels_last
 from ..meta import meta_of
 from ..nets.probe import PRE_LOGITS, Taps
 CACHE_VERSION = 1  # bump when the way features are computed changes
@@ -234,6 +235,7 @@ def _compute(model, ds, depths, pre, batch_size, num_workers, progress, descript
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    nhwc = to_channels_last(model, pre["input_size"])
     taps = Taps(model, [tap_point(model, d) for d in depths])
     chunks: dict[str, list[torch.Tensor]] = {d: [] for d in depths}
     bar = make_progress("img", disable=None if progress is None else not progress)
@@ -241,7 +243,8 @@ def _compute(model, ds, depths, pre, batch_size, num_workers, progress, descript
         with bar, torch.inference_mode():
             task = bar.add_task(description, total=len(ds), rate="")
             for x, _ in loader:
-                out = taps(x.to(device))
+                x = x.to(device)
+                out = taps(channels_last(x) if nhwc else x)
                 for d in depths:
                     chunks[d].append(out[d].to("cpu", dtype))
                 bar.update(task, advance=len(x))

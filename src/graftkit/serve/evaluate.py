@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..atomic import atomic_open
 from ..errors import GraftError
+from ..layout import to_channels_last
 from ..progress import make_progress
 from .inference import MainOutput, classes_of, input_shape_of, num_outputs, preprocessing_of, run_net
 
@@ -147,6 +148,7 @@ def score(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 
     n_out = num_outputs(model, input_shape_of(model))
     mapping = class_mapping(list(dataset.classes), classes_of(model), n_out, where=str(data))
     net = MainOutput(model, calibrated=calibrated).to(device).eval()
+    nhwc = to_channels_last(net, input_shape_of(model))
     taken: list[torch.Tensor] = []
     hook = None
     head = find_head(model) if keep_features else None
@@ -162,7 +164,7 @@ def score(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 
             for images, y in loader:
                 keep = y >= 0
                 if keep.any():
-                    logits.append(run_net(net, images[keep].to(device)).float().cpu())
+                    logits.append(run_net(net, images[keep].to(device), nhwc).float().cpu())
                     labels.append(y[keep])
                     index.append(torch.arange(at, at + len(y))[keep])
                     if hook is not None and taken and len(taken[-1]) != int(keep.sum()):

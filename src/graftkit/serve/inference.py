@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import GraftError
+from ..layout import channels_last
 from ..meta import imagenet_preprocessing, meta_of
 
 _AUX_HINTS = ("aux", "loss1", "loss2")
@@ -79,11 +80,12 @@ def input_shape_of(model: nn.Module) -> tuple[int, int, int]:
     return int(c), int(h), int(w)
 
 
-def run_net(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def run_net(net: nn.Module, x: torch.Tensor, nhwc: bool = False) -> torch.Tensor:
     """`net(x)` on preprocessed images; a network that cannot take them (a package whose preprocessing
-    does not fit its network: channels, size) is one GraftError, not torch's traceback."""
+    does not fit its network: channels, size) is one GraftError, not torch's traceback. `nhwc`: the net
+    was made channels-last (layout.to_channels_last), so the images are made so too."""
     try:
-        return net(x)
+        return net(channels_last(x) if nhwc else x)
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as e:  # (torch's and a package graph's)
         if isinstance(e, torch.cuda.OutOfMemoryError):
             raise

@@ -11,9 +11,10 @@ import torch.nn as nn
 
 from ..data.lists import IMAGE_EXTS
 from ..errors import GraftError
+from ..layout import to_channels_last
 from ..progress import make_progress
 from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_bytes, is_url, not_an_image
-from .inference import MainOutput, classes_of, preprocessing_of, run_net
+from .inference import MainOutput, classes_of, input_shape_of, preprocessing_of, run_net
 
 IMAGE_SUFFIXES = set(IMAGE_EXTS)  # the same files `graft data index` takes
 
@@ -100,6 +101,7 @@ def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.Path
     pipeline = eval_pipeline(preprocessing_of(model))
     classes = classes_of(model)
     net = MainOutput(model).to(device).eval()
+    nhwc = to_channels_last(net, input_shape_of(model))
     results: list[dict[str, Any]] = []
     with make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
         task = bar.add_task("predict", total=len(refs), rate="")
@@ -118,7 +120,7 @@ def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.Path
                         raise
                     entry["error"] = str(e)
             if tensors:
-                probs = run_net(net, torch.stack(tensors).to(device)).float().softmax(dim=1).cpu()
+                probs = run_net(net, torch.stack(tensors).to(device), nhwc).float().softmax(dim=1).cpu()
                 for entry, preds in zip(slots, rank(probs, classes, top_k)):
                     entry["predictions"] = preds
             speed = bar.tasks[0].speed

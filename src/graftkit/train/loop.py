@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import GraftError
+from ..layout import channels_last, to_channels_last
 from ..meta import meta_of
 from ..models import resolve
 from ..progress import make_progress
@@ -84,6 +85,7 @@ class Run:
     ipe: int                    # iterations per epoch
     loading: dict               # what the RAM decode cache did, per split
     clock: Callable[[], float]  # wall or CPU seconds (plan.budget_clock)
+    channels_last: bool = False  # the model runs channels-last (src/graftkit/layout.py), so its inputs do too
     pos: Position = field(default_factory=Position)
     history: list = field(default_factory=list)
     net: nn.Module | None = None
@@ -156,7 +158,6 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                     epochs=epochs, time_budget=time_budget, device=device, quiet=quiet, log=log, trust=trust)
     hooks = Callbacks(default_callbacks(run, interrupt_after))
     pos, plan, ctx, opt, scaler = run.pos, run.plan, run.ctx, run.opt, run.scaler
-    channels_last = run.cuda and plan.solver.channels_last
     amp = torch.autocast("cuda", dtype=torch.float16) if scaler.is_enabled() else contextlib.nullcontext()
     try:
         hooks("on_fit_start", run)
@@ -177,8 +178,8 @@ def fit(model: str | nn.Module, train: str | os.PathLike | Dataset, val: str | o
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 if run.normalize is not None:
                     x = run.normalize(x)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                if run.channels_last:
+                    x = channels_last(x)
                 with amp:
                     loss, main, _ = run.tuning.loss(run.net(x), y, run.criterion)
                 run.batch_loss = float(loss.detach())  # read once: on a GPU each read waits for the step
@@ -239,8 +240,7 @@ def _open_run(model, train, val, *, out_dir, plan: Plan | None, classes, seed: i
     module, tuning = apply(module, plan, data.classes)
     cuda = ctx.device.type == "cuda"
     module.to(ctx.device)
-    if cuda and plan.solver.channels_last:
-        module.to(memory_format=torch.channels_last)
+    fast_layout = plan.solver.channels_last and to_channels_last(module, _input_size(data))
     opt = make_optimizer(tuning.param_groups(module, plan.solver.lr, plan.solver.weight_decay), plan.solver)
     loading = _decode_once(data, plan, ctx, say, None if (ctx.main and not quiet) else False)
     sampler = EpochBatches(len(data.train), plan.solver.batch_size, seed, labels=data.train_labels,
@@ -258,7 +258,7 @@ def _open_run(model, train, val, *, out_dir, plan: Plan | None, classes, seed: i
               tuning=tuning, raw=module, opt=opt, scaler=torch.amp.GradScaler("cuda", enabled=cuda and plan.solver.amp),
               criterion=nn.CrossEntropyLoss(label_smoothing=plan.solver.label_smoothing),
               normalize=data.normalize.to(ctx.device) if isinstance(data.normalize, nn.Module) else data.normalize,
-              sampler=sampler, ipe=ipe, loading=loading, clock=clock,
+              sampler=sampler, ipe=ipe, loading=loading, clock=clock, channels_last=fast_layout,
               # the same (seeded) samples at every validation, whoever draws them
               val_batches=None if data.val is None else EpochBatches(len(data.val), max(64, plan.solver.batch_size),
                                                                     seed, shuffle=False, keep_all=True))
@@ -330,7 +330,7 @@ def _end_epoch(run: Run) -> dict[str, Any]:
         row["train_loss"], row["train_top1"] = float(t[0] / max(1, t[2])), float(t[1] / max(1, t[2]))
     if run.val_loader is not None:
         res = evaluate(run.raw, run.val_loader, len(data.classes), run.normalize, run.criterion, run.tuning, ctx.device,
-                       data.classes)
+                       data.classes, run.channels_last)
         row.update(val_loss=res["loss"], val_top1=res["top1"], val_top5=res["top5"], val=res)
     run.history.append({k: v for k, v in row.items() if k != "val"} | ({"val_detail": {
         "per_class": row["val"]["per_class"], "confusion": row["val"]["confusion"]}} if "val" in row else {}))
@@ -341,8 +341,10 @@ def _end_epoch(run: Run) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, normalize=None, criterion=None, tuning: Tuning | None = None,
-             device: torch.device | str = "cpu", classes: list[str] | None = None) -> dict[str, Any]:
-    """Top-1/top-5, loss, per-class accuracy and confusion matrix of `model` over a loader."""
+             device: torch.device | str = "cpu", classes: list[str] | None = None,
+             nhwc: bool = False) -> dict[str, Any]:
+    """Top-1/top-5, loss, per-class accuracy and confusion matrix of `model` over a loader
+    (`nhwc`: the model runs channels-last, so its inputs are made so too)."""
     was = model.training
     model.eval()
     meter = Meter(num_classes)
@@ -353,11 +355,18 @@ def evaluate(model: nn.Module, loader, num_classes: int, normalize=None, criteri
         x, y = x.to(device), y.to(device)
         if normalize is not None:
             x = normalize(x)
-        out = model(x)
+        out = model(channels_last(x) if nhwc else x)
         logits = tuning.outputs(out)[0] if tuning else out
         meter.update(logits, y, float(criterion(logits.float(), y)) if criterion else None)
     model.train(was)
     return meter.result(classes)
+
+
+def _input_size(data: RunData) -> tuple[int, ...]:
+    """(C, H, W) of the images the model is trained on: the preprocessing's, or a Dataset's first sample's."""
+    if data.preprocessing:
+        return tuple(data.preprocessing["input_size"])
+    return tuple(data.train[0][0].shape)
 
 
 def _check_labels(y: torch.Tensor, k: int, data: RunData, epoch: int, it: int) -> None:
