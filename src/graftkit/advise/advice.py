@@ -185,7 +185,7 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
     speed = _cached(root, ("speed", hashes[0], pre["input_size"], torch.get_num_threads(), platform.node()),
                     lambda: train_speed(copy.deepcopy(model), pre["input_size"]))
     keys = {d: cache_key(*hashes, pre, d, torch.float32) for d in depths}
-    probe_keys = {d: _key(("probe", keys[d], seed, L2_GRID, 5)) for d in depths}
+    probe_keys = {d: _key(("probe", 2, keys[d], seed, L2_GRID, 5)) for d in depths}  # (2: folds fitted together)
     n = len(ds)
     todo = [d for d in depths if not (root / f"{keys[d]}.safetensors").is_file()]
     feature_s = ((n if todo else 0) + extra_images) / max(speed["infer_img_s"], 1e-6) + PROBE_SECONDS_PER_DEPTH * sum(
