@@ -18,7 +18,13 @@ from conftest import fixture, rel_err, require_litert, run_graft
 RTOL = 1e-5
 MODELS = {"face_detection_short_range": ("regressors", "classificators"),
           "face_landmark": ("conv2d_20", "conv2d_30"),
+          # MediaPipe's hand landmarks, with its float classification heads: hand presence and handedness
+          "hand_landmark_lite": ("Identity", "Identity_1", "Identity_2", "Identity_3"),
           "ops_zoo": ("probs", "map", "bilinear")}  # written by fixtures/tflite/make_ops_zoo.py
+# The hand model's world landmarks (metres, values ~0.04 from float16 weights): LiteRT's own XNNPACK and
+# reference kernels differ by up to 1.0e-5 relative on them (fixtures/tflite/make_hand_landmark_lite_refs.py
+# prints it), the edge of the 1e-5 rule; ours is 9e-6 from XNNPACK there. Every other output: 1e-5.
+TOLERANCE = {("hand_landmark_lite", "Identity_3"): 2e-5}
 
 
 def _run(net, x_nhwc):
@@ -35,7 +41,7 @@ def test_converted_model_matches_litert(name):
     for out in MODELS[name]:
         err = rel_err(got[out], np.load(fixture(f"tflite/{name}.{out}.litert.npy")))
         print(f"{name} {out}: max relative error vs LiteRT {err:.2e}")
-        assert err < RTOL, (out, err)
+        assert err < TOLERANCE.get((name, out), RTOL), (out, err)
 
 
 def test_reader_lists_every_weight_dequantised_in_torch_layout():
@@ -102,7 +108,7 @@ def test_live_litert_on_another_input(name):
     it.invoke()
     got = _run(graftkit.convert(path), x)
     for o in it.get_output_details():
-        assert rel_err(got[o["name"]], it.get_tensor(o["index"])) < RTOL, o["name"]
+        assert rel_err(got[o["name"]], it.get_tensor(o["index"])) < TOLERANCE.get((name, o["name"]), RTOL), o["name"]
 
 
 BLAZEFACE = '''
