@@ -387,3 +387,23 @@ def test_label_zip_is_untrusted_data(tmp_path):
     bad.write_bytes(bytes(flipped))
     assert tfl.labels(bad, 1000) is None
     assert meta_of(graftkit.convert(bad))["classes"] is None
+
+
+def test_integer_activation_without_its_quantisation_is_one_clear_error(tmp_path):
+    """An int8 activation whose quantisation parameters are missing has no real value to stand for:
+    refused in one line naming the tensor, not converted into a network computing on raw integers."""
+    import struct
+    from graftkit.formats.tflite_file import Flat
+    data = bytearray(fixture(EFFNET).read_bytes())
+    fb = Flat(bytes(data), "x")
+    sg = fb.tables(fb.root(), 2)[0]
+    t = next(t for t in fb.tables(sg, 0) if fb.string(t, 3) == "images_int8")
+    vtable = t - struct.unpack_from("<i", data, t)[0]
+    struct.pack_into("<H", data, vtable + 4 + 2 * 4, 0)  # field 4 (quantization) absent
+    bad = tmp_path / "noquant.tflite"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GraftError, match="integer activation without one scale"):
+        graftkit.convert(bad)
+    r = run_graft("convert", bad, "-o", tmp_path / "x.safetensors")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "x.safetensors").exists()
