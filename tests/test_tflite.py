@@ -249,6 +249,7 @@ def test_quantized_classifier_package_carries_labels_and_pixel_preprocessing(tmp
     pkg = tmp_path / "effnet.safetensors"
     r = run_graft("convert", fixture(EFFNET), "-o", pkg)
     assert r.returncode == 0, r.stderr
+    assert "note: the file computes in integers; this module computes in float" in r.stderr
     net = graftkit.load(pkg)
     meta = meta_of(net)
     assert len(meta["classes"]) == 1000 and meta["classes"][:2] == ["tench", "goldfish"]  # the file's label zip
