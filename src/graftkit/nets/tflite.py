@@ -54,8 +54,8 @@ OPTIONS = {
 }
 OPTIONS["MAX_POOL_2D"] = OPTIONS["AVERAGE_POOL_2D"]
 SUPPORTED = {"ADD", "SUB", "MUL", "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "CONV_2D",
-             "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "DEQUANTIZE", "QUANTIZE", "FULLY_CONNECTED", "LOGISTIC", "RELU", "RELU6",
-             "LEAKY_RELU", "HARD_SWISH", "PRELU", "RESHAPE", "PAD", "PADV2", "MEAN", "SOFTMAX",
+             "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "DEQUANTIZE", "QUANTIZE", "FULLY_CONNECTED", "LOGISTIC",
+             "RELU", "RELU6", "LEAKY_RELU", "HARD_SWISH", "PRELU", "RESHAPE", "PAD", "PADV2", "MEAN", "SOFTMAX",
              "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"}
 NHWC_TO_NCHW = {0: 0, 1: 2, 2: 3, 3: 1}
 INT_RANGES = {3: (0, 255), 9: (-128, 127), 7: (-32768, 32767)}  # integer activation types (uint8, int8, int16)
@@ -324,7 +324,8 @@ def graph_spec(graph: dict, where: str) -> tuple[dict, dict[str, np.ndarray]]:
     for i in graph["inputs"]:
         if tensors[i]["type"] != 0 and str(i) not in act_quant:
             raise GraftError(f"{where}: input {tensors[i]['name']} is neither float32 nor a quantised "
-                             f"uint8/int8/int16 tensor (type {tensors[i]['type']})", "use the float version of the model")
+                             f"uint8/int8/int16 tensor (type {tensors[i]['type']})",
+                             "use the float version of the model")
     ops, weights, taken = [], {}, set()
     used_as_weight: set[int] = set()
     for op in graph["ops"]:
