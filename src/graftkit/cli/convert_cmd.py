@@ -66,6 +66,8 @@ def register(app: typer.Typer) -> None:
             shapes = "; ".join(f"{k} {v}" for k, v in (prov.get("onnxruntime_checked_shapes") or {}).items())
             err.print(f"checked against onnxruntime on {shapes} ({prov.get('onnxruntime_checked_how')}): "
                       f"max relative error {prov['onnxruntime_max_rel_err']:.1e}", soft_wrap=True, highlight=False)
+        if prov.get("quantized_activations"):  # a fully integer file: say what the module computes instead
+            err.print(f"note: {prov['quantized_activations']}", soft_wrap=True, highlight=False)
         if json_:
             print_json(s)
             return

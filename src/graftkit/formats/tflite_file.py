@@ -8,14 +8,18 @@ needed. Weights are the constant tensors the operators use, tagged by their cons
     TRANSPOSE_CONV     (O, H, W, I)     -> (I, O, H, W)   (ConvTranspose2d's in, out)
     FULLY_CONNECTED    (out, in)           as it is
     PRELU              (1, 1, C) / (C)  -> (C,)
-Quantised weights (float16; int8/uint8 with per-tensor or per-channel scales and zero points) are
-dequantised to float32, and each record says so (`meta["quantized"]`). A weight reached through a
+Quantised weights (float16; int8/uint8 with per-tensor or per-channel scales and zero points; the int32
+biases of fully integer models, whose scale is input scale x weight scale) are dequantised to float32,
+and each record says so (`meta["quantized"]`). A weight reached through a
 DEQUANTIZE op (float16 models) is tagged by the op that uses the dequantised value.
 """
 from __future__ import annotations
 
+import io
 import math
 import struct
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +191,7 @@ def dequantize(t: dict) -> tuple[np.ndarray, dict | None]:
     v = t["value"]
     if v.dtype == np.float16:
         return v.astype(np.float32), {"dtype": "float16"}
-    if v.dtype in (np.int8, np.uint8, np.int16) and t["quant"] is not None:
+    if v.dtype in (np.int8, np.uint8, np.int16, np.int32) and t["quant"] is not None:
         q = t["quant"]
         scale, zero = q["scale"], q["zero_point"]
         shape = [1] * v.ndim
@@ -221,6 +225,34 @@ def torch_layout(op: str, role: str, a: np.ndarray) -> tuple[np.ndarray, str | N
     if role == "weight" and op == "PRELU":
         return np.ascontiguousarray(a.reshape(-1, a.shape[-1])[0] if a.ndim > 1 else a), "HWC"
     return a, None
+
+
+MAX_LABELS_BYTES = 1 << 20
+
+
+def labels(path: Path, count: int) -> list[str] | None:
+    """Class names from the zip of associated files the TFLite Support metadata writers append to a model
+    (e.g. `labels.txt`): the one text file with `count` non-empty lines, or None. The file is untrusted:
+    a member is read to at most 1 MiB, and anything unreadable just means no labels."""
+    try:
+        data = Path(path).read_bytes()
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
+        return None
+    found = []
+    for info in infos[:64]:
+        if info.is_dir() or not info.filename.lower().endswith(".txt") or info.file_size > MAX_LABELS_BYTES:
+            continue
+        try:
+            with zf.open(info) as f:
+                raw = f.read(MAX_LABELS_BYTES + 1)
+            lines = [ln.strip() for ln in raw.decode("utf-8").splitlines() if ln.strip()]
+        except (OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError, EOFError, zlib.error):
+            continue
+        if len(raw) <= MAX_LABELS_BYTES and len(lines) == count:
+            found.append(lines)
+    return found[0] if len(found) == 1 else None
 
 
 def read(path: Path, *, trust: bool = False) -> TensorSet:

@@ -7,8 +7,17 @@ depends on the memory order (RESHAPE, a FULLY_CONNECTED reading a 4-D tensor, a 
 leaves 4-D) sees the tensor NHWC. TensorFlow's SAME padding (the odd pixel after, not before) is
 computed per call. Weights live in ordinary modules (nn.Conv2d, nn.Linear, nn.PReLU,
 nn.ConvTranspose2d; other float constants in `consts`), so a package's state_dict carries them and the
-spec holds the graph only. Quantised weights are dequantised (formats/tflite_file.py); graphs with
-quantised activations (QUANTIZE ops, int8 inputs) are refused by name.
+spec holds the graph only. Quantised weights are dequantised (formats/tflite_file.py).
+
+Fully integer models (uint8/int8 activations, QUANTIZE ops, int32 biases: what the TFLite converter's
+full-integer quantisation writes) become the float network their weights describe: every activation is
+held as the real value it stands for (QUANTIZE and DEQUANTIZE of an activation are identities), the
+module takes the real-valued input (`scale * (q - zero_point)`, which the package's preprocessing gives
+from 0..255 pixels) and returns real-valued outputs (`spec["quantized_io"]` keeps each integer input's
+and output's scale, zero point and range). That is the network to fine-tune. It does not round its
+activations as the integer kernels do, and those kernels do not agree among themselves either: on
+tests/fixtures/tflite/efficientnet_lite0.tflite LiteRT's XNNPACK, built-in and reference kernels differ
+by up to 7/256 in a softmax output; the float module stays within that spread (tests/test_tflite.py).
 """
 from __future__ import annotations
 
@@ -45,10 +54,11 @@ OPTIONS = {
 }
 OPTIONS["MAX_POOL_2D"] = OPTIONS["AVERAGE_POOL_2D"]
 SUPPORTED = {"ADD", "SUB", "MUL", "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "CONV_2D",
-             "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "DEQUANTIZE", "FULLY_CONNECTED", "LOGISTIC", "RELU", "RELU6",
-             "LEAKY_RELU", "HARD_SWISH", "PRELU", "RESHAPE", "PAD", "PADV2", "MEAN", "SOFTMAX",
+             "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "DEQUANTIZE", "QUANTIZE", "FULLY_CONNECTED", "LOGISTIC",
+             "RELU", "RELU6", "LEAKY_RELU", "HARD_SWISH", "PRELU", "RESHAPE", "PAD", "PADV2", "MEAN", "SOFTMAX",
              "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"}
 NHWC_TO_NCHW = {0: 0, 1: 2, 2: 3, 3: 1}
+INT_RANGES = {3: (0, 255), 9: (-128, 127), 7: (-32768, 32767)}  # integer activation types (uint8, int8, int16)
 STRIP_ABOVE = 64  # constants with more elements than this live in the state_dict only
 
 
@@ -276,6 +286,8 @@ class TFLiteNet(nn.Module):
                 y = F.interpolate(x, size=size, mode="bilinear", align_corners=bool(op["align_corners"]))
         elif kind == "DEQUANTIZE":
             y = self._get(env, ins[0]).float()
+        elif kind == "QUANTIZE":  # activations are held as the real values they stand for
+            y = env[ins[0]]
         else:  # refused at convert time
             raise GraftError(f"TFLite op {kind} is not supported")
         env[out] = y
@@ -299,10 +311,20 @@ def graph_spec(graph: dict, where: str) -> tuple[dict, dict[str, np.ndarray]]:
     if unknown:
         listing = "; ".join(f"{k} (producing {some(v)})" for k, v in unknown.items())
         raise GraftError(f"{where}: unsupported TFLite op(s): {listing}",
-                         "quantised activations (QUANTIZE) and custom ops cannot be converted; use a float model")
+                         "custom ops and ops outside graftkit's TFLite set cannot be converted")
+    act_quant = {}
+    for i, t in enumerate(tensors):
+        if t["value"] is None and t["type"] in INT_RANGES:
+            q = t["quant"]
+            if q is None or q["scale"].size != 1:
+                raise GraftError(f"{where}: tensor {t['name']!r} is an integer activation without one scale and "
+                                 "zero point", "graftkit converts float and fully integer (per-tensor) models")
+            zero = int(q["zero_point"][0]) if q["zero_point"].size else 0
+            act_quant[str(i)] = [float(q["scale"][0]), zero, *INT_RANGES[t["type"]]]
     for i in graph["inputs"]:
-        if tensors[i]["type"] != 0:
-            raise GraftError(f"{where}: input {tensors[i]['name']} is not float32 (quantised model)",
+        if tensors[i]["type"] != 0 and str(i) not in act_quant:
+            raise GraftError(f"{where}: input {tensors[i]['name']} is neither float32 nor a quantised "
+                             f"uint8/int8/int16 tensor (type {tensors[i]['type']})",
                              "use the float version of the model")
     ops, weights, taken = [], {}, set()
     used_as_weight: set[int] = set()
@@ -347,6 +369,9 @@ def graph_spec(graph: dict, where: str) -> tuple[dict, dict[str, np.ndarray]]:
             small[str(i)] = tensors[i]["value"].tolist()
     spec = {"converter": "tflite", "ops": ops, "tensors": spec_tensors, "inputs": graph["inputs"],
             "outputs": graph["outputs"], "small": small, "const_shapes": const_shapes}
+    io = [i for i in graph["inputs"] + graph["outputs"] if str(i) in act_quant]
+    if io:
+        spec["quantized_io"] = {tensors[i]["name"]: act_quant[str(i)] for i in io}
     return spec, weights
 
 
@@ -374,8 +399,20 @@ def convert(paths: list[Path], **kwargs) -> nn.Module:
     (only,) = shapes.values() if len(shapes) == 1 else (None,)
     if only and len(only) == 4:
         pre = {"input_size": [only[3], only[1], only[2]]}
+        q = spec.get("quantized_io", {}).get(spec["tensors"][str(spec["inputs"][0])]["name"])
+        if q and only[3] in (1, 3) and (q[2], q[3]) == (0, 255):
+            # a uint8 image input: pixel p stands for scale * (p - zero_point)
+            pre.update(mean=[float(q[1])] * only[3], std=[1.0 / q[0]] * only[3], pixel_range=255.0,
+                       channel_order="RGB" if only[3] == 3 else "GRAY")
     quantized = sorted({q[2]["dtype"] for q in tfl.constants(graph).values() if q[2]})
     prov = {"sources": [str(path)], "converter": "tflite", **({"dequantized_weights": quantized} if quantized else {})}
+    if "QUANTIZE" in {op["op"] for op in spec["ops"]} or spec.get("quantized_io"):
+        prov["quantized_activations"] = ("the file computes in integers; this module computes in float on the "
+                                         "real values they stand for")
+    classes = None
+    outs = [spec["tensors"][str(i)]["shape"] for i in spec["outputs"]]
+    if len(outs) == 1 and len(outs[0]) == 2:
+        classes = tfl.labels(path, outs[0][1])
     net.input_shapes = {k: ([v[0], v[3], v[1], v[2]] if len(v) == 4 else v) for k, v in shapes.items()}
-    return attach(net, make_meta(spec, preprocessing=pre, provenance=prov,
+    return attach(net, make_meta(spec, classes=classes, preprocessing=pre, provenance=prov,
                                  extra={"inputs": net.inputs, "outputs": net.outputs}))
