@@ -4,6 +4,7 @@ LiteRT runtime's (stored in tests/fixtures/tflite, and live when ai-edge-litert 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -408,3 +409,25 @@ def test_integer_activation_without_its_quantisation_is_one_clear_error(tmp_path
     r = run_graft("convert", bad, "-o", tmp_path / "x.safetensors")
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_predict_keeps_the_probabilities_of_a_classifier_that_ends_in_softmax(tmp_path):
+    """The file's own Softmax output is the probability: predict must not apply a second softmax
+    (which flattened a bee photo's 0.18 to about 0.002, near 1/1000)."""
+    from graftkit.serve.inference import probabilities
+    pkg = tmp_path / "effnet.safetensors"
+    assert run_graft("convert", fixture(EFFNET), "-o", pkg).returncode == 0
+    bee = sorted((Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ants_bees" / "bees").glob("*.jpg"))[0]
+    r = run_graft("predict", pkg, bee, "--json")
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout)[0]["predictions"][0]
+    net = graftkit.load(pkg)
+    from graftkit.data.transforms import eval_pipeline
+    from graftkit.serve.predict import load_pixels
+    pipe = eval_pipeline(meta_of(net)["preprocessing"])
+    with torch.no_grad():
+        own = net(pipe(load_pixels(str(bee), channels=pipe.channels, min_side=pipe.min_side))[None])[0]
+    assert top["class"] == meta_of(net)["classes"][int(own.argmax())]
+    assert top["prob"] == pytest.approx(float(own.max()), abs=1e-4) and top["prob"] > 0.05  # (a second softmax: ~0.002)
+    logits = torch.tensor([[2.0, 1.0, 0.5]])
+    torch.testing.assert_close(probabilities(logits), logits.softmax(1))  # logits are still softmaxed

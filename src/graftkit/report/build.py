@@ -171,7 +171,7 @@ def _errors(model: nn.Module, scores, where: str) -> dict[str, Any]:
 
 def _gallery(model: nn.Module, scores, rows: torch.Tensor, losses: torch.Tensor) -> list[dict[str, Any]]:
     from ..data.transforms import Normalize, eval_pipeline
-    from ..serve.inference import classes_of, preprocessing_of
+    from ..serve.inference import classes_of, preprocessing_of, probabilities
     from .gradcam import grad_cam
     if not len(rows):
         return []
@@ -179,7 +179,7 @@ def _gallery(model: nn.Module, scores, rows: torch.Tensor, losses: torch.Tensor)
     view, normalize = eval_pipeline(pre, normalize=False), Normalize(pre)
     ds = scores.dataset.dataset if hasattr(scores.dataset, "dataset") else scores.dataset
     images = torch.stack([view(ds.decode(int(scores.index[r]))) for r in rows])
-    probs = scores.logits[rows].softmax(1)
+    probs = probabilities(scores.logits[rows])
     pred = probs.argmax(1)
     names = classes_of(model) or [str(i) for i in range(scores.logits.shape[1])]
     try:
@@ -232,6 +232,7 @@ def _audit(splits: list[tuple[str, str]], scored: tuple[str, Any] | None, featur
     from ..advise import features as features_of
     from ..advise.probe import out_of_fold_probs
     from ..data import ImageDataset
+    from ..serve.inference import probabilities
     t0 = time.perf_counter()
     parts, issues, how = [], [], None
     for name, path in splits:
@@ -253,7 +254,7 @@ def _audit(splits: list[tuple[str, str]], scored: tuple[str, Any] | None, featur
         if scored is not None and scored[0] == name:
             s = scored[1]
             probs = torch.full((len(ds), s.logits.shape[1]), 1.0 / s.logits.shape[1])
-            probs[s.index] = s.logits.softmax(1)
+            probs[s.index] = probabilities(s.logits)
             issues.append(auditing.label_issues(probs[:, s.mapping], labels, ds.classes, names, name,
                                                 "the trained model's probabilities on data it did not train on"))
         elif name == "train" and depths:

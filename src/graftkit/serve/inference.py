@@ -64,6 +64,16 @@ class MainOutput(nn.Module):
         return out if self.temperature is None else out / self.temperature
 
 
+def probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """Class probabilities from a network's scores [N, K]: the softmax of logits, or the scores as they
+    are when they already are probabilities (a converted graph that ends in Softmax, as many Caffe,
+    Keras and TFLite classifiers do: a second softmax would flatten them towards 1/K)."""
+    scores = scores.float()
+    if len(scores) and scores.min() >= 0 and torch.allclose(scores.sum(1), torch.ones(()), atol=1e-3):
+        return scores
+    return scores.softmax(1)
+
+
 def classes_of(model: nn.Module) -> list[str] | None:
     classes = meta_of(model).get("classes")
     return [str(c) for c in classes] if classes else None

@@ -14,7 +14,7 @@ from ..errors import GraftError
 from ..layout import to_channels_last
 from ..progress import make_progress
 from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_bytes, is_url, not_an_image
-from .inference import MainOutput, classes_of, input_shape_of, preprocessing_of, run_net
+from .inference import MainOutput, classes_of, input_shape_of, preprocessing_of, probabilities, run_net
 
 IMAGE_SUFFIXES = set(IMAGE_EXTS)  # the same files `graft data index` takes
 
@@ -120,7 +120,7 @@ def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.Path
                         raise
                     entry["error"] = str(e)
             if tensors:
-                probs = run_net(net, torch.stack(tensors).to(device), nhwc).float().softmax(dim=1).cpu()
+                probs = probabilities(run_net(net, torch.stack(tensors).to(device), nhwc)).cpu()
                 for entry, preds in zip(slots, rank(probs, classes, top_k)):
                     entry["predictions"] = preds
             speed = bar.tasks[0].speed
