@@ -11,6 +11,8 @@ import torch
 import graftkit
 from graftkit.errors import GraftError
 from graftkit.nets import keras as nk
+from graftkit.nets.keras_layers.base import our_axis
+from graftkit.nets.keras_layers.pooling import Pool
 
 from conftest import cases, fixture, rel_err, require, run_graft
 
@@ -266,15 +268,15 @@ def test_keras_axes_map_to_channels_first():
     x = torch.randn(2, 5, 3, 4)  # ours: N, C, H, W  <->  Keras: N, H, W, C
     k = x.permute(0, 2, 3, 1)
     for axis in (-1, 1, 2, 3, -3):
-        ours = torch.cat([x, x * 2], dim=nk.our_axis(axis, 4))
+        ours = torch.cat([x, x * 2], dim=our_axis(axis, 4))
         assert torch.equal(ours.permute(0, 2, 3, 1), torch.cat([k, k * 2], dim=axis))
-    assert nk.our_axis(-1, 2) == 1 and nk.our_axis(1, 3) == 2 and nk.our_axis(2, 3) == 1
+    assert our_axis(-1, 2) == 1 and our_axis(1, 3) == 2 and our_axis(2, 3) == 1
 
 
 def test_same_average_pooling_excludes_padding():
     """TensorFlow's (and Keras's documented) `same` AVG pooling, odd padding after: mean of the real values."""
     x = torch.arange(2 * 3 * 5 * 4, dtype=torch.float32).reshape(2, 3, 5, 4).sin()
-    pool = nk.Pool("avg", 2, (3, 2), (2, 2), "same")
+    pool = Pool("avg", 2, (3, 2), (2, 2), "same")
     got = pool(x)
     a = x.numpy()
     expected = np.zeros((2, 3, 3, 2), np.float32)
@@ -284,7 +286,7 @@ def test_same_average_pooling_excludes_padding():
             win = a[:, :, max(h0, 0):min(h0 + 3, 5), max(w0, 0):min(w0 + 2, 4)]
             expected[:, :, i, j] = win.mean(axis=(2, 3))
     assert np.allclose(got.numpy(), expected, atol=1e-6)
-    pool = nk.Pool("avg", 2, (2, 2), (2, 2), "same")  # H: 5 -> 3, total pad 1 -> (0, 1): the last row alone
+    pool = Pool("avg", 2, (2, 2), (2, 2), "same")  # H: 5 -> 3, total pad 1 -> (0, 1): the last row alone
     got = pool(x).numpy()
     assert np.allclose(got[:, :, 2, 0], a[:, :, 4, 0:2].mean(axis=2), atol=1e-6)
 
