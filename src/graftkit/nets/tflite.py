@@ -21,9 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import GraftError, some
+from ..errors import GraftError
 from ..formats import tflite_file as tfl
 from ..meta import attach, make_meta
+from .registry import Unsupported
 
 # op -> [(options field index, name, struct format, default)] from schema.fbs
 OPTIONS = {
@@ -296,10 +297,9 @@ def graph_spec(graph: dict, where: str) -> tuple[dict, dict[str, np.ndarray]]:
     for op in graph["ops"]:
         if op["op"] not in SUPPORTED:
             unknown.setdefault(op["op"], []).append(tensors[op["outputs"][0]]["name"] if op["outputs"] else "?")
-    if unknown:
-        listing = "; ".join(f"{k} (producing {some(v)})" for k, v in unknown.items())
-        raise GraftError(f"{where}: unsupported TFLite op(s): {listing}",
-                         "quantised activations (QUANTIZE) and custom ops cannot be converted; use a float model")
+    if unknown:  # (TFLite ops have no names: each is named by the tensor it produces)
+        raise Unsupported("TFLite", unknown, "quantised activations (QUANTIZE) and custom ops cannot be converted: "
+                                             "use a float model", where=where)
     for i in graph["inputs"]:
         if tensors[i]["type"] != 0:
             raise GraftError(f"{where}: input {tensors[i]['name']} is not float32 (quantised model)",
