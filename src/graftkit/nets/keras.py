@@ -75,6 +75,11 @@ def unsupported_layers(config: dict) -> dict[str, list[str]]:
                 bad.setdefault(f"operation {cls}", []).append(name)
         elif cls not in SUPPORTED:
             bad.setdefault(cls, []).append(name)
+        else:
+            cfg = info["config"] if isinstance(info["config"], dict) else {}
+            option = LAYERS.refused_option(cls, cfg)  # an option its converter does not accept
+            if option:
+                bad.setdefault(f"{cls}({option})", []).append(name)
     return bad
 
 

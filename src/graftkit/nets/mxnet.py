@@ -121,18 +121,6 @@ class MXNetNet(nn.Module):
         return result
 
 
-def _refused_option(op: str, attrs: dict[str, Any]) -> str | None:
-    """The first option of a registered op that its converter does not accept, as 'key=value', else None."""
-    for key, accepts in OPS.traits(op).get("allow", {}).items():
-        try:
-            ok = accepts(attrs.get(key))
-        except (ValueError, TypeError):  # a value that is not even of the option's kind
-            ok = False
-        if not ok:
-            return f"{key}={attrs.get(key)}"
-    return None
-
-
 def check_ops(graph: dict[str, Any], where: str | None = None) -> None:
     """Refuse a graph with ops (or op options) we cannot reproduce, naming them and their nodes."""
     unknown: dict[str, list[str]] = {}
@@ -141,7 +129,7 @@ def check_ops(graph: dict[str, Any], where: str | None = None) -> None:
         if op not in SUPPORTED:
             bad = str(op)
         else:
-            option = _refused_option(op, a)
+            option = OPS.refused_option(op, a)
             bad = f"{op}({option})" if option else None
         if bad:
             unknown.setdefault(bad, []).append(str(node.get("name")))

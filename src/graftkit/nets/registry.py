@@ -9,8 +9,8 @@ function (or class) that converts it, filled with a decorator next to that funct
     def zero_padding_1d(layer): ...
 
 What a converter supports is its registry's keys, so support is added in one place. Keyword
-arguments of `register` are the op's traits (options it accepts, inputs that are labels, ...),
-read back with `traits(op)`. Ops that a converter cannot run are refused together, before any
+arguments of `register` are the op's traits (`allow`: the options it accepts, see refused_option;
+inputs that are labels, ...), read back with `traits(op)`. Ops that a converter cannot run are refused together, before any
 weights are read, with `Unsupported`: one line naming the ops, the nodes using them, the file,
 and what to do.
 """
@@ -44,6 +44,19 @@ class Registry(dict):
 
     def traits(self, name: str) -> dict[str, Any]:
         return self._traits.get(name, {})
+
+    def refused_option(self, name: str, attrs: Mapping[str, Any]) -> str | None:
+        """The first option its converter does not accept, as 'key=value', else None. A converter states
+        what it accepts with the trait `allow={key: test of the value (None when absent)}`, so options are
+        refused with the unknown ops, before any weights are read."""
+        for key, accepts in self.traits(name).get("allow", {}).items():
+            try:
+                ok = accepts(attrs.get(key))
+            except (ValueError, TypeError):  # a value not even of the option's kind
+                ok = False
+            if not ok:
+                return f"{key}={attrs.get(key)}"
+        return None
 
     def refuse(self, offenders: Mapping[str, list[str]], hint: str, where: str | None = None) -> "Unsupported":
         return Unsupported(self.framework, offenders, hint, noun=self.noun, where=where)

@@ -1,5 +1,5 @@
-"""Keras core layers: Dense, activations, merges (Add, Concatenate, ...) and the layers that are the
-identity at inference (Dropout, noise, Masking, ...)."""
+"""Keras core layers: Dense, Embedding, activations, merges (Add, Concatenate, ...) and the layers that are
+the identity at inference (Dropout, noise, Masking, ...)."""
 from __future__ import annotations
 
 import math
@@ -68,6 +68,20 @@ class Merge(nn.Module):
 def dense(layer: Layer):
     shape, cfg = layer.shape, layer.cfg
     return Dense(shape[-1], cfg["units"], cfg.get("use_bias", True), layer.act), (*shape[:-1], cfg["units"])
+
+
+class Embedding(nn.Embedding):
+    """Keras Embedding: integer indices (N, ...) -> vectors, the vector axis as our channel axis (N, D, ...)."""
+
+    def forward(self, x):
+        return from_keras(super().forward(to_keras(x).long()))  # (Keras casts its indices to integers too)
+
+
+# A mask changes what later layers compute (a masked average): graftkit does not reproduce masks.
+@LAYERS.register("Embedding", allow={"mask_zero": lambda v: not v, "lora_rank": lambda v: not v})
+def embedding(layer: Layer):
+    cfg = layer.cfg
+    return Embedding(cfg["input_dim"], cfg["output_dim"]), (*layer.shape, cfg["output_dim"])
 
 
 @LAYERS.register("Activation", elementwise=True)
