@@ -316,6 +316,21 @@ def test_embedding_mask_is_refused(keras, tmp_path):
                           "(used by masked); operation NotEqual") and "graft transplant" in msg
 
 
+def test_masking_zeroes_masked_steps_as_keras(keras, tmp_path):
+    L = keras.layers
+    x_in = keras.Input((5, 3), name="x")
+    y = L.Dense(2, name="d")(L.Masking(mask_value=-1.0, name="mask")(x_in))
+    model = keras.Model(x_in, y)
+    model.save(tmp_path / "masking.keras")
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype("float32")
+    x[0, 2, :] = -1.0  # a masked step: Keras zeroes it before the Dense
+    expected = keras.ops.convert_to_numpy(model(x))
+    net = graftkit.convert(tmp_path / "masking.keras")
+    with torch.no_grad():
+        got = net(torch.from_numpy(x.transpose(0, 2, 1).copy())).numpy()
+    assert rel_err(got, expected.transpose(0, 2, 1)) < TARGET_RTOL
+
+
 def test_keras_axes_map_to_channels_first():
     x = torch.randn(2, 5, 3, 4)  # ours: N, C, H, W  <->  Keras: N, H, W, C
     k = x.permute(0, 2, 3, 1)

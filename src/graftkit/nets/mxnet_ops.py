@@ -1,10 +1,14 @@
 """MXNet op converters: one registered function per op (or family of aliases), each returning the
 node's Step: its weights as a module (named after the node in the converted net) and how it runs.
 
-    @OPS.register("UpSampling", allow={"sample_type": one_of("nearest")})
-    def upsampling(node: Node) -> Step:
-        scale = int(node.attrs.get("scale", 1))
-        return pure(lambda xs: ...)
+    @OPS.register("Pooling", allow={"pool_type": one_of(None, "max", "avg", "sum"), ...})
+    def pooling(node: Node) -> Step:
+        return layer(Pool(node.attrs))          # an op with state or weights: a module on its data input
+
+    @OPS.register("clip")
+    def clip(node: Node) -> Step:
+        lo, hi = float(node.attrs["a_min"]), float(node.attrs["a_max"])
+        return pure(lambda xs: xs[0].clamp(lo, hi))   # an op without: a function of its inputs
 
 `allow` maps an attribute to a test of its value (None when absent): a node whose option fails it is
 refused with the unknown ops, by name, before the .params file is read. `labels_from=k`: inputs k...

@@ -5,14 +5,15 @@ function (or class) that converts it, filled with a decorator next to that funct
 
     LAYERS = Registry("Keras", "layer")
 
-    @LAYERS.register("ZeroPadding1D", elementwise=False)
-    def zero_padding_1d(layer): ...
+    @LAYERS.register("Embedding", allow={"mask_zero": lambda v: not v})
+    def embedding(layer): ...
 
 What a converter supports is its registry's keys, so support is added in one place. Keyword
 arguments of `register` are the op's traits (`allow`: the options it accepts, see refused_option;
-inputs that are labels, ...), read back with `traits(op)`. Ops that a converter cannot run are refused together, before any
-weights are read, with `Unsupported`: one line naming the ops, the nodes using them, the file,
-and what to do.
+`labels_from`, `elementwise`: what a converter's graph needs to know), read back with `traits(op)`.
+Ops that a converter cannot run are refused together, before any weights are read, with
+`Unsupported`: one line naming the ops, the nodes using them, the file, and what to do. (ONNX's
+registry is onnx2torch's, which nets/onnx_ops.py extends; its refusals use `Unsupported` too.)
 """
 from __future__ import annotations
 

@@ -9,13 +9,16 @@ the bottom/right.
 
 A layer converter is one function registered for its Keras class(es):
 
-    @LAYERS.register("Cropping1D")
-    def cropping_1d(layer: Layer) -> tuple[nn.Module, tuple]:
-        ...
-        return Fn(lambda x: ...), output_shape            # output shape in Keras's layout, batch first
+    @LAYERS.register("Flatten")
+    def flatten(layer: Layer) -> tuple[nn.Module, tuple]:
+        shape = layer.shape                               # input shape, Keras's layout, batch first
+        n = None if any(d is None for d in shape[1:]) else math.prod(shape[1:])
+        return Fn(lambda x: to_keras(x).flatten(1)), (shape[0], n)   # module, output shape
 
 Traits: `elementwise=True` for layers that keep each value in place (activations, dropout), so a
-Flatten's element order passes through them to the Dense that reads it (KerasNet.flatten_feeds).
+Flatten's element order passes through them to the Dense that reads it (KerasNet.flatten_feeds);
+`allow={option: test}` for options checked before anything is built (registry.refused_option).
+Options that need the input shapes to judge are refused in the function, with `layer.refuse`.
 """
 from __future__ import annotations
 

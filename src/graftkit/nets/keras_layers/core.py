@@ -135,9 +135,17 @@ def prelu(layer: Layer):
 
 
 @LAYERS.register("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-                 "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity", "Masking", elementwise=True)
+                 "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity", elementwise=True)
 def identity(layer: Layer):
     return Fn(lambda x: x), layer.shape
+
+
+@LAYERS.register("Masking", elementwise=True)
+def masking(layer: Layer):
+    # Keras zeroes the steps whose features (our axis 1) all equal mask_value. (The mask it also passes on
+    # to mask-aware layers is not reproduced.)
+    value = float(layer.cfg.get("mask_value", 0.0))
+    return Fn(lambda x: x * (x != value).any(dim=1, keepdim=True).to(x.dtype)), layer.shape
 
 
 @LAYERS.register("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
