@@ -74,7 +74,7 @@ BAD_PROTOTXTS = {
                r":4:32: expected a number"),
     "unsupported": ('input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
                     'layer { name: "prop" type: "Proposal" bottom: "data" top: "p" }\n',
-                    r"unsupported Caffe layer type 'Proposal' \(layer 'prop'\)"),
+                    r"unsupported Caffe layer type: Proposal \(used by prop\)"),
 }
 
 

@@ -13,7 +13,7 @@ SRC = Path(graftkit.__file__).parent
 
 # Lower layers never import higher ones (DESIGN.md, "Layers"); the top-level helpers sit where their
 # imports put them: the transplant core below the package and the model references that use it.
-LAYERS = ["errors", "atomic", "fastjson", "progress", "meta", "formats", "nets", "grafting", "package", "builtin",
+LAYERS = ["errors", "atomic", "fastjson", "progress", "layout", "meta", "formats", "nets", "grafting", "package", "builtin",
           "models", "api", "data", "tune", "train", "advise", "tasks", "serve", "report", "cli"]
 # serve.demo runs the whole pipeline, the report included: a workflow above report that lives in serve/.
 UPWARD_ALLOWED = {("graftkit.serve.demo", "graftkit.report")}

@@ -13,7 +13,7 @@ import torch
 import graftkit
 from graftkit.errors import GraftError
 from graftkit.formats import mxnet as mxfile
-from graftkit.nets import mxnet as mxnet_net
+from graftkit.nets import mxnet_ops
 
 from conftest import cases, fixture, rel_err, run_graft
 
@@ -283,7 +283,7 @@ def test_pooling_conventions(pool_type, full, include_pad):
     for k, s, p in ((3, 2, 1), (2, 2, 0), (3, 3, 1)):
         attrs = {"kernel": f"({k}, {k})", "stride": f"({s}, {s})", "pad": f"({p}, {p})", "pool_type": pool_type,
                  "pooling_convention": "full" if full else "valid", "count_include_pad": str(include_pad)}
-        ours = mxnet_net.Pool(attrs)(torch.from_numpy(x)).numpy()
+        ours = mxnet_ops.Pool(attrs)(torch.from_numpy(x)).numpy()
         ref = _mxnet_pool_reference(x, k, s, p, pool_type, full, include_pad)
         assert ours.shape == ref.shape and np.allclose(ours, ref, atol=1e-6), (k, s, p)
 

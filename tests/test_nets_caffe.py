@@ -484,7 +484,8 @@ def test_unsupported_layer_types_are_named_before_any_weights_are_read(tmp_path)
     with pytest.raises(GraftError) as e:
         caffe.convert([proto, junk])
     msg = str(e.value)
-    assert "'Python' (layers 'py1', 'py2')" in msg and "'ROIPooling' (layer 'roi')" in msg
+    assert msg.startswith(f"{proto}: unsupported Caffe layer types: ")
+    assert "Python (used by py1, py2); ROIPooling (used by roi)" in msg and "graft transplant" in msg
     assert "\n" not in msg
 
 

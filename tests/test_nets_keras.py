@@ -11,6 +11,8 @@ import torch
 import graftkit
 from graftkit.errors import GraftError
 from graftkit.nets import keras as nk
+from graftkit.nets.keras_layers.base import our_axis
+from graftkit.nets.keras_layers.pooling import Pool
 
 from conftest import cases, fixture, rel_err, require, run_graft
 
@@ -262,19 +264,86 @@ def test_graph_features_match_keras(keras, tmp_path):
     assert net.source_name("train_.weight") == "train.weight" and net.layer_of["train_"] == "train"
 
 
+@pytest.fixture(scope="module")
+def embedding_model(keras, tmp_path_factory):
+    """A text-and-grid model: Embedding on token ids (N, L) feeding Conv1D, and on a grid of ids (N, H, W)
+    feeding Conv2D; one output is an embedding itself."""
+    L = keras.layers
+    rng = np.random.default_rng(5)
+    tokens, grid = keras.Input((12,), dtype="int32", name="tokens"), keras.Input((4, 5), dtype="int32", name="grid")
+    seq = L.Embedding(50, 8, name="embed")(tokens)                                    # (N, 12, 8)
+    t = L.Conv1D(6, 3, padding="same", activation="relu", name="conv1d")(seq)
+    t = L.GlobalMaxPooling1D(name="gmp")(t)
+    g = L.Embedding(7, 3, name="cell_embed")(grid)                                     # (N, 4, 5, 3)
+    g = L.Conv2D(4, 3, name="conv2d")(g)
+    g = L.GlobalAveragePooling2D(name="gap")(g)
+    out = L.Dense(3, activation="softmax", name="out")(L.Concatenate(name="cat")([t, g]))
+    model = keras.Model([tokens, grid], [out, seq])
+    x = [rng.integers(0, 50, (2, 12)).astype("int32"), rng.integers(0, 7, (2, 4, 5)).astype("int32")]
+    expected = [keras.ops.convert_to_numpy(v) for v in model(x, training=False)]
+    d = tmp_path_factory.mktemp("keras_embedding")
+    model.save(d / "emb.keras")
+    model.save(d / "emb.h5")
+    model.save_weights(d / "emb.weights.h5")
+    return d, x, expected
+
+
+@pytest.mark.parametrize("files", [["emb.keras"], ["emb.h5"], ["emb.h5", "emb.weights.h5"]])
+def test_embedding_matches_keras(embedding_model, files, tmp_path):
+    d, (tokens, grid), (out, seq) = embedding_model
+    net = graftkit.convert([d / f for f in files])
+    ids = [torch.from_numpy(tokens), torch.from_numpy(grid.transpose(0, 2, 1).copy())]  # rank 3: channels first
+    with torch.no_grad():
+        got = net(*ids)
+    assert rel_err(got["out"].numpy(), out) < TARGET_RTOL
+    assert rel_err(got["embed"].numpy(), seq.transpose(0, 2, 1)) < TARGET_RTOL  # (N, D, L): channels first
+    assert net.embed.weight.shape == (50, 8) and net.cell_embed.weight.shape == (7, 3)
+    graftkit.save(net, tmp_path / "emb.safetensors")  # a package rebuilds it from the spec alone
+    with torch.no_grad():
+        assert torch.equal(graftkit.load(tmp_path / "emb.safetensors")(*ids)["out"], got["out"])
+
+
+def test_embedding_mask_is_refused(keras, tmp_path):
+    L = keras.layers
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    y = L.GlobalAveragePooling1D(name="gap")(L.Embedding(9, 4, mask_zero=True, name="masked")(tokens))  # masked mean
+    keras.Model(tokens, y).save(tmp_path / "masked.keras")
+    with pytest.raises(GraftError) as e:
+        graftkit.convert(tmp_path / "masked.keras")
+    msg = str(e.value)
+    # (Keras 3 saves the mask as a NotEqual operation, also refused)
+    assert msg.startswith(f"{tmp_path / 'masked.keras'}: unsupported Keras layers: Embedding(mask_zero=True) "
+                          "(used by masked); operation NotEqual") and "graft transplant" in msg
+
+
+def test_masking_zeroes_masked_steps_as_keras(keras, tmp_path):
+    L = keras.layers
+    x_in = keras.Input((5, 3), name="x")
+    y = L.Dense(2, name="d")(L.Masking(mask_value=-1.0, name="mask")(x_in))
+    model = keras.Model(x_in, y)
+    model.save(tmp_path / "masking.keras")
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype("float32")
+    x[0, 2, :] = -1.0  # a masked step: Keras zeroes it before the Dense
+    expected = keras.ops.convert_to_numpy(model(x))
+    net = graftkit.convert(tmp_path / "masking.keras")
+    with torch.no_grad():
+        got = net(torch.from_numpy(x.transpose(0, 2, 1).copy())).numpy()
+    assert rel_err(got, expected.transpose(0, 2, 1)) < TARGET_RTOL
+
+
 def test_keras_axes_map_to_channels_first():
     x = torch.randn(2, 5, 3, 4)  # ours: N, C, H, W  <->  Keras: N, H, W, C
     k = x.permute(0, 2, 3, 1)
     for axis in (-1, 1, 2, 3, -3):
-        ours = torch.cat([x, x * 2], dim=nk.our_axis(axis, 4))
+        ours = torch.cat([x, x * 2], dim=our_axis(axis, 4))
         assert torch.equal(ours.permute(0, 2, 3, 1), torch.cat([k, k * 2], dim=axis))
-    assert nk.our_axis(-1, 2) == 1 and nk.our_axis(1, 3) == 2 and nk.our_axis(2, 3) == 1
+    assert our_axis(-1, 2) == 1 and our_axis(1, 3) == 2 and our_axis(2, 3) == 1
 
 
 def test_same_average_pooling_excludes_padding():
     """TensorFlow's (and Keras's documented) `same` AVG pooling, odd padding after: mean of the real values."""
     x = torch.arange(2 * 3 * 5 * 4, dtype=torch.float32).reshape(2, 3, 5, 4).sin()
-    pool = nk.Pool("avg", 2, (3, 2), (2, 2), "same")
+    pool = Pool("avg", 2, (3, 2), (2, 2), "same")
     got = pool(x)
     a = x.numpy()
     expected = np.zeros((2, 3, 3, 2), np.float32)
@@ -284,7 +353,7 @@ def test_same_average_pooling_excludes_padding():
             win = a[:, :, max(h0, 0):min(h0 + 3, 5), max(w0, 0):min(w0 + 2, 4)]
             expected[:, :, i, j] = win.mean(axis=(2, 3))
     assert np.allclose(got.numpy(), expected, atol=1e-6)
-    pool = nk.Pool("avg", 2, (2, 2), (2, 2), "same")  # H: 5 -> 3, total pad 1 -> (0, 1): the last row alone
+    pool = Pool("avg", 2, (2, 2), (2, 2), "same")  # H: 5 -> 3, total pad 1 -> (0, 1): the last row alone
     got = pool(x).numpy()
     assert np.allclose(got[:, :, 2, 0], a[:, :, 4, 0:2].mean(axis=2), atol=1e-6)
 

@@ -106,18 +106,16 @@ def select_layers(net: dict, phase: str) -> list[dict]:
     return out
 
 
-def check_supported(layers: Iterable[dict]) -> None:
-    """One GraftError naming every unsupported type and the layers that use it."""
+def check_supported(layers: Iterable[dict], where: str | None = None) -> None:
+    """One error naming every unsupported type and the layers that use it (`where`: the file)."""
     known = set(LAYERS) | set(DATA_LAYERS) | set(LOSS_LAYERS) | set(METRIC_LAYERS) | set(SINK_LAYERS)
     bad: dict[str, list[str]] = {}
     for lp in layers:
         if lp["type"] not in known:
             bad.setdefault(lp["type"], []).append(lp["name"])
     if bad:
-        what = "; ".join(f"{t!r} (layer{'s' if len(n) > 1 else ''} {', '.join(map(repr, n[:5]))}"
-                         f"{' ...' if len(n) > 5 else ''})" for t, n in bad.items())
-        raise GraftError(f"unsupported Caffe layer type{'s' if len(bad) > 1 else ''} {what}",
-                         "graftkit converts the standard BVLC layers; remove or replace these layers")
+        raise LAYERS.refuse(bad, "graftkit converts the standard BVLC layers: remove or replace these in the "
+                                 "prototxt", where)
 
 
 # ---------------------------------------------------------------- inputs
@@ -742,7 +740,7 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
         text = proto.read_text(encoding="utf-8", errors="replace")
         net = _parse_prototxt(proto)
         layers = select_layers(net, phase)
-        check_supported(layers)  # before reading any weights
+        check_supported(layers, str(proto))  # before reading any weights
         blobs = read_caffemodel_blobs(model) if model else None
     else:  # a caffemodel alone: it carries its own (usually train_val) net definition
         from ..formats import caffe as caffe_file
@@ -751,7 +749,7 @@ def convert(paths: Sequence[str | os.PathLike], phase: str | None = None,
             saved = [one(lp, "phase") for lp in all_of(net, "layer") or all_of(net, "layers")]
             phase = enum(next((p for p in saved if p is not None), "TRAIN"), _PHASES, "TRAIN")
         layers = select_layers(net, phase)
-        check_supported(layers)
+        check_supported(layers, str(model))
         blobs = caffemodel_blobs(net)
     graph, modules, checked = compile_graph(net, phase, blobs, input_shapes, layers)
     if model is not None and not checked and any(L["shapes"] for L in graph["layers"]):

@@ -11,7 +11,8 @@ A layer type is a class with
     blob_tensors(a, blobs)   -> {name: t} # the caffemodel's arrays (checked and reshaped) as the tensors
                                           # to give the constructor
     forward(*bottoms)                     # one tensor, or a tuple when the layer has several tops
-Parameter names follow PyTorch (weight, bias, running_mean, running_var) so that
+and is registered under its Caffe type with `@LAYERS.register("Type")`: the converter supports what
+LAYERS holds. Parameter names follow PyTorch (weight, bias, running_mean, running_var) so that
 `state_dict()` keys read `<layer>.weight`. Layouts: Caffe's convolution, deconvolution
 and inner-product blobs already are PyTorch's (OIHW, [in, out/g, kh, kw], [out, in]).
 """
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import GraftError
 from ..formats.caffe_proto import V1_TYPE_NAMES
+from .registry import Registry
 
 # ---------------------------------------------------------------- parsed-prototxt access
 # The prototxt parser gives repeated fields as lists (a field seen once may also come
@@ -257,11 +259,16 @@ class CaffeLayer(LayerType, nn.Module):
                 self._parameters[name] = p
 
 
+# Layer type -> its class, each registered where it is defined. Inputs, losses and Silence are the graph's.
+LAYERS = Registry("Caffe", "layer type")
+
+
 # ---------------------------------------------------------------- convolutions and inner product
 
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+@LAYERS.register("Convolution")
 class Convolution(CaffeLayer):
     KIND = "conv"
     blob_roles = ("weight", "bias")
@@ -320,6 +327,7 @@ class Convolution(CaffeLayer):
         return self._conv(x, self.weight, self.bias, *self._args)
 
 
+@LAYERS.register("Deconvolution")
 class Deconvolution(Convolution):
     KIND = "conv_transpose"
 
@@ -351,6 +359,7 @@ class Deconvolution(Convolution):
         self._args = (s, p, 0, g, d)  # conv_transpose: stride, padding, output_padding, groups, dilation
 
 
+@LAYERS.register("InnerProduct")
 class InnerProduct(CaffeLayer):
     KIND = "linear"
     blob_roles = ("weight", "bias")
@@ -400,6 +409,7 @@ class InnerProduct(CaffeLayer):
 
 # ---------------------------------------------------------------- pooling
 
+@LAYERS.register("Pooling")
 class Pooling(CaffeOp):
     """MAX/AVE pooling with Caffe's output size: rounded up by default (round_mode CEIL),
     dropping a last window that would start in the padding; AVE divides by the window
@@ -481,6 +491,7 @@ class Pooling(CaffeOp):
 
 # ---------------------------------------------------------------- element-wise activations
 
+@LAYERS.register("ReLU")
 class ReLU(CaffeOp):
     SAME_SHAPE = True
 
@@ -493,6 +504,7 @@ class ReLU(CaffeOp):
         return F.relu(x) if s == 0 else F.leaky_relu(x, s)
 
 
+@LAYERS.register("PReLU")
 class PReLU(CaffeLayer):
     SAME_SHAPE = True
     KIND = "prelu"
@@ -522,6 +534,7 @@ class PReLU(CaffeLayer):
         return F.prelu(x, self.weight)
 
 
+@LAYERS.register("ELU")
 class ELU(CaffeOp):
     SAME_SHAPE = True
 
@@ -533,6 +546,7 @@ class ELU(CaffeOp):
         return F.elu(x, self.a["alpha"])
 
 
+@LAYERS.register("Sigmoid")
 class Sigmoid(CaffeOp):
     SAME_SHAPE = True
 
@@ -540,6 +554,7 @@ class Sigmoid(CaffeOp):
         return torch.sigmoid(x)
 
 
+@LAYERS.register("TanH")
 class TanH(CaffeOp):
     SAME_SHAPE = True
 
@@ -547,6 +562,7 @@ class TanH(CaffeOp):
         return torch.tanh(x)
 
 
+@LAYERS.register("AbsVal")
 class AbsVal(CaffeOp):
     SAME_SHAPE = True
 
@@ -554,6 +570,7 @@ class AbsVal(CaffeOp):
         return torch.abs(x)
 
 
+@LAYERS.register("BNLL")
 class BNLL(CaffeOp):
     SAME_SHAPE = True
 
@@ -561,6 +578,7 @@ class BNLL(CaffeOp):
         return torch.clamp(x, min=0) + torch.log1p(torch.exp(-torch.abs(x)))
 
 
+@LAYERS.register("Swish")
 class Swish(CaffeOp):
     SAME_SHAPE = True
 
@@ -572,6 +590,7 @@ class Swish(CaffeOp):
         return x * torch.sigmoid(self.a["beta"] * x)
 
 
+@LAYERS.register("Power")
 class Power(CaffeOp):
     """(shift + scale * x) ^ power"""
     SAME_SHAPE = True
@@ -589,6 +608,7 @@ class Power(CaffeOp):
         return y if a["power"] == 1 else torch.pow(y, a["power"])
 
 
+@LAYERS.register("Exp")
 class Exp(CaffeOp):
     """base ^ (shift + scale * x), base -1 meaning e."""
     SAME_SHAPE = True
@@ -607,6 +627,7 @@ class Exp(CaffeOp):
         return y * outer if outer != 1 else y
 
 
+@LAYERS.register("Log")
 class Log(CaffeOp):
     """log_base(shift + scale * x), base -1 meaning e."""
     SAME_SHAPE = True
@@ -623,6 +644,7 @@ class Log(CaffeOp):
         return y if a["base"] == -1 else y * (1.0 / math.log(a["base"]))
 
 
+@LAYERS.register("Threshold")
 class Threshold(CaffeOp):
     SAME_SHAPE = True
 
@@ -634,6 +656,7 @@ class Threshold(CaffeOp):
         return (x > self.a["threshold"]).to(x.dtype)
 
 
+@LAYERS.register("Clip")
 class Clip(CaffeOp):
     SAME_SHAPE = True
 
@@ -648,6 +671,7 @@ class Clip(CaffeOp):
         return torch.clamp(x, self.a["min"], self.a["max"])
 
 
+@LAYERS.register("Dropout")
 class Dropout(CaffeLayer):
     SAME_SHAPE = True
     STATEFUL = True
@@ -667,6 +691,7 @@ class Dropout(CaffeLayer):
 
 # ---------------------------------------------------------------- normalisation
 
+@LAYERS.register("LRN")
 class LRN(CaffeOp):
     """ACROSS_CHANNELS: x / (k + alpha/n * sum of squares over n channels)^beta.
     WITHIN_CHANNEL: x / (1 + alpha/n^2 * sum over an n x n window)^beta (Caffe ignores k here)."""
@@ -691,6 +716,7 @@ class LRN(CaffeOp):
         return x * torch.pow(1 + a["alpha"] * avg, -a["beta"])
 
 
+@LAYERS.register("BatchNorm")
 class BatchNorm(CaffeLayer):
     """Caffe's BatchNorm: no affine part (a Scale layer follows); the caffemodel keeps
     sums and a scale factor, folded here into running_mean/running_var. Without an explicit
@@ -741,6 +767,7 @@ def _broadcast_shape(x: torch.Tensor, axis: int, shape) -> tuple:
     return (1,) * axis + tuple(shape) + (1,) * (x.dim() - axis - len(shape))
 
 
+@LAYERS.register("Scale")
 class Scale(CaffeLayer):
     """y = x * scale (+ bias), scale learned (one bottom) or given by the second bottom."""
     KIND = "scale"
@@ -796,6 +823,7 @@ class Scale(CaffeLayer):
         return y
 
 
+@LAYERS.register("Bias")
 class Bias(CaffeLayer):
     KIND = "bias"
     blob_roles = ("bias",)
@@ -830,6 +858,7 @@ class Bias(CaffeLayer):
 
 # ---------------------------------------------------------------- blob plumbing
 
+@LAYERS.register("Eltwise")
 class Eltwise(CaffeOp):
     @staticmethod
     def attrs(lp):
@@ -867,6 +896,7 @@ class Eltwise(CaffeOp):
         return y
 
 
+@LAYERS.register("Concat")
 class Concat(CaffeOp):
     @staticmethod
     def attrs(lp):
@@ -887,6 +917,7 @@ class Concat(CaffeOp):
         return torch.cat(xs, self.a["axis"]) if len(xs) > 1 else xs[0]
 
 
+@LAYERS.register("Slice")
 class Slice(CaffeOp):
     @staticmethod
     def attrs(lp):
@@ -907,6 +938,7 @@ class Slice(CaffeOp):
         return tuple(x.narrow(axis, lo, hi - lo) for lo, hi in zip(edges[:-1], edges[1:]))
 
 
+@LAYERS.register("Split")
 class Split(CaffeOp):
     @staticmethod
     def attrs(lp):
@@ -920,6 +952,7 @@ class Split(CaffeOp):
         return (x,) * self.a["tops"]
 
 
+@LAYERS.register("Flatten")
 class Flatten(CaffeOp):
     @staticmethod
     def attrs(lp):
@@ -930,6 +963,7 @@ class Flatten(CaffeOp):
         return x.flatten(self.a["axis"], self.a["end_axis"])
 
 
+@LAYERS.register("Reshape")
 class Reshape(CaffeOp):
     """dims of `shape` replace input axes [axis, axis+num_axes); 0 copies, -1 is inferred."""
 
@@ -949,6 +983,7 @@ class Reshape(CaffeOp):
         return x.reshape(shape[:start] + new + shape[end:])
 
 
+@LAYERS.register("Softmax")
 class Softmax(CaffeOp):
     SAME_SHAPE = True
 
@@ -960,6 +995,7 @@ class Softmax(CaffeOp):
         return F.softmax(x, self.a["axis"])
 
 
+@LAYERS.register("Crop")
 class Crop(CaffeOp):
     """bottom[0] cropped to bottom[1]'s shape on the axes from `axis` on, at `offset`."""
 
@@ -979,6 +1015,7 @@ class Crop(CaffeOp):
         return x
 
 
+@LAYERS.register("ArgMax")
 class ArgMax(CaffeOp):
     @staticmethod
     def attrs(lp):
@@ -998,6 +1035,7 @@ class ArgMax(CaffeOp):
         return v if a["out_max_val"] else i.to(x.dtype)
 
 
+@LAYERS.register("MVN")
 class MVN(CaffeOp):
     """Mean-variance normalisation per channel (or across channels): (x - mean) / (std + eps)."""
     SAME_SHAPE = True
@@ -1016,6 +1054,7 @@ class MVN(CaffeOp):
         return y / (torch.sqrt((y * y).mean(dims, keepdim=True)) + self.a["eps"])
 
 
+@LAYERS.register("Reduction")
 class Reduction(CaffeOp):
     """SUM / ASUM / SUMSQ / MEAN over all axes from `axis` on, times coeff."""
 
@@ -1034,6 +1073,7 @@ class Reduction(CaffeOp):
         return y * a["coeff"] if a["coeff"] != 1 else y
 
 
+@LAYERS.register("Tile")
 class Tile(CaffeOp):
     @staticmethod
     def attrs(lp):
@@ -1046,6 +1086,7 @@ class Tile(CaffeOp):
         return x.repeat(reps)
 
 
+@LAYERS.register("Embed")
 class Embed(CaffeLayer):
     """A lookup table: integer-valued inputs in [0, input_dim) pick rows of the [input_dim, num_output] weight."""
     KIND = "embedding"
@@ -1081,11 +1122,6 @@ class Embed(CaffeLayer):
         return y + self.bias if self.bias is not None else y
 
 
-# Layer types with their class. Inputs, losses and Silence are handled by the graph.
-LAYERS: dict[str, type[LayerType]] = {c.__name__: c for c in (
-    Convolution, Deconvolution, InnerProduct, Pooling, ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL,
-    Swish, Power, Exp, Log, Threshold, Clip, Dropout, LRN, BatchNorm, Scale, Bias, Eltwise, Concat,
-    Slice, Split, Flatten, Reshape, Softmax, Crop, ArgMax, MVN, Reduction, Tile, Embed)}
 
 DATA_LAYERS = ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData",
                "AnnotatedData", "VideoData")

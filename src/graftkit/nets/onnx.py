@@ -34,9 +34,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import GraftError, some
+from ..errors import GraftError
 from ..formats.onnx_file import load_model, normalise  # noqa: F401 - normalise: one place, shared with the reader
 from ..meta import attach, make_meta
+from .registry import Unsupported
 
 STRIP_ABOVE = 64  # float initializers with more elements than this leave the spec (the state_dict has them)
 
@@ -196,12 +197,10 @@ def check_ops(model, where: str) -> None:
             key = n.op_type if not domain else f"{domain}.{n.op_type}"
             unknown.setdefault(key, []).append(n.name or f"#{i}")
     if unknown:
-        listing = "; ".join(f"{op} (used by {some(names)})"
-                            for op, names in unknown.items())
-        hint = "re-export with a different opset, or replace these ops"
+        hint = f"the model is at opset {opsets.get('', '?')}: re-export with a different opset, or replace these ops"
         if "If" in unknown:
             hint = "an If converts when its condition does not depend on the inputs; " + hint
-        raise GraftError(f"{where}: unsupported ONNX op(s) at opset {opsets.get('', '?')}: {listing}", hint)
+        raise Unsupported("ONNX", unknown, hint, where=where)
 
 
 def _outputs_as_dict(gm, names: list[str]):

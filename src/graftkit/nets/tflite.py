@@ -30,9 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import GraftError, some
+from ..errors import GraftError
 from ..formats import tflite_file as tfl
 from ..meta import attach, make_meta
+from .registry import Unsupported
 
 # op -> [(options field index, name, struct format, default)] from schema.fbs
 OPTIONS = {
@@ -308,10 +309,9 @@ def graph_spec(graph: dict, where: str) -> tuple[dict, dict[str, np.ndarray]]:
     for op in graph["ops"]:
         if op["op"] not in SUPPORTED:
             unknown.setdefault(op["op"], []).append(tensors[op["outputs"][0]]["name"] if op["outputs"] else "?")
-    if unknown:
-        listing = "; ".join(f"{k} (producing {some(v)})" for k, v in unknown.items())
-        raise GraftError(f"{where}: unsupported TFLite op(s): {listing}",
-                         "custom ops and ops outside graftkit's TFLite set cannot be converted")
+    if unknown:  # (TFLite ops have no names: each is named by the tensor it produces)
+        raise Unsupported("TFLite", unknown, "custom ops and ops outside graftkit's TFLite set cannot be converted",
+                          where=where)
     act_quant = {}
     for i, t in enumerate(tensors):
         if t["value"] is None and t["type"] in INT_RANGES:
