@@ -299,13 +299,40 @@ def _load_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
+def _exact_mask(mask: torch.Tensor, size) -> torch.Tensor:
+    """Nearest-neighbour resize of a class mask with pixel centres aligned ("nearest-exact"). torch's plain
+    "nearest" (what v2 uses for tv_tensors.Mask) picks floor(i * scale): the mask drifts by up to half a
+    source pixel against the bilinearly resized image."""
+    from torchvision import tv_tensors
+    m = torch.nn.functional.interpolate(mask.as_subclass(torch.Tensor)[None, None].float(), size=tuple(size),
+                                        mode="nearest-exact")[0, 0].to(mask.dtype)
+    return tv_tensors.wrap(m, like=mask)
+
+
+def _mask_exact(cls):
+    """A v2 geometric transform whose tv_tensors.Mask output is resized nearest-exact (see _exact_mask)."""
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import functional as TF
+
+    class Exact(cls):
+        def transform(self, inpt, params):
+            if isinstance(inpt, tv_tensors.Mask):
+                if "top" in params:            # a resized crop: crop first, then resize
+                    inpt = TF.crop(inpt, params["top"], params["left"], params["height"], params["width"])
+                return _exact_mask(inpt, self.size)
+            return super().transform(inpt, params)
+    Exact.__name__ = cls.__name__ + "Exact"
+    return Exact
+
+
 def seg_transform(size: int, train: bool):
-    """v2 pipeline on (Image, Mask): random resized crop + flip when training, a plain resize otherwise."""
+    """v2 pipeline on (Image, Mask): random resized crop + flip when training, a plain resize otherwise.
+    The image is resized bilinearly (antialiased), the mask nearest-neighbour with aligned pixel centres."""
     from torchvision.transforms import v2
     if train:
-        return v2.Compose([v2.RandomResizedCrop((size, size), scale=(0.5, 1.0), antialias=True),
+        return v2.Compose([_mask_exact(v2.RandomResizedCrop)((size, size), scale=(0.5, 1.0), antialias=True),
                            v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
-    return v2.Compose([v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose([_mask_exact(v2.Resize)((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
 
 
 def det_transform(size: int, train: bool):
