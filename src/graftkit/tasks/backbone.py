@@ -46,6 +46,8 @@ class FeatureBackbone(nn.Module):
         self.out_channels_list = list(channels)
         self.mode = mode              # "fx" | "hooks"
         self.source = source          # what the backbone was cut from (reference, provenance, transplant summary)
+        pre = source.get("preprocessing") or {}
+        self.bgr = pre.get("channel_order") == "BGR"
         self._captured: dict[int, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
         if mode == "hooks":
@@ -68,9 +70,14 @@ class FeatureBackbone(nn.Module):
         return hook
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        if self.bgr:
+            x = x.flip(1)                    # the source was trained on BGR input (Caffe)
         if self.mode == "fx":
             out = self.body(x)
             return OrderedDict((str(s), out[str(s)]) for s in self.strides)
+        if self.mode == "blobs":             # a converted Caffe net computes just the blobs asked for
+            out = self.body.run(x, outputs=[n for n, _k in self.nodes])
+            return OrderedDict((str(s), out[n]) for s, (n, _k) in zip(self.strides, self.nodes))
         self._captured, self._calls = {}, {}
         try:
             self.body(x)
@@ -168,6 +175,36 @@ def _probe(module: nn.Module, strides: tuple[int, ...], size: int, channels: int
     return [(calls[i][0], calls[i][1], calls[i][2][1]) for i in picks], ran
 
 
+def _probe_blobs(module: nn.Module, strides: tuple[int, ...], size: int, channels: int):
+    """A converted Caffe net: (blob name, 0, channels) of the last blob at each stride (blobs come in
+    execution order; an in-place ReLU's output keeps its input's name), and the modules that compute them."""
+    names = list(module.blobs)
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            res = module.run(torch.zeros(1, channels, size, size), outputs=names)
+    except Exception as e:
+        raise GraftError(f"the model does not run on a 1x{channels}x{size}x{size} input ({type(e).__name__}: "
+                         f"{str(e)[:120]})", "pass input_size= the size the model expects") from None
+    finally:
+        module.train(was)
+    last: dict[int, str] = {}
+    for n in names:
+        t = res.get(n)
+        if isinstance(t, torch.Tensor) and t.ndim == 4 and t.shape[2] > 1 and size % t.shape[2] == 0:
+            last[size // t.shape[2]] = n
+    missing = [s for s in strides if s not in last]
+    if missing:
+        raise GraftError(f"the model has no feature map at stride {missing[0]} (strides found: "
+                         f"{', '.join(map(str, sorted(last))) or 'none'})", f"choose strides among {sorted(last)}")
+    picked = [last[s] for s in strides]
+    steps = module._plan(tuple(picked))[0]
+    used = {id(step[0]) for step in steps}
+    ran = {n for n, m in module.named_modules() if id(m) in used}
+    return [(n, 0, int(res[n].shape[1])) for n in picked], ran
+
+
 def _prune(module: nn.Module, ran: set[str]) -> list[str]:
     """Replace leaf modules that never ran before the deepest feature with Identity; returns their names."""
     dropped = []
@@ -206,9 +243,22 @@ def backbone(model: str | os.PathLike | nn.Module, *, pretrained: bool = True, s
         nodes, mode = [], "fx"
     else:
         size = _input_size(module, input_size)
-        found, ran = _probe(module, strides, size, _in_channels(module))
-        dropped = _prune(module, ran)
-        body, nodes, channels, mode = module, [(n, k) for n, k, _c in found], [c for _n, _k, c in found], "hooks"
+        if _in_channels(module) != 3:
+            raise GraftError(f"the model takes {_in_channels(module)}-channel input; detection and segmentation "
+                             "here feed RGB images", "use a 3-channel backbone")
+        blobs = isinstance(getattr(module, "blobs", None), dict) and callable(getattr(module, "run", None)) \
+            and callable(getattr(module, "_plan", None))
+        if blobs:
+            found, ran = _probe_blobs(module, strides, size, 3)
+            dropped = [n for n, m in module.named_modules() if n and n not in ran and not list(m.children())
+                       and any(True for _ in m.parameters(recurse=False))]
+            for n in dropped:
+                setattr(module, n, nn.Identity()) if "." not in n else None
+        else:
+            found, ran = _probe(module, strides, size, 3)
+            dropped = _prune(module, ran)
+        body, nodes, channels = module, [(n, k) for n, k, _c in found], [c for _n, _k, c in found]
+        mode = "blobs" if blobs else "hooks"
     kept = {n for n, _ in body.named_parameters()}
     report = meta.get("report") or {}
     source = {"model": str(ref) if ref is not None else type(module).__name__,

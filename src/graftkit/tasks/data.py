@@ -431,3 +431,79 @@ def read_classes(root: str | os.PathLike) -> list[str] | None:
         if cand.is_file():
             return [ln.strip() for ln in cand.read_text().splitlines() if ln.strip()]
     return None
+
+
+def check_masks(root: str | os.PathLike, classes: list[str] | None = None) -> list[Issue]:
+    """A mask folder's problems: images without masks (or masks without images), masks whose size differs
+    from their image's, masks that are not single-channel, values that are neither a class nor 255."""
+    root = Path(root)
+    classes = classes or read_classes(root)
+    issues: list[Issue] = []
+    img_dir, mask_dir = root / "images", root / "masks"
+    images = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS} if img_dir.is_dir() else {}
+    masks = {p.stem: p for p in mask_dir.glob("*.png")} if mask_dir.is_dir() else {}
+    for stem in sorted(set(images) - set(masks)):
+        issues.append(Issue(str(images[stem]), "missing_mask", f"no mask {mask_dir / (stem + '.png')}"))
+    for stem in sorted(set(masks) - set(images)):
+        issues.append(Issue(str(masks[stem]), "missing_image", "no image of this name in images/"))
+    k = len(classes) if classes else None
+    for stem in sorted(set(images) & set(masks)):
+        try:
+            with Image.open(masks[stem]) as m:
+                mode, msize = m.mode, m.size
+                arr = np.asarray(m)
+            isize = _image_size(images[stem])
+        except OSError as e:
+            issues.append(Issue(str(masks[stem]), "unreadable", f"cannot read ({e})"))
+            continue
+        if mode not in ("L", "P", "I", "I;16"):
+            issues.append(Issue(str(masks[stem]), "mask_mode", f"mode {mode} is not a class-indexed image"))
+            continue
+        if msize != isize:
+            issues.append(Issue(str(masks[stem]), "size_mismatch", f"mask is {msize[0]}x{msize[1]}, its image "
+                                f"{isize[0]}x{isize[1]}"))
+        vals = np.unique(arr)
+        bad = [int(v) for v in vals if v != IGNORE and (k is not None and v >= k)]
+        if bad:
+            issues.append(Issue(str(masks[stem]), "mask_values", f"values {bad[:5]} are neither classes 0..{k - 1} "
+                                f"nor the ignore value {IGNORE}"))
+    if classes is None:
+        issues.append(Issue(str(root), "no_classes", "no classes.txt: mask values cannot be checked against a class "
+                            "list", fatal=False))
+    return issues
+
+
+def annotation_kind(path: str | os.PathLike) -> str | None:
+    """coco | voc | yolo | masks for a detection/segmentation source, None for anything else."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".json":
+        return "coco"
+    if not p.is_dir():
+        return None
+    if (p / "annotations.json").is_file():
+        return "coco"
+    if (p / "images").is_dir() and (p / "masks").is_dir():
+        return "masks"
+    if (p / "images").is_dir() and (p / "labels").is_dir() and any((p / "labels").glob("*.txt")):
+        return "yolo"
+    if any(p.glob("*.xml")):
+        return "voc"
+    return None
+
+
+def check_annotations(path: str | os.PathLike) -> tuple[str, list[Issue], Boxes | None]:
+    """(kind, issues, the detection set when there is one) of any annotation source `annotation_kind` knows."""
+    kind = annotation_kind(path)
+    p = Path(path)
+    if kind == "coco":
+        boxes, issues = read_coco(p / "annotations.json" if p.is_dir() else p)
+    elif kind == "voc":
+        boxes, issues = read_voc(p)
+    elif kind == "yolo":
+        boxes, issues = read_yolo(p / "images", p / "labels")
+    elif kind == "masks":
+        return kind, check_masks(p), None
+    else:
+        raise GraftError(f"{path}: not an annotation source", "give a COCO .json, a VOC folder of .xml, a YOLO folder "
+                         "(images/ + labels/) or a mask folder (images/ + masks/)")
+    return kind, issues, boxes

@@ -18,11 +18,17 @@ from .backbone import FeatureBackbone
 
 
 def _norm_stats(fb: FeatureBackbone) -> tuple[list[float], list[float]]:
+    """Mean and std for RGB images in [0, 1] that reproduce the source's preprocessing: its mean/std are in
+    units of its pixel range (255 for Caffe) and in its channel order (the backbone flips BGR itself)."""
     pre = fb.source.get("preprocessing") or {}
     mean, std = pre.get("mean"), pre.get("std")
     if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
-        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    return [float(m) for m in mean], [float(s) for s in std]
+        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    scale = float(pre.get("pixel_range") or 1.0)
+    mean, std = [float(m) / scale for m in mean], [float(s) / scale for s in std]
+    if fb.bgr:
+        mean, std = mean[::-1], std[::-1]
+    return mean, std
 
 
 class FPNSegHead(nn.Module):
