@@ -8,7 +8,7 @@ and train.solver code. The loop itself is this module's: classification's `train
 built around (image, label) batches, top-1 metrics and classifier packages, and is not reused.
 Not yet here (see the README): exact mid-epoch resume, the curves/report callbacks, DDP.
 
-Time budget: only training steps count against it (validation runs outside it, when asked);
+Time budget: loading the batches and the training steps count against it (validation runs outside it);
 a decaying lr policy follows the spent fraction of the budget, as in classification.
 """
 from __future__ import annotations
@@ -214,8 +214,8 @@ def fit_task(task: str, model: str | os.PathLike | nn.Module, train: str | os.Pa
         tuning.set_epoch(net, epoch)
         tuning.train_mode(net, epoch)
         loss_sum, seen = 0.0, 0
+        mark = time.perf_counter()           # the budget counts loading the batch and the step
         for x, y in loader:
-            t0 = time.perf_counter()
             lr = policy.apply(opt, it, (t_train / budget) if budget else None)
             if task == "segment":
                 loss = F.cross_entropy(net(x), y, ignore_index=tdata.IGNORE)
@@ -227,13 +227,16 @@ def fit_task(task: str, model: str | os.PathLike | nn.Module, train: str | os.Pa
                                  "lower the learning rate (solver.lr)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], s.clip_grad_norm or 10.0)
+            if s.clip_grad_norm:
+                nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], s.clip_grad_norm)
             opt.step()
             it += 1
             bs = len(x)
             loss_sum += float(loss.detach()) * bs
             seen += bs
-            t_train += time.perf_counter() - t0
+            now = time.perf_counter()
+            t_train += now - mark
+            mark = now
             if (budget and t_train >= budget) or (s.max_iter and it >= s.max_iter):
                 stop = "time budget" if budget and t_train >= budget else "max_iter"
                 break
