@@ -211,7 +211,18 @@ def test_short_detector_training_lowers_its_loss(tmp_path):
     torch.set_num_threads(1)
     tasks.write_scenes(tmp_path / "s", train=16, val=4, size=64, sides=(14, 30))
     s = tasks.fit_task("detect", "lite0", tmp_path / "s/train", tmp_path / "s/val", epochs=4, size=64,
-                       plan=tasks.task_plan(batch_size=8, lr=1e-3), val_every=0)
+                       plan=tasks.task_plan(batch_size=8, lr=1e-3), val_every=0, out_dir=tmp_path / "run")
     losses = [r["train_loss"] for r in s["history"]]
     assert losses[-1] < losses[0], losses
     assert "ap50" in s["val"] and s["transfer"]["backbone_tensors"] > 100
+    # predict draws the boxes it reports onto a copy of the image
+    from graftkit.tasks.predict import predict
+    src = tmp_path / "s/val/images/00000.png"
+    res = predict(tmp_path / "run", [str(src)], out_dir=tmp_path / "drawn", score_thresh=0.0)
+    assert res[0]["boxes"] and res[0]["drawn"].endswith("00000.png")
+    before = np.asarray(Image.open(src).convert("RGB")).astype(int)
+    after = np.asarray(Image.open(res[0]["drawn"])).astype(int)
+    x1, y1 = (int(round(v)) for v in res[0]["boxes"][0]["box"][:2])
+    x1, y1 = min(max(x1, 0), 63), min(max(y1, 0), 63)
+    assert after.shape == before.shape and (after != before).any()
+    assert (np.abs(after[y1, :, :] - before[y1, :, :]).sum() > 0) or (np.abs(after[:, x1] - before[:, x1]).sum() > 0)

@@ -151,3 +151,16 @@ def test_short_training_reduces_the_loss_and_saves_a_loadable_model(tmp_path):
     assert torch.allclose(net(x), s["net"].eval()(x), atol=1e-5)
     rep = json.loads((tmp_path / "run" / "transfer.json").read_text())
     assert rep["task"] == "segment"
+
+
+def test_plan_freezes_the_backbone_and_trains_the_new_head(tmp_path):
+    torch.set_num_threads(1)
+    tasks.write_scenes(tmp_path / "s", train=8, val=2, size=64, sides=(16, 40))
+    plan = tasks.task_plan(batch_size=4)
+    plan.freeze = ["backbone"]
+    ref = tasks.build("segment", "lite0", 11)
+    s = tasks.fit_task("segment", "lite0", tmp_path / "s/train", plan=plan, max_iter=2, size=64)
+    net = s["net"]
+    for (n, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, q) == n.startswith("backbone."), n
+    assert s["tuning"]["frozen"] > 0 and s["tuning"]["trainable"] > 0
