@@ -164,3 +164,19 @@ def test_plan_freezes_the_backbone_and_trains_the_new_head(tmp_path):
     for (n, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
         assert torch.equal(p, q) == n.startswith("backbone."), n
     assert s["tuning"]["frozen"] > 0 and s["tuning"]["trainable"] > 0
+
+
+def test_check_masks_names_each_mistake(tmp_path):
+    from graftkit.tasks.data import check_masks
+    _pair(tmp_path, np.zeros((16, 16), np.uint8), "ok")
+    bad = np.zeros((16, 16), np.uint8)
+    bad[3, 3] = 9
+    _pair(tmp_path, bad, "values")
+    _pair(tmp_path, np.zeros((16, 16), np.uint8), "small")
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "masks" / "small.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "images" / "lonely.png")
+    (tmp_path / "classes.txt").write_text("background\nthing\n")
+    got = {i.problem: i.line() for i in check_masks(tmp_path)}
+    assert "values.png" in got["mask_values"] and "[9]" in got["mask_values"]
+    assert "small.png" in got["size_mismatch"] and "lonely.png" in got["missing_mask"]
+    assert len(got) == 3

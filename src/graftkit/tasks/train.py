@@ -44,7 +44,10 @@ def task_plan(**overrides: Any) -> Plan:
     plan = Plan.from_dict(base, "task plan")
     for k, v in overrides.items():
         if v is not None:
-            setattr(plan.solver if hasattr(plan.solver, k) else plan, k, v)
+            target = plan.solver if hasattr(plan.solver, k) else plan
+            if not hasattr(target, k):
+                raise GraftError(f"task plan: {k!r} is not a plan or solver setting", "see `graft plan show`")
+            setattr(target, k, v)
     plan.validate()
     return plan
 
