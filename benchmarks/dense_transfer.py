@@ -56,15 +56,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-nuclei", action="store_true")
+    ap.add_argument("--skip-scenes", action="store_true", help="(run the two parts in two processes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result: dict = {}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         scenes = Path(tmp) / "scenes"
-        tasks.write_scenes(scenes, train=args.train, val=args.val, seed=args.seed)
-        result["scenes"] = {}
-        for name, pre in (("pretrained", True), ("scratch", False)):
+        if not args.skip_scenes:
+            tasks.write_scenes(scenes, train=args.train, val=args.val, seed=args.seed)
+            result["scenes"] = {}
+        for name, pre in (() if args.skip_scenes else (("pretrained", True), ("scratch", False))):
             det = run("detect", pre, scenes, args.seed, args.iters, args.lr)
             seg = run("segment", pre, scenes, args.seed, args.iters, args.lr)
             result["scenes"][name] = {"ap50": round(det["score"], 4), "ap": round(det["ap"], 4),
