@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-nuclei", action="store_true")
     ap.add_argument("--skip-scenes", action="store_true", help="(run the two parts in two processes)")
+    ap.add_argument("--backbones", default="pretrained,scratch", help="which of pretrained,scratch to run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result: dict = {}
@@ -66,7 +67,8 @@ def main() -> None:
         if not args.skip_scenes:
             tasks.write_scenes(scenes, train=args.train, val=args.val, seed=args.seed)
             result["scenes"] = {}
-        for name, pre in (() if args.skip_scenes else (("pretrained", True), ("scratch", False))):
+        which = [(n, n == "pretrained") for n in ("pretrained", "scratch") if n in args.backbones.split(",")]
+        for name, pre in (() if args.skip_scenes else which):
             det = run("detect", pre, scenes, args.seed, args.iters, args.lr)
             seg = run("segment", pre, scenes, args.seed, args.iters, args.lr)
             result["scenes"][name] = {"ap50": round(det["score"], 4), "ap": round(det["ap"], 4),
@@ -77,7 +79,7 @@ def main() -> None:
             nuc = Path(tmp) / "nuclei"
             tasks.write_nuclei_tiles(nuc, NUCLEI)
             result["nuclei"] = {"note": "all tiles come from one real image", "seeds": list(range(args.nuclei_seeds))}
-            for name, pre in (("pretrained", True), ("scratch", False)):
+            for name, pre in which:
                 runs = [(run("detect", pre, nuc, s, args.nuclei_iters, args.lr)["score"],
                          run("segment", pre, nuc, s, args.nuclei_iters, args.lr)["score"])
                         for s in range(args.nuclei_seeds)]
