@@ -48,7 +48,7 @@ def run(task: str, pretrained: bool, data: Path, seed: int, iters: int, lr: floa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=300, help="training iterations per run on the scenes")
-    ap.add_argument("--nuclei-iters", type=int, default=150, help="training iterations per run on the nuclei")
+    ap.add_argument("--nuclei-iters", type=int, default=60, help="training iterations per run on the nuclei")
     ap.add_argument("--train", type=int, default=300)
     ap.add_argument("--val", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
