@@ -65,7 +65,13 @@ def check_cmd(source: Path = typer.Argument(..., metavar="LIST|ROOT", help="a .l
               strict: bool = typer.Option(False, "--strict", help="exit 1 on warnings too")) -> None:
     """Report unreadable, corrupt, odd and duplicate images and label problems (exit 1 if any error).
 
-    Nothing is modified; --fix writes a new clean list beside your files."""
+    Detection and segmentation sources are checked too: a COCO .json (or a folder holding annotations.json),
+    a VOC folder of .xml files, a YOLO folder (images/ + labels/), a mask folder (images/ + masks/).
+    Nothing is modified; --fix writes a new clean list (for boxes: a clean COCO .json) beside your files."""
+    from ..tasks.data import annotation_kind
+    if annotation_kind(source):
+        _check_annotations(source, json_, fix, strict)
+        return
     from ..data.check import check, fix as fix_list
     report = check(source, root, min_size=min_size, imbalance=imbalance, workers=workers)
     fixed = fix_list(report, fix) if fix else None
@@ -85,6 +91,55 @@ def check_cmd(source: Path = typer.Argument(..., metavar="LIST|ROOT", help="a .l
             out.print(f"clean list: {fixed[0]} ({fixed[1]} images)")
     if report.errors or (strict and report.warnings):
         raise typer.Exit(1)
+
+
+def _check_annotations(source: Path, json_: bool, fix: Optional[Path], strict: bool) -> None:
+    from ..tasks.data import check_annotations, clean_boxes, write_coco
+    kind, issues, boxes = check_annotations(source)
+    fixed = None
+    if fix is not None:
+        if boxes is None:
+            from ..errors import GraftError
+            raise GraftError(f"{source}: --fix rewrites box annotations, not masks", "fix the listed masks by hand")
+        done = clean_boxes(boxes)
+        fix.parent.mkdir(parents=True, exist_ok=True)
+        tmp = fix.with_name(fix.name + ".part")
+        write_coco(boxes, tmp)
+        tmp.replace(fix)
+        fixed = {"file": str(fix), **done}
+    errors = [i for i in issues if i.fatal]
+    if json_:
+        print_json({"source": str(source), "kind": kind, "images": len(boxes) if boxes else None,
+                    "errors": len(errors), "issues": [vars(i) for i in issues], "fixed": fixed})
+    else:
+        if issues:
+            print_table(f"{source} ({kind}): problems", ["severity", "problem", "where", "what"],
+                        [("error" if i.fatal else "note", i.problem, i.where, i.message) for i in issues])
+        out.print(f"{source} ({kind}): {len(boxes) if boxes else 'mask'} images, {len(errors)} errors, "
+                  f"{len(issues) - len(errors)} notes")
+        if fixed:
+            out.print(f"clean COCO annotations: {fix} ({fixed['clipped']} boxes clipped, {fixed['dropped']} dropped, "
+                      "unknown categories and images left out)")
+    if errors or (strict and issues):
+        raise typer.Exit(1)
+
+
+@data.command("scenes")
+def scenes_cmd(out_dir: Path = typer.Argument(..., metavar="DIR", help="folder to create (absent or empty)"),
+               train: int = typer.Option(200, "--train", help="training scenes"),
+               val: int = typer.Option(100, "--val", help="validation scenes"),
+               size: int = typer.Option(128, "--size", help="scene side in pixels"),
+               seed: int = typer.Option(0, "--seed", help="random seed (same seed, same scenes)"),
+               json_: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Write the synthetic scene set for detection and segmentation: real Fashion-MNIST items on generated
+    textured backgrounds (synthetic layouts), with exact boxes (COCO JSON) and class-indexed mask PNGs."""
+    from ..tasks.scenes import write_scenes
+    counts = write_scenes(out_dir, train=train, val=val, size=size, seed=seed)
+    if json_:
+        print_json({"out": str(out_dir), "images": counts})
+    else:
+        out.print(f"wrote {sum(counts.values())} synthetic scenes (train {counts['train']}, val {counts['val']}) to "
+                  f"{out_dir}: images/, masks/ and annotations.json per split")
 
 
 @data.command("split")

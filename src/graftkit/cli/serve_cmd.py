@@ -52,8 +52,24 @@ def register(app: typer.Typer) -> None:
                 timeout: float = typer.Option(10.0, "--timeout", help="seconds allowed per URL download"),
                 max_mb: float = typer.Option(20.0, "--max-mb", help="largest URL download accepted, in MiB"),
                 trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
-                device: Optional[str] = typer.Option(None, "--device")) -> None:
-        """The top-K classes and probabilities of each image."""
+                device: Optional[str] = typer.Option(None, "--device"),
+                out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="detection/segmentation models: draw "
+                                                       "the boxes or masks onto PNG copies of the images here"),
+                score: float = typer.Option(0.3, "--score", help="detection: smallest score shown")) -> None:
+        """The top-K classes and probabilities of each image; for a detector (or segmenter) trained with
+        `graft train --task`, its boxes (or class masks), as JSON/table and drawn into --out."""
+        from ..tasks.predict import is_task_model
+        if is_task_model(model):
+            from ..tasks.predict import predict as run_task
+            results = run_task(model, inputs, out_dir=out_dir, score_thresh=score, trust=trust)
+            if json_:
+                print_json(results)
+                return
+            for r in results:
+                what = (f"{len(r['boxes'])} boxes: " + ", ".join(f"{b['class']} {b['score']:.2f}" for b in r["boxes"][:6])
+                        if "boxes" in r else "classes: " + ", ".join(f"{k} {v:.1%}" for k, v in r["classes"].items()))
+                print(f"{r['input']}: {what}" + (f" -> {r['drawn']}" if "drawn" in r else ""))
+            return
         from ..serve import predict as run
         results = run(model, inputs, top_k=top_k, batch_size=batch_size, device=device, timeout=timeout,
                       max_bytes=int(max_mb * 2**20), strict=False, trust=trust)

@@ -47,10 +47,19 @@ def register(app: typer.Typer) -> None:
               device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)"),
               trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
               report: bool = typer.Option(True, "--report/--no-report", help="write report.html (errors, Grad-CAM, calibration, data audit) into the run folder"),
+              task: str = typer.Option("classify", "--task", help="classify, segment (mask folders) or detect "
+                                       "(COCO .json / VOC / YOLO): dense tasks put an FPN head on MODEL's features"),
               json_: bool = typer.Option(False, "--json", help="print summary.json on stdout")) -> None:
         """Train MODEL on your images with a strategy (auto: probe the features, then choose a linear probe, a
         partial or a full fine-tune); writes best/last packages, summary.json and, for fine-tunes, checkpoint,
-        log.csv, TensorBoard events and curves.png into the run folder."""
+        log.csv, TensorBoard events and curves.png into the run folder.
+
+        --task segment|detect trains an FPN segmenter or an FCOS detector on MODEL's multi-scale features
+        (--strategy scratch: the same architecture from random initialisation)."""
+        if task != "classify":
+            _train_task(task, model, train_data, val_data, out, plan_file, strategy, epochs, max_iter, time_budget,
+                        seed, resume, lr, batch_size, optimizer, policy, list(freeze), size, trust, json_)
+            return
         from ..advise import train as run
         from ..train import RunInterrupted
         plan = _plan(plan_file, strategy=strategy, epochs=epochs, max_iter=max_iter, lr=lr, batch_size=batch_size,
@@ -74,6 +83,36 @@ def register(app: typer.Typer) -> None:
                       + (f", best validation top-1 {best:.4f}" + (f" (epoch {summary['best_epoch']})" if summary["epochs"] else "")
                          if best is not None else "")
                       + f"; packages in {out}/best.safetensors and {out}/last.safetensors")
+
+    def _train_task(task, model, train_data, val_data, out, plan_file, strategy, epochs, max_iter, time_budget, seed,
+                    resume, lr, batch_size, optimizer, policy, freeze, size, trust, json_) -> None:
+        from ..errors import GraftError
+        from ..tasks import fit_task, task_plan
+        from ..tasks.train import TASKS
+        if task not in TASKS:
+            raise GraftError(f"--task {task!r} is not known", "use classify, segment or detect")
+        if resume:
+            raise GraftError(f"--resume is not available for --task {task} yet", "start a new run in another --out")
+        if strategy not in (None, "finetune", "scratch"):
+            raise GraftError(f"--strategy {strategy} is not available for --task {task}",
+                             "use finetune (default) or scratch (random initialisation)")
+        if plan_file is not None:
+            plan = _plan(plan_file, lr=lr, batch_size=batch_size, optimizer=optimizer, policy=policy, freeze=freeze)
+        else:
+            plan = task_plan(lr=lr, batch_size=batch_size, optimizer=optimizer, policy=policy)
+            if freeze:
+                plan.freeze = list(freeze)
+        summary = fit_task(task, model, train_data, val_data, out_dir=out, plan=plan, seed=seed, epochs=epochs,
+                           max_iter=max_iter, time_budget=time_budget, size=size or 128,
+                           pretrained=strategy != "scratch", trust=trust, log=None if json_ else err.print)
+        summary.pop("net", None)
+        if json_:
+            print_json(summary)
+            return
+        v = summary["val"] or {}
+        score = (f", val mIoU {v['miou']:.4f}" if task == "segment" else f", val AP {v['ap']:.4f} AP50 {v['ap50']:.4f}") if v else ""
+        err.print(f"done: {summary['iterations']} iterations, {summary['train_seconds']:.0f} s{score}; model in "
+                  f"{out}/model.safetensors, transfer report in {out}/transfer.json")
 
     def _report(run_dir: Path, trust: bool, cache) -> None:
         """The run's report; a report that cannot be made does not undo a finished training."""

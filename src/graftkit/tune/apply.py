@@ -180,10 +180,16 @@ def _layer_keys(names: list[str]) -> dict[str, str]:
     return out
 
 
-def apply(model: nn.Module, plan: Plan, classes: list[str] | None = None) -> tuple[nn.Module, Tuning]:
-    """Make `model` ready to fine-tune under `plan` (in place); returns it with its Tuning."""
+def apply(model: nn.Module, plan: Plan, classes: list[str] | None = None, *,
+          new_heads: list[str] | None = None) -> tuple[nn.Module, Tuning]:
+    """Make `model` ready to fine-tune under `plan` (in place); returns it with its Tuning.
+
+    new_heads: module names of layers the caller built new (a detection or segmentation head and its
+    FPN, from graftkit.tasks): they are the plan's `head`, trained at plan.head_lr_mult."""
     head_report = {"mode": "none"}
-    if classes is not None:
+    if new_heads:
+        head_report = {"mode": "new", "head": new_heads[0], "heads": list(new_heads), "new": True, "kept_rows": 0}
+    elif classes is not None:
         model, head_report = heads.prepare(model, list(classes), plan.head)
     head = heads.find_head(model)
     all_heads = head_report.get("heads") or ([head] if head else [])
