@@ -17,7 +17,9 @@
   peak        the best of float32 2048x2048 matmuls on the same threads, taken between the steps: the
               machine's own physical limit for this work; the step's FLOP/s is a fraction of it
 
-Times are the median over --steps steps after two warm-up steps. The last line is JSON.
+  infer       images/s of the same model in eval mode under torch.inference_mode (no optimiser)
+
+Times are the median over --steps steps after warm-up steps. The last line is JSON.
 """
 from __future__ import annotations
 
@@ -120,6 +122,15 @@ def main() -> None:
                 v["times"].append(parts)
         matmul.append(matmul_seconds())
     peak = 2 * 2048 ** 3 / min(matmul)
+    for v in variants.values():  # inference (eval mode, no autograd), alternating the layouts too
+        v["model"].eval()
+    infer = {name: [] for name in variants}
+    with torch.inference_mode():
+        for i in range(args.steps + 1):
+            for name, v in variants.items():
+                seconds = _timed(lambda: v["model"](v["x"]))
+                if i >= 1:
+                    infer[name].append(seconds)
 
     result = {"size": args.size, "batch": args.batch, "threads": torch.get_num_threads(),
               "matmul_peak_gflops": round(peak / 1e9, 1), "step_gflop": round(step_flops / 1e9, 2),
@@ -127,19 +138,22 @@ def main() -> None:
     print(f"lite0, {args.size} px, batch {args.batch}, {torch.get_num_threads()} threads; float32 matmul peak "
           f"{peak / 1e9:.0f} GFLOP/s; a forward + backward is {step_flops / 1e9:.1f} GFLOP")
     print(f"data (graftkit's RAM-cached, augmented batch): {result['data_ms']:.0f} ms")
-    print(f"{'layout':<15}{'forward':>10}{'backward':>10}{'optimiser':>11}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}")
+    print(f"{'layout':<15}{'forward':>10}{'backward':>10}{'optimiser':>11}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}"
+          f"{'infer img/s':>13}")
     for name, v in variants.items():
         f, b, o = (statistics.median(t[k] for t in v["times"]) for k in range(3))
         rate = args.batch / (f + b + o + result["data_ms"] / 1000)
         gflops = step_flops / (f + b) / 1e9
         result[name] = {"forward_ms": round(1000 * f, 1), "backward_ms": round(1000 * b, 1),
                         "optimiser_ms": round(1000 * o, 1), "img_s": round(rate, 1), "gflops": round(gflops, 1),
-                        "of_peak": round(gflops * 1e9 / peak, 3)}
+                        "of_peak": round(gflops * 1e9 / peak, 3),
+                        "infer_img_s": round(args.batch / statistics.median(infer[name]), 1)}
         if v["compile_s"] is not None:
             result[name]["compile_s"] = round(v["compile_s"], 1)
         print(f"{name:<15}{1000 * f:>8.0f}ms{1000 * b:>8.0f}ms{1000 * o:>9.0f}ms{rate:>8.1f}{gflops:>9.1f}"
-              f"{gflops * 1e9 / peak:>9.1%}" + (f"   (compiling took {v['compile_s']:.0f} s)" if v["compile_s"] else ""))
-    result["nhwc_speedup"] = round(result["nchw"]["img_s"] and result["nhwc"]["img_s"] / result["nchw"]["img_s"], 2)
+              f"{gflops * 1e9 / peak:>9.1%}{result[name]['infer_img_s']:>13.1f}" + (f"   (compiling took {v['compile_s']:.0f} s)" if v["compile_s"] else ""))
+    result["nhwc_speedup"] = round(result["nhwc"]["img_s"] / result["nchw"]["img_s"], 2)
+    result["nhwc_infer_speedup"] = round(result["nhwc"]["infer_img_s"] / result["nchw"]["infer_img_s"], 2)
     print(json.dumps(result))
 
 
