@@ -109,7 +109,7 @@ def test_every_augmentation_runs_on_uint8_and_is_seeded():
             {"affine": {"degrees": 5, "translate": [0.1, 0.1]}}, {"color_jitter": {"brightness": 0.3, "contrast": 0.3,
                                                                                    "saturation": 0.3}},
             "pca_lighting", {"gaussian_noise": {"std": 0.02}}, {"blur": {"kernel_size": 3}}, "grayscale",
-            {"random_resize": {"min_size": 40, "max_size": 60}}, {"random_crop": {"size": 32}}]
+            {"random_resize": {"min_size": 40, "max_size": 60}}, {"random_crop": {"size": 32}}, "random_erasing"]
     p = train_pipeline({"input_size": [3, 32, 32]}, augment=spec, normalize=False)
     assert p.uses_torch_rng  # the v2 colour/geometry ops draw from torch's RNG
     outs = []
@@ -121,6 +121,22 @@ def test_every_augmentation_runs_on_uint8_and_is_seeded():
         train_pipeline(augment=["sharpen"])
     with pytest.raises(GraftError, match="bad parameters"):
         train_pipeline(augment=[{"hflip": {"prob": 1}}])
+
+
+def test_random_erasing_fills_one_rectangle_of_the_asked_area():
+    img = torch.full((3, 40, 50), 7, dtype=torch.uint8)
+    erase = aug.RandomErasing(p=1.0, scale=(0.1, 0.2), ratio=(0.5, 2.0))
+    rng = random.Random(3)
+    for _ in range(200):
+        out = erase(img, rng)
+        changed = (out != img).any(0)
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert changed.sum() > 0.9 * box  # one solid rectangle (a few random pixels may equal 7)
+        assert 0.09 * 2000 <= box <= 0.21 * 2000 + 50  # its area, up to rounding of the sides
+    assert torch.equal(aug.RandomErasing(p=0.0)(img, rng), img)
+    with pytest.raises(GraftError, match="bad parameters"):
+        train_pipeline(augment=[{"random_erasing": {"scale": [0.5, 0.1]}}])
 
 
 def test_random_resized_crop_follows_torchvision_rule():

@@ -10,7 +10,7 @@ A spec is a list whose items are a name (`"hflip"`) or a one-key mapping
 
 Names: random_resized_crop, random_resize, resize (shorter), random_crop, center_crop, hflip, vflip, rotation,
 affine, color_jitter, brightness, contrast, saturation, hue, grayscale,
-pca_lighting (AlexNet-style lighting noise), gaussian_noise, blur. Geometric and
+pca_lighting (AlexNet-style lighting noise), gaussian_noise, blur, random_erasing. Geometric and
 colour ops are torchvision.transforms.v2 where it has them; pca_lighting and
 gaussian_noise work directly on uint8 (torchvision's noise needs float images).
 
@@ -169,6 +169,34 @@ class GaussianNoise(RngOp):
         return (img.float() + noise).round_().clamp_(0, 255).to(torch.uint8)
 
 
+class RandomErasing(RngOp):
+    """Random erasing (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020): with probability
+    p, a rectangle of `scale` of the image's area and aspect ratio in `ratio` is filled with random pixels.
+    It asks the network to recognise an object from any part of it, which small data sets lack."""
+
+    def __init__(self, p: float = 0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
+        self.p, self.scale, self.ratio = float(p), tuple(scale), tuple(ratio)
+        if not (0 < self.scale[0] <= self.scale[1] <= 1 and 0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError("scale must lie in (0, 1] and ratio be positive, each as [low, high]")
+
+    def __call__(self, img: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        if rng.random() >= self.p:
+            return img
+        h, w = img.shape[-2:]
+        for _ in range(10):  # (a draw that does not fit the image is drawn again, as torchvision does)
+            area = rng.uniform(*self.scale) * h * w
+            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            eh, ew = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if 0 < eh < h and 0 < ew < w:
+                top, left = rng.randint(0, h - eh), rng.randint(0, w - ew)
+                g = torch.Generator().manual_seed(rng.getrandbits(63))
+                out = img.clone()
+                out[..., top:top + eh, left:left + ew] = torch.randint(0, 256, (*img.shape[:-2], eh, ew),
+                                                                       generator=g, dtype=torch.uint8)
+                return out
+        return img
+
+
 class RandomResize(RngOp):
     """Resize the shorter side to a random length in [min_size, max_size] (scale augmentation)."""
 
@@ -221,6 +249,7 @@ REGISTRY: dict[str, Callable[..., Callable]] = {
     "grayscale": lambda out, p=0.1: v2.RandomGrayscale(p),
     "pca_lighting": lambda out, **k: PCALighting(**k),
     "gaussian_noise": lambda out, **k: GaussianNoise(**k),
+    "random_erasing": lambda out, **k: RandomErasing(**k),
     "blur": lambda out, **k: _blur(**k),
 }
 
