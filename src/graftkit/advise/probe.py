@@ -3,7 +3,7 @@ by stratified k-fold cross-validation, plus a nearest-class-mean baseline.
 
 Features are standardised (mean 0, std 1 per dimension, fitted on the training part only).
 The regression is fitted full-batch with L-BFGS in torch, all folds in one run, warm-started
-along the path of decreasing L2 strengths: on a few thousand images and a few thousand
+along the path of decreasing L2 strengths (stopped once past the best): on a few thousand images and a few thousand
 dimensions that is a fraction of a second per strength; larger data is cross-validated on a stratified subsample of
 MAX_CV_SAMPLES. The final probe is fitted on all the data and returned as a plain
 linear layer on the raw (unstandardised) features, so it can be put on the network as a head.
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..errors import GraftError
 
 L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)  # per-sample penalty, strong to weak (the warm-start path)
+PATH_PATIENCE = 2     # stop the path after this many weaker penalties that each cross-validate worse
 MAX_CV_SAMPLES = 5000  # cross-validate on a stratified subsample of large data (the final fit uses all of it)
 
 
@@ -171,7 +172,10 @@ def probe(x: torch.Tensor, y: torch.Tensor, classes: list[str], depth: str = "",
         init = fit_logreg(xtr, ytr, k_classes, l2, init, weight=rows)
         for f, (xte, yte) in enumerate(tests):
             acc[g, f] = float(((xte @ init[0][f] + init[1][f]).argmax(1) == yte).float().mean())
-    means = acc.mean(1)
+        means = acc[:g + 1].mean(1)
+        if g >= PATH_PATIENCE and (means[-PATH_PATIENCE:] < means.max()).all():
+            break  # worse at each of the last weaker penalties: past the peak (the weak end converges slowest)
+    grid, acc = grid[:len(means)], acc[:len(means)]
     best = int(np.argmax(means + 1e-9 * np.arange(len(grid))[::-1]))  # ties: the stronger penalty
     head = None
     if fit_final:
