@@ -192,6 +192,19 @@ def test_lp_ft_starts_from_the_probe(few_photos, tmp_path):
     assert head["depth"] == PRE_LOGITS
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["strategy"]["chosen"] == "lp-ft"
+    # the generic early layers (stride <= 4: the stem, blocks 0 and 1) were kept as they are, the rest trained
+    assert saved["strategy"]["evidence"]["generic_layers_end"] == "blocks.1"
+    before, after = graftkit.resolve("lite0").state_dict(), graftkit.resolve(tmp_path / "run" / "last.safetensors").state_dict()
+    for name in ("conv_stem.weight", "blocks.0.0.conv_dw.weight", "blocks.1.1.conv_pwl.weight"):
+        assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["blocks.2.0.conv_pwl.weight"], after["blocks.2.0.conv_pwl.weight"])
+
+
+def test_generic_layers_end_at_stride_four_in_any_network():
+    from graftkit.advise.features import generic_end
+    assert generic_end(graftkit.resolve("timm:resnet18", pretrained=False), (3, 112, 112)) == "layer1"
+    assert generic_end(graftkit.resolve("lite0"), (3, 224, 224)) == "blocks.1"
+    assert generic_end(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=8)), (3, 64, 64)) is None
 
 
 def test_features_of_a_converted_caffe_network(few_photos, tmp_path):
@@ -237,3 +250,15 @@ def test_auto_on_a_converted_caffe_network_makes_a_probe_package(few_photos, tmp
     r = run_graft("evaluate", tmp_path / "run" / "best.safetensors", few_photos, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n"] == 24
+
+
+def test_measured_speed_is_reused_for_an_hour_then_measured_again(tmp_path):
+    from graftkit.advise.advice import SPEED_MAX_AGE, _cached
+    calls = []
+    measure = lambda: calls.append(1) or {"train_img_s": float(len(calls))}  # noqa: E731
+    assert _cached(tmp_path, ("speed", "m"), measure) == {"train_img_s": 1.0}
+    assert _cached(tmp_path, ("speed", "m"), measure) == {"train_img_s": 1.0} and len(calls) == 1
+    (path,) = tmp_path.glob("speed-*.json")
+    old = time.time() - SPEED_MAX_AGE - 1
+    os.utime(path, (old, old))  # measured long ago, perhaps on a busy machine
+    assert _cached(tmp_path, ("speed", "m"), measure) == {"train_img_s": 2.0} and len(calls) == 2

@@ -34,7 +34,7 @@ from ..errors import GraftError
 from ..layout import channels_last, to_channels_last
 from ..meta import meta_of
 from ..nets.probe import PRE_LOGITS
-from .features import cache_key, cache_root, data_digest, default_depths, features, model_digest
+from .features import cache_key, cache_root, data_digest, default_depths, features, generic_end, model_digest
 from .probe import L2_GRID, ProbeResult, check_folds, probe
 
 SMALL_PER_CLASS = 300      # median images per class below which data counts as small
@@ -43,6 +43,7 @@ SIMILAR_MARGIN = 0.01      # the final features are "as good" within this much C
 GOOD_PROBE = 0.90          # ... and fit the data when their probe reaches this accuracy
 MIN_FINETUNE_EPOCHS = 8    # fewer epochs than this in the budget: a fine-tune is not worth starting
 PROBE_SECONDS_PER_DEPTH = 3.0  # rough cost of cross-validating one depth, for the budget check
+SPEED_MAX_AGE = 3600.0     # seconds a measured training speed is reused (the machine's load changes)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Advice:
     spent_seconds: float
     depth: str | None = None
     cached_depths: list[str] = field(default_factory=list)
+    generic: str | None = None   # lp-ft keeps the network up to here (features.generic_end: the generic layers) as it is
 
     def probe_at(self, depth: str) -> ProbeResult:
         return next(p for p in self.probes if p.depth == depth)
@@ -67,7 +69,8 @@ class Advice:
         return {"strategy": self.strategy, "depth": self.depth, "scenario": self.scenario, "why": self.why,
                 "data": self.data, "probes": [p.to_json() for p in self.probes], "speed": self.speed,
                 "budget_s": self.budget, "expected_s": round(self.expected_seconds, 1),
-                "spent_s": round(self.spent_seconds, 2), "cached_depths": self.cached_depths}
+                "spent_s": round(self.spent_seconds, 2), "cached_depths": self.cached_depths,
+                "generic_layers_end": self.generic}
 
 
 def data_summary(labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -79,15 +82,18 @@ def data_summary(labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
             "imbalance": round(float(present.max() / present.min()), 2) if len(present) else None}
 
 
-def train_speed(model: nn.Module, input_size: Sequence[int], batch: int = 16) -> dict[str, float]:
-    """Images per second of a training step (forward + backward) and of inference, measured on
-    this machine at this size (one warm-up step, then two timed)."""
+def train_speed(model: nn.Module, input_size: Sequence[int], batch: int = 16,
+                stop: str | None = None) -> dict[str, float]:
+    """Images per second of a training step (forward + backward, nothing back-propagated at or below
+    `stop`) and of inference, measured on this machine at this size (one warm-up step, then two timed)."""
+    from ..tune.apply import install_stop_gradient
     x = torch.randn(batch, *input_size)
     if to_channels_last(model, input_size):  # as training will run it
         x = channels_last(x)
     was = model.training
     params = [p for p in model.parameters()]
     flags = [p.requires_grad for p in params]
+    hooks = install_stop_gradient(model, stop) if stop else []
     try:
         model.train()
         for p in params:
@@ -106,6 +112,8 @@ def train_speed(model: nn.Module, input_size: Sequence[int], batch: int = 16) ->
             model(x)
             infer = time.perf_counter() - t
     finally:
+        for h in hooks:
+            h.remove()
         for p, f in zip(params, flags):
             p.requires_grad_(f)
         model.train(was)
@@ -117,11 +125,13 @@ def _key(parts) -> str:
     return hashlib.blake2b(json.dumps(parts, default=str).encode(), digest_size=20).hexdigest()
 
 
-def _cached(root: Path, parts, compute):
-    """A small JSON measurement (the training speed of this model at this size on this machine), kept."""
+def _cached(root: Path, parts, compute, max_age: float = SPEED_MAX_AGE):
+    """A small JSON measurement (the training speed of this model at this size on this machine), kept
+    for `max_age` seconds: a speed measured while the machine was busy must not steer every later run."""
     path = root / f"speed-{_key(parts)}.json"
     try:
-        return json.loads(path.read_text())
+        if time.time() - path.stat().st_mtime < max_age:
+            return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
     value = compute()
@@ -182,10 +192,13 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
         depths = list(at) if at else default_depths(model, pre["input_size"])
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     hashes = (model_digest(model), data_digest(ds))
-    speed = _cached(root, ("speed", hashes[0], pre["input_size"], torch.get_num_threads(), platform.node()),
-                    lambda: train_speed(copy.deepcopy(model), pre["input_size"]))
+    from ..tune.head import find_head
+    tunable = isinstance(meta_of(model).get("spec"), str) and find_head(model) is not None
+    generic = generic_end(model, pre["input_size"]) if tunable else None
+    speed = _cached(root, ("speed", hashes[0], pre["input_size"], generic, torch.get_num_threads(), platform.node()),
+                    lambda: train_speed(copy.deepcopy(model), pre["input_size"], stop=generic))
     keys = {d: cache_key(*hashes, pre, d, torch.float32) for d in depths}
-    probe_keys = {d: _key(("probe", 2, keys[d], seed, L2_GRID, 5)) for d in depths}  # (2: folds fitted together)
+    probe_keys = {d: _key(("probe", 3, keys[d], seed, L2_GRID, 5)) for d in depths}  # (3: path stopped past its best)
     n = len(ds)
     todo = [d for d in depths if not (root / f"{keys[d]}.safetensors").is_file()]
     feature_s = ((n if todo else 0) + extra_images) / max(speed["infer_img_s"], 1e-6) + PROBE_SECONDS_PER_DEPTH * sum(
@@ -200,10 +213,9 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
                             lambda d=d: probe(feats.at[d], feats.labels, classes, d, seed=seed)) for d in depths]
     spent = time.perf_counter() - t0
     summary = data_summary(labels, classes)
-    from ..tune.head import find_head
-    tunable = isinstance(meta_of(model).get("spec"), str) and find_head(model) is not None
     advice = decide(strategy, probes, summary, speed, budget, spent, tunable)
     advice.cached_depths = feats.cached
+    advice.generic = generic
     return advice
 
 
@@ -272,7 +284,7 @@ def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed
                                                           f"train the rest: {room}")
     else:
         choice, depth = "lp-ft", PRE_LOGITS
-        why = (f"a linear probe first ({final.cv_acc:.1%}), then fine-tune everything from it: "
+        why = (f"a linear probe first ({final.cv_acc:.1%}), then fine-tune from it: "
                + ("the features are far from this data, " if not similar else "there is data enough, ")
                + f"and {room}")
     if choice.startswith(("probe-at:", "partial-at:")):

@@ -76,6 +76,28 @@ def stage_ends(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> l
     return list(dict.fromkeys(ends))
 
 
+def generic_end(model: nn.Module, input_size: Sequence[int], max_stride: int = 4) -> str | None:
+    """The deepest stage end whose output is at most `max_stride` times smaller than the input (None if
+    none is). Up to there a network computes edges, colours and textures, which transfer to any images
+    (Yosinski et al., "How transferable are features in deep neural networks?", NeurIPS 2014), and on
+    full-resolution maps, which makes their backward pass the most expensive per parameter."""
+    ends = stage_ends(model, input_size)
+    sides: dict[str, int] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda _m, _i, out, n=n: sides.__setitem__(n, out.shape[-1]) if isinstance(out, torch.Tensor) else None)
+        for n in ends]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    shallow = [n for n in ends if n in sides and input_size[-1] / sides[n] <= max_stride]
+    return shallow[-1] if shallow else None
+
+
 def _top_level(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The layers a stage list is made of: the root's children, looking through lone containers."""
     children = list(model.named_children())

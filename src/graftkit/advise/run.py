@@ -2,7 +2,8 @@
 
     probe, probe-at:DEPTH   the network cut at DEPTH + pooling + the cross-validated linear probe,
                             saved as a package (nets.probe) that evaluates, predicts and exports
-    lp-ft                   the probe becomes the new head, then everything is fine-tuned
+    lp-ft                   the probe becomes the new head, then everything above the generic early layers
+                            (stride <= 4: the stem and first stages) is fine-tuned
     partial(-at:DEPTH)      fine-tune with everything up to DEPTH frozen (plan stop_gradient)
     finetune                graftkit.train.fit with the plan as it is
     scratch                 the same architecture from random weights, same plan
@@ -86,6 +87,12 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
         # from ImageNet differ so much that in train mode the probe's head scores near chance
         # (Fashion-MNIST: 82% in eval mode, 3% in train mode), and lp-ft would start from nothing.
         plan.bn_stats = "frozen"
+        if not plan.stop_gradient and not plan.freeze and advice.generic:
+            # The generic early layers stay as they are (as Detectron's FREEZE_AT=2 keeps the stem and the
+            # first stage): their backward pass costs the most, so the budget buys more epochs of the rest
+            # (Fashion-MNIST 100/class, 300 s: 17 epochs instead of 12, 87.3 % instead of 86.3 % on the test set).
+            plan.stop_gradient = advice.generic
+            say(f"lp-ft keeps the generic early layers, up to {advice.generic}, as they are")
     elif chosen.startswith("partial-at:"):
         plan.stop_gradient = tap_point(module, advice.depth)[1]
     summary = fit(module, train_data, val_data, out_dir=out_dir, plan=plan, seed=seed, device=device, quiet=quiet,

@@ -262,7 +262,7 @@ def apply(model: nn.Module, plan: Plan, classes: list[str] | None = None, *,
     tuning = Tuning(plan, head, head_report, infos, stop_gradient=stop)
     tuning.set_epoch(model, 0)
     if stop:
-        _install_stop_gradient(model, stop, tuning)
+        tuning._hooks += install_stop_gradient(model, stop)
     return model, tuning
 
 
@@ -270,8 +270,9 @@ def _in_head(name: str, heads: list[str]) -> bool:
     return any(name == h or name.startswith(h + ".") for h in heads)
 
 
-def _install_stop_gradient(model: nn.Module, stop: str, tuning: Tuning) -> None:
-    """Run everything up to `stop` without autograd (GoogLeNet's 'volatile' trick) and cut the graph there."""
+def install_stop_gradient(model: nn.Module, stop: str) -> list:
+    """Run everything up to `stop` without autograd (GoogLeNet's 'volatile' trick) and cut the graph there.
+    Returns the hook handles (remove them to undo)."""
     state = {}
 
     def enter(_m, _args):
@@ -285,5 +286,5 @@ def _install_stop_gradient(model: nn.Module, stop: str, tuning: Tuning) -> None:
     def leave(_m, _args, _out):
         torch.set_grad_enabled(state.pop("prev", torch.is_grad_enabled()))
 
-    tuning._hooks += [model.register_forward_pre_hook(enter), model.get_submodule(stop).register_forward_hook(cut),
-                      model.register_forward_hook(leave)]
+    return [model.register_forward_pre_hook(enter), model.get_submodule(stop).register_forward_hook(cut),
+            model.register_forward_hook(leave)]
