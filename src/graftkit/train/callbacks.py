@@ -353,7 +353,7 @@ class TimeBudget(Callback):
         """The stop reason once the budget less the reserve is spent (on any rank: all stop together)."""
         budget, pos = run.plan.time_budget, run.pos
         if run.ctx.any(may and budget is not None and pos.elapsed >= budget - pos.reserve):
-            return f"time budget of {budget:g} s used"
+            return f"time budget of {round(budget, 1):g} s used"
         return ""
 
 
