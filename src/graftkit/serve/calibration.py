@@ -56,10 +56,16 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> float:
 
 
 def calibration(logits: torch.Tensor, labels: torch.Tensor, temperature: float | None = None) -> dict[str, Any]:
-    """ECE and reliability bins before and after dividing by `temperature` (fitted here when None)."""
+    """ECE and reliability bins before and after dividing by `temperature` (fitted here when None).
+    Scores that already are probabilities (a network ending in Softmax) are tempered on their logarithm:
+    softmax(log p / T) is the same family, and p / T would not even sum to one."""
+    from .inference import are_probabilities
+    kind = "probabilities" if are_probabilities(logits) else "logits"
+    if kind == "probabilities":
+        logits = logits.float().clamp_min(1e-12).log()
     t = fit_temperature(logits, labels) if temperature is None else float(temperature)
     before, after = logits.softmax(1), (logits / t).softmax(1)
-    return {"temperature": t, "ece_before": ece(before, labels), "ece_after": ece(after, labels),
+    return {"temperature": t, "scores": kind, "ece_before": ece(before, labels), "ece_after": ece(after, labels),
             "nll_before": float(F.cross_entropy(logits, labels)), "nll_after": float(F.cross_entropy(logits / t, labels)),
             "bins_before": reliability(before, labels), "bins_after": reliability(after, labels), "n": len(labels)}
 
@@ -74,5 +80,6 @@ def store_temperature(package_path: str | os.PathLike, result: dict[str, Any], f
     """Write the fitted temperature into the package's metadata (the file is replaced atomically)."""
     from ..package import update_meta
     update_meta(package_path, calibration={
-        "temperature": result["temperature"], "fitted_on": fitted_on, "n": result["n"],
+        "temperature": result["temperature"], "scores": result.get("scores", "logits"), "fitted_on": fitted_on,
+        "n": result["n"],
         "ece_before": round(result["ece_before"], 6), "ece_after": round(result["ece_after"], 6)})

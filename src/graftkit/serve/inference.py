@@ -51,6 +51,8 @@ class MainOutput(nn.Module):
         self._meta = meta_of(model)
         self._name: str | None = None  # the main key of a dict output, resolved on the first call
         self.temperature = temperature_of(self._meta) if calibrated else None
+        # a network that ends in Softmax is tempered on its log-probabilities (calibration.py)
+        self._probabilities = (self._meta.get("calibration") or {}).get("scores") == "probabilities"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
@@ -61,17 +63,24 @@ class MainOutput(nn.Module):
             out = out[self._name]
         else:
             out = main_output(out, self._meta)
-        return out if self.temperature is None else out / self.temperature
+        if self.temperature is None:
+            return out
+        if self._probabilities:
+            return (out.clamp_min(1e-12).log() / self.temperature).softmax(-1)
+        return out / self.temperature
+
+
+def are_probabilities(scores: torch.Tensor) -> bool:
+    """The scores [N, K] already are probabilities (a converted graph that ends in Softmax, as many
+    Caffe, Keras and TFLite classifiers do)."""
+    scores = scores.float()
+    return bool(len(scores)) and bool(scores.min() >= 0) and bool(torch.allclose(scores.sum(1), torch.ones(()), atol=1e-3))
 
 
 def probabilities(scores: torch.Tensor) -> torch.Tensor:
     """Class probabilities from a network's scores [N, K]: the softmax of logits, or the scores as they
-    are when they already are probabilities (a converted graph that ends in Softmax, as many Caffe,
-    Keras and TFLite classifiers do: a second softmax would flatten them towards 1/K)."""
-    scores = scores.float()
-    if len(scores) and scores.min() >= 0 and torch.allclose(scores.sum(1), torch.ones(()), atol=1e-3):
-        return scores
-    return scores.softmax(1)
+    are when they already are probabilities (a second softmax would flatten them towards 1/K)."""
+    return scores.float() if are_probabilities(scores) else scores.float().softmax(1)
 
 
 def classes_of(model: nn.Module) -> list[str] | None:
