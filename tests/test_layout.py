@@ -45,3 +45,20 @@ def test_networks_without_convolutions_are_not_touched():
     net = nn.Linear(3, 2)
     assert not to_channels_last(net, (3,))
     assert channels_last(torch.randn(2, 3)).is_contiguous()
+
+
+def test_evaluate_predict_and_features_give_the_callers_module_back_in_its_own_layout(tmp_path):
+    import graftkit
+    from PIL import Image
+    from safetensors.torch import save_file
+    for c in ("tench", "goldfish"):  # (ImageNet class names: evaluate checks them)
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 20), (60 * i, 100 if c == "tench" else 0, 30)).save(tmp_path / "data" / c / f"{i}.png")
+    from graftkit.serve import evaluate, predict
+    net = graftkit.resolve("lite0")
+    evaluate(net, tmp_path / "data", progress=False)
+    predict(net, [str(tmp_path / "data" / "tench" / "0.png")], progress=False)
+    graftkit.features(net, tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
+    assert all(p.is_contiguous() for p in net.parameters())
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))  # refuses non-contiguous tensors

@@ -6,7 +6,8 @@ cores: lite0 at 112 px on 2 CPU cores trains at 1.7x the images per second and i
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,21 @@ def to_channels_last(module: nn.Module, input_size: Sequence[int]) -> bool:
     finally:
         module.train(was)
     return True
+
+
+@contextlib.contextmanager
+def channels_last_while(module: nn.Module, input_size: Sequence[int]) -> Iterator[bool]:
+    """to_channels_last for a with-block (yields whether it converted), then the caller's module gets its
+    own layout back: same values either way, but a user's tensors should not change strides under them
+    (safetensors, for one, refuses to save a non-contiguous tensor)."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.dim() == 4 and t.is_contiguous()]
+    converted = to_channels_last(module, input_size)
+    try:
+        yield converted
+    finally:
+        if converted:
+            for t in tensors:
+                t.data = t.data.contiguous()
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ..atomic import atomic_path
 from ..errors import GraftError
-from ..layout import channels_last, to_channels_last
+from ..layout import channels_last, channels_last_while
 from ..meta import meta_of
 from ..nets.probe import PRE_LOGITS, Taps
 CACHE_VERSION = 1  # bump when the way features are computed changes
@@ -257,12 +257,11 @@ def _compute(model, ds, depths, pre, batch_size, num_workers, progress, descript
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    nhwc = to_channels_last(model, pre["input_size"])
     taps = Taps(model, [tap_point(model, d) for d in depths])
     chunks: dict[str, list[torch.Tensor]] = {d: [] for d in depths}
     bar = make_progress("img", disable=None if progress is None else not progress)
     try:
-        with bar, torch.inference_mode():
+        with channels_last_while(model, pre["input_size"]) as nhwc, bar, torch.inference_mode():
             task = bar.add_task(description, total=len(ds), rate="")
             for x, _ in loader:
                 x = x.to(device)

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..atomic import atomic_open
 from ..errors import GraftError
-from ..layout import to_channels_last
+from ..layout import channels_last_while
 from ..progress import make_progress
 from .inference import MainOutput, classes_of, input_shape_of, num_outputs, preprocessing_of, run_net
 
@@ -148,7 +148,6 @@ def score(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 
     n_out = num_outputs(model, input_shape_of(model))
     mapping = class_mapping(list(dataset.classes), classes_of(model), n_out, where=str(data))
     net = MainOutput(model, calibrated=calibrated).to(device).eval()
-    nhwc = to_channels_last(net, input_shape_of(model))
     taken: list[torch.Tensor] = []
     hook = None
     head = find_head(model) if keep_features else None
@@ -159,7 +158,8 @@ def score(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 
     logits, labels, index, at = [], [], [], 0
     t0 = time.perf_counter()
     try:
-        with make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
+        with channels_last_while(net, input_shape_of(model)) as nhwc, \
+                make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
             task = bar.add_task("evaluate", total=len(dataset), rate="")
             for images, y in loader:
                 keep = y >= 0

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..data.lists import IMAGE_EXTS
 from ..errors import GraftError
-from ..layout import to_channels_last
+from ..layout import channels_last_while
 from ..progress import make_progress
 from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_bytes, is_url, not_an_image
 from .inference import MainOutput, classes_of, input_shape_of, preprocessing_of, probabilities, run_net
@@ -101,9 +101,9 @@ def predict(model: nn.Module | str | os.PathLike, inputs: Iterable[str | os.Path
     pipeline = eval_pipeline(preprocessing_of(model))
     classes = classes_of(model)
     net = MainOutput(model).to(device).eval()
-    nhwc = to_channels_last(net, input_shape_of(model))
     results: list[dict[str, Any]] = []
-    with make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
+    with channels_last_while(net, input_shape_of(model)) as nhwc, \
+            make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
         task = bar.add_task("predict", total=len(refs), rate="")
         for chunk in _batches(refs, batch_size):
             tensors, slots = [], []
