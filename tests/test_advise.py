@@ -65,7 +65,8 @@ def test_fashion_mnist_probes_best_at_an_earlier_depth_and_auto_fine_tunes(lite0
     assert acc[earlier] > acc[PRE_LOGITS], acc          # far from ImageNet: the final features are not the best
     assert acc[PRE_LOGITS] < 0.9                        # and no linear probe fits the data well
     assert "different" in advice.scenario
-    assert advice.strategy == "lp-ft"                   # with no budget to respect, fine-tune from the probe
+    # with no budget to respect, fine-tune from the best probe, the network cut at its depth
+    assert advice.strategy == f"lp-ft-at:{earlier}" and advice.depth == earlier
     # with a budget that pays for no fine-tune, the best earlier depth is probed instead
     tight = decide("auto", advice.probes, advice.data, advice.speed, advice.spent_seconds + 1, advice.spent_seconds)
     assert tight.strategy == f"probe-at:{earlier}" and "fewer than" in tight.why
@@ -198,6 +199,25 @@ def test_lp_ft_starts_from_the_probe(few_photos, tmp_path):
     for name in ("conv_stem.weight", "blocks.0.0.conv_dw.weight", "blocks.1.1.conv_pwl.weight"):
         assert torch.equal(before[name], after[name]), name
     assert not torch.equal(before["blocks.2.0.conv_pwl.weight"], after["blocks.2.0.conv_pwl.weight"])
+
+
+def test_lp_ft_at_a_depth_fine_tunes_the_cut_network_from_its_probe(few_photos, tmp_path):
+    from graftkit.advise import train
+    from graftkit.serve import evaluate
+    from graftkit.tune import Plan
+    s = train("lite0", few_photos, few_photos, out_dir=tmp_path / "run", strategy="lp-ft-at:blocks.4",
+              cache_dir=tmp_path / "c", plan=Plan.load(None, epochs=1, size=96, batch_size=8), quiet=True)
+    assert s["strategy"]["chosen"] == "lp-ft-at:blocks.4" and s["epochs"] == 1
+    net = graftkit.resolve(tmp_path / "run" / "last.safetensors")
+    assert net.graftkit_meta["spec"]["depth"] == "blocks.4" and net.head.in_features == 112
+    before = graftkit.resolve("lite0").state_dict()
+    after = net.state_dict()
+    assert torch.equal(before["blocks.1.1.conv_pwl.weight"], after["base.blocks.1.1.conv_pwl.weight"])  # generic: kept
+    assert not torch.equal(before["blocks.4.0.conv_pwl.weight"], after["base.blocks.4.0.conv_pwl.weight"])
+    assert torch.equal(before["blocks.6.0.conv_pwl.weight"], after["base.blocks.6.0.conv_pwl.weight"])  # never run
+    # the package evaluates like any other, to the accuracy the run measured on the same images
+    assert abs(evaluate(tmp_path / "run" / "last.safetensors", few_photos, progress=False)["top1"]
+               - s["last"]["val_top1"]) < 1e-6
 
 
 def test_generic_layers_end_at_stride_four_in_any_network():

@@ -4,9 +4,13 @@
 times a training step, and picks a strategy by the field's four scenarios:
 
     small, similar     a linear probe on the final features           -> probe
-    small, different   features from an earlier layer, or fine-tune   -> probe-at:DEPTH, or lp-ft if the budget affords it
-    medium             freeze about half of the network               -> partial (similar), lp-ft (different)
+    small, different   features from an earlier layer, or fine-tune   -> probe-at:DEPTH, or lp-ft(-at:DEPTH) if the
+                                                                         budget affords it
+    medium             freeze about half of the network               -> partial (similar), lp-ft(-at:DEPTH) (different)
     large              fine-tune everything                           -> lp-ft (a probe first: Kumar et al., ICLR 2022)
+
+lp-ft starts from the best probe: when an earlier depth probes best, the network is cut there
+(lp-ft-at:DEPTH) and the layers after it, the most specific to the pretraining data, are dropped.
 
 "Similar" is measured, not assumed: the data is close to the pretraining data when the final
 features probe as well as any earlier depth (within a point or one fold-std) and separate the
@@ -186,7 +190,7 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
     pre = complete(preprocessing if preprocessing is not None else meta_of(model).get("preprocessing"))
     if strategy in ("probe", "lp-ft"):
         depths = [PRE_LOGITS]
-    elif strategy.startswith(("probe-at:", "partial-at:")):
+    elif strategy.startswith(("probe-at:", "partial-at:", "lp-ft-at:")):
         depths = [strategy.split(":", 1)[1]]
     else:
         depths = list(at) if at else default_depths(model, pre["input_size"])
@@ -282,12 +286,17 @@ def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed
     elif size == "medium" and similar and stages:
         choice, depth, why = f"partial-at:{half}", half, (f"freeze the network up to {half} (about half) and "
                                                           f"train the rest: {room}")
+    elif not similar and best is not final:
+        choice, depth = f"lp-ft-at:{best.depth}", best.depth
+        why = (f"a linear probe at {best.depth}, the best-probing depth ({best.cv_acc:.1%}), then fine-tune the "
+               f"network up to there from it (the layers after it, the most specific to the pretraining data, are "
+               f"dropped): {room}")
     else:
         choice, depth = "lp-ft", PRE_LOGITS
         why = (f"a linear probe first ({final.cv_acc:.1%}), then fine-tune from it: "
                + ("the features are far from this data, " if not similar else "there is data enough, ")
                + f"and {room}")
-    if choice.startswith(("probe-at:", "partial-at:")):
+    if choice.startswith(("probe-at:", "partial-at:", "lp-ft-at:")):
         depth = choice.split(":", 1)[1]
     elif choice in ("probe", "lp-ft"):
         depth = PRE_LOGITS

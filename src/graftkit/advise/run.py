@@ -4,6 +4,7 @@
                             saved as a package (nets.probe) that evaluates, predicts and exports
     lp-ft                   the probe becomes the new head, then everything above the generic early layers
                             (stride <= 4: the stem and first stages) is fine-tuned
+    lp-ft-at:DEPTH          the same from the probe at DEPTH: the network cut there (as probe-at packages it)
     partial(-at:DEPTH)      fine-tune with everything up to DEPTH frozen (plan stop_gradient)
     finetune                graftkit.train.fit with the plan as it is
     scratch                 the same architecture from random weights, same plan
@@ -79,19 +80,24 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
     spent = time.perf_counter() - t0
     if plan.time_budget is not None:
         plan.time_budget = max(1.0, plan.time_budget - spent)  # the measuring came out of the budget
-    if chosen == "lp-ft":
-        module = _with_probe_head(module, advice.probe_at(advice.depth), list(ds.classes))
+    if chosen == "lp-ft" or chosen.startswith("lp-ft-at:"):
+        generic = advice.generic
+        if chosen == "lp-ft":
+            module = _with_probe_head(module, advice.probe_at(advice.depth), list(ds.classes))
+        else:  # the network cut at the depth, the probe its head (what `probe-at` packages), fine-tuned from there
+            module = probe_package(module, advice.probe_at(advice.depth), list(ds.classes), pre).train()
+            generic = generic and f"base.{generic}"
         plan.head = "keep"
         plan.head_lr_mult = 1.0  # the head is trained already: it must not pull the features around
         # The probe was fitted on features under the running statistics; batch statistics of data far
         # from ImageNet differ so much that in train mode the probe's head scores near chance
         # (Fashion-MNIST: 82% in eval mode, 3% in train mode), and lp-ft would start from nothing.
         plan.bn_stats = "frozen"
-        if not plan.stop_gradient and not plan.freeze and advice.generic:
+        if not plan.stop_gradient and not plan.freeze and generic:
             # The generic early layers stay as they are (as Detectron's FREEZE_AT=2 keeps the stem and the
             # first stage): their backward pass costs the most, so the budget buys more epochs of the rest
             # (Fashion-MNIST 100/class, 300 s: 17 epochs instead of 12, 87.3 % instead of 86.3 % on the test set).
-            plan.stop_gradient = advice.generic
+            plan.stop_gradient = generic
             say(f"lp-ft keeps the generic early layers, up to {advice.generic}, as they are")
     elif chosen.startswith("partial-at:"):
         plan.stop_gradient = tap_point(module, advice.depth)[1]

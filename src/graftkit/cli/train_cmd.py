@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     def train(model: str = typer.Option("lite0", "--model", "-m", help="lite0, timm:NAME, torchvision:NAME, file.py:fn or a package"),
               strategy: Optional[str] = typer.Option(None, "--strategy", "-s",
                                                      help="auto (default: measure, then choose), probe, probe-at:DEPTH, "
-                                                          "lp-ft, partial, partial-at:DEPTH, finetune or scratch"),
+                                                          "lp-ft, lp-ft-at:DEPTH, partial, partial-at:DEPTH, finetune or scratch"),
               cache: Optional[Path] = typer.Option(None, "--cache", help="feature cache folder (default ~/.cache/graftkit/features)"),
               train_data: Path = typer.Option(..., "--train", help="training data: class folder, .lst or RecordIO pack"),
               val_data: Optional[Path] = typer.Option(None, "--val", help="validation data (same kinds)"),

@@ -6,7 +6,7 @@ training starts. Caffe's solver names are accepted as aliases (`base_lr`,
 or modules (`blocks.0`, `blocks.[0-3]*`, `re:^conv_stem`), plus two keywords:
 `head` (the classifier) and `body` (everything else).
 
-    strategy: auto          # auto | probe | probe-at:DEPTH | lp-ft | partial | finetune | scratch (graftkit.advise)
+    strategy: auto          # auto | probe | probe-at:DEPTH | lp-ft | lp-ft-at:DEPTH | partial | finetune | scratch
     head: auto              # auto | new | keep | keep_matching (old rows kept for matching class names)
     freeze: [conv_stem, blocks.0, blocks.1]
     freeze_bn: true         # BatchNorm statistics of frozen layers stay fixed
@@ -39,8 +39,9 @@ OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop", "adagrad", "adadelta", "adamax"
 POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "cosine", "onecycle")
 HEAD_MODES = ("auto", "new", "keep", "keep_matching")
 # How to use the pretrained network (graftkit.advise): `auto` measures and chooses.
-STRATEGIES = ("auto", "probe", "probe-at:DEPTH", "lp-ft", "partial", "partial-at:DEPTH", "finetune", "scratch")
-_STRATEGY = re.compile(r"^(auto|probe|lp-ft|partial|finetune|scratch|(probe|partial)-at:[A-Za-z0-9_.]+)$")
+STRATEGIES = ("auto", "probe", "probe-at:DEPTH", "lp-ft", "lp-ft-at:DEPTH", "partial", "partial-at:DEPTH", "finetune",
+              "scratch")
+_STRATEGY = re.compile(r"^(auto|probe|lp-ft|partial|finetune|scratch|(probe|lp-ft|partial)-at:[A-Za-z0-9_.]+)$")
 # Caffe's solver.prototxt names -> ours.
 _CAFFE_ALIASES = {"base_lr": "lr", "lr_policy": "policy", "type": "optimizer", "max_iter": "max_iter",
                   "stepsize": "step_iters", "stepvalue": "milestone_iters", "clip_gradients": "clip_grad_norm",
