@@ -128,3 +128,73 @@ def test_detect_run_killed_with_sigkill_resumes_to_the_same_weights(scenes, tmp_
     _assert_same_weights(tmp_path / "full", cut)
     rows = _csv(cut / "log.csv")
     assert len(rows) == 4 and rows[-1]["iteration"] == "8" and float(rows[-1]["val_ap50"]) >= 0
+
+
+SMALL = "timm:mobilenetv3_small_050"   # an architecture spec: a saved model rebuilds it (random init, no download)
+
+
+@pytest.fixture(scope="module")
+def det_run(scenes, tmp_path_factory) -> tuple[Path, dict]:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("det") / "run"
+    s = tasks.fit_task("detect", SMALL, scenes / "train", scenes / "val", out_dir=out, size=64, seed=1, max_iter=4,
+                       pretrained=False, plan=_plan())
+    return out, s
+
+
+def test_detect_report_shows_curves_and_coco_metrics(det_run):
+    from graftkit.report import run_report
+    out, s = det_run
+    done = run_report(out)
+    page = (out / "report.html").read_text()
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["task"] == "detect" and doc["metrics"]["ap50"] == s["val"]["ap50"]
+    assert set(doc["metrics"]["per_class"]) <= set(s["classes"]) and len(doc["history"]) == 2
+    for what in ("AP50", "AP75", "Per class (AP@[.50:.95])", "Curves", "pycocotools"):
+        assert what in page, what
+    assert page.count("data:image/png;base64,") == 1 + len(doc["gallery"]) and len(doc["gallery"]) == 4
+    assert done["files"]["html"].endswith("report.html")
+
+
+@pytest.mark.slow
+def test_evaluate_a_detector_gives_its_validation_ap_and_json(det_run, scenes):
+    out, s = det_run
+    r = run_graft("evaluate", out, scenes / "val", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["task"] == "detect" and got["images"] == 4
+    for k in ("ap", "ap50", "ap75", "per_class"):
+        assert got[k] == s["val"][k], k
+    r = run_graft("evaluate", out, scenes / "nowhere")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a detection set" in r.stderr
+
+
+def test_evaluate_a_segmenter_is_miou_of_its_masks_with_the_ignore_index(scenes, tmp_path):
+    """evaluate_task's mIoU equals numpy's over the model's own argmax masks, and names the ignore index."""
+    import numpy as np
+    from graftkit.tasks.data import MaskFolder
+    from graftkit.tasks.metrics import miou_numpy
+    torch.set_num_threads(1)
+    s = tasks.fit_task("segment", SMALL, scenes / "train", scenes / "val", out_dir=tmp_path / "run", size=64,
+                       max_iter=2, pretrained=False, plan=_plan())
+    got = tasks.evaluate_task(tmp_path / "run", scenes / "val")
+    assert got["miou"] == pytest.approx(s["val"]["miou"], abs=1e-12) and got["ignore_index"] == 255
+    import shutil
+    from PIL import Image
+    val = shutil.copytree(scenes / "val", tmp_path / "val")
+    first = sorted((val / "masks").glob("*.png"))[0]
+    m = np.array(Image.open(first))
+    m[:20] = 255                                     # an ignored band: it must count for neither side
+    Image.fromarray(m).save(first)
+    got = tasks.evaluate_task(tmp_path / "run", val)
+    net = tasks.load(tmp_path / "run")
+    ds = MaskFolder(val, size=64, train=False, num_classes=len(s["classes"]))
+    preds, targets = [], []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            x, y = ds[i]
+            preds.append(net(x[None]).argmax(1)[0].numpy())
+            targets.append(y.numpy())
+    assert (targets[0] == 255).sum() >= 20 * 64 // 2
+    assert got["miou"] == pytest.approx(miou_numpy(preds, targets, len(s["classes"])), abs=1e-9)
+    assert got["pixels"] == sum(int((t != 255).sum()) for t in targets)

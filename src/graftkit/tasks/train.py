@@ -164,10 +164,42 @@ def predict_boxes(model: Detector, ds: tdata.BoxSet, batch_size: int = 16) -> li
     return out
 
 
-def evaluate_detector(model: Detector, ds: tdata.BoxSet) -> dict[str, Any]:
+def evaluate_detector(model: Detector, ds: tdata.BoxSet, classes: list[str] | None = None) -> dict[str, Any]:
+    """COCO mAP on `ds`; `classes` (the model's, when they are in another order than the data's) maps the
+    model's labels to the data's by name."""
     dets = predict_boxes(model, ds)
     b = ds.boxes
+    if classes is not None and classes != b.classes:
+        to_data = torch.tensor([b.classes.index(c) if c in b.classes else -1 for c in classes])
+        for d in dets:
+            lab = to_data[torch.as_tensor(d["labels"], dtype=torch.long)].numpy()
+            keep = lab >= 0                      # a class the data does not have has no ground truth to match
+            d.update(boxes=d["boxes"][keep], scores=d["scores"][keep], labels=lab[keep])
     return coco_map(b.images, dets, b.category_ids, b.classes)
+
+
+def evaluate_task(model: str | os.PathLike, data: str | os.PathLike, *, trust: bool = False,
+                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A saved task model on `data`: a segmenter on a mask folder (mIoU, per-class IoU, the ignore index), a
+    detector on a COCO/VOC/YOLO set (COCO AP, AP50, AP75, per class). Classes are matched by name."""
+    net = load(model, trust=trust)
+    size = net.build_args["size"]
+    if net.task == "segment":
+        data_classes = tdata.read_classes(data)
+        if data_classes is not None and data_classes != net.classes:
+            raise GraftError(f"{data}: its classes.txt {data_classes[:6]} differs from the model's {net.classes[:6]}",
+                             "mask values must mean the classes the model was trained on, in its order")
+        ds = open_masks(data, size, False, net.classes)[0]
+        result = evaluate_segmenter(net, ds, net.classes)
+    else:
+        boxes = open_boxes(data, say=log or (lambda m: None))   # out-of-bounds boxes clipped, as in training
+        unknown = [c for c in boxes.classes if c not in net.classes]
+        if unknown:
+            raise GraftError(f"{data}: classes {unknown[:5]} are not among the model's {net.classes[:6]}",
+                             "evaluate on data annotated with the classes the model was trained on")
+        result = evaluate_detector(net, tdata.BoxSet(boxes, size, train=False), net.classes)
+    return {"task": net.task, "model": str(model), "data": str(data), "images": len(ds) if net.task == "segment"
+            else len(boxes.images), "classes": net.classes, **result}
 
 
 # -- training --------------------------------------------------------------------------------------------------
