@@ -198,3 +198,60 @@ def test_evaluate_a_segmenter_is_miou_of_its_masks_with_the_ignore_index(scenes,
     assert (targets[0] == 255).sum() >= 20 * 64 // 2
     assert got["miou"] == pytest.approx(miou_numpy(preds, targets, len(s["classes"])), abs=1e-9)
     assert got["pixels"] == sum(int((t != 255).sum()) for t in targets)
+
+
+def _mobilenet_caffemodel(path: Path) -> Path:
+    """A caffemodel for the MobileNet fixture prototxt, written by graftkit's Caffe writer with seeded weights (the
+    shared fixture's caffemodel holds seeded weights too, and 17 MB stay out of the repository)."""
+    import numpy as np
+    from graftkit.formats.caffe import net_layers, write_caffemodel
+    from graftkit.formats.caffe_prototxt import parse_file
+    from graftkit.nets import caffe
+    from conftest import fixture
+    proto = fixture("caffe/mobilenet.deploy.prototxt")
+    shapes = {k: tuple(v.shape) for k, v in caffe.convert([proto]).state_dict().items()}
+    rng = np.random.default_rng(0)
+    layers = []
+    for layer in net_layers(parse_file(proto)):
+        key, kind = layer["name"].replace("/", "_"), layer["type"]
+        if kind == "BatchNorm":
+            n = shapes[f"{key}.running_mean"]
+            blobs = [rng.normal(0, 0.1, n), rng.uniform(0.5, 2, n), np.ones(1)]
+        elif f"{key}.weight" in shapes:
+            w = shapes[f"{key}.weight"]
+            fan = max(1, int(np.prod(w[1:])))
+            blobs = [rng.normal(0, (2 / fan) ** 0.5 if kind != "Scale" else 0.1, w) + (kind == "Scale")]
+            if f"{key}.bias" in shapes:
+                blobs.append(rng.normal(0, 0.01, shapes[f"{key}.bias"]))
+        else:
+            continue
+        layers.append((layer["name"], kind, [b.astype(np.float32) for b in blobs]))
+    return write_caffemodel(path, layers)
+
+
+def test_caffe_mobilenet_with_its_caffemodel_is_a_detector_backbone_end_to_end(scenes, tmp_path):
+    """Caffe files (prototxt + a caffemodel) converted, cut into features, trained as an FCOS backbone, saved,
+    evaluated and drawn; the backbone starts from the caffemodel's tensors."""
+    from graftkit import package
+    from graftkit.nets import caffe
+    from graftkit.tasks.predict import predict
+    from conftest import fixture
+    torch.set_num_threads(1)
+    model = _mobilenet_caffemodel(tmp_path / "mobilenet.caffemodel")
+    net = caffe.convert([fixture("caffe/mobilenet.deploy.prototxt"), model])
+    pkg = tmp_path / "mobilenet.safetensors"
+    package.save(net, pkg)
+    source = load_file(str(pkg))
+    det = tasks.build("detect", str(pkg), 10, size=64)
+    body = {k.split("model.backbone.fb.body.", 1)[1]: v for k, v in det.state_dict().items()
+            if k.startswith("model.backbone.fb.body.")}
+    shared = [k for k in body if k in source]
+    assert len(shared) > 50 and all(torch.equal(body[k], source[k]) for k in shared)
+    s = tasks.fit_task("detect", str(pkg), scenes / "train", scenes / "val", out_dir=tmp_path / "run", size=64,
+                       max_iter=2, plan=_plan())
+    assert s["iterations"] == 2 and s["transfer"]["backbone_tensors"] > 50
+    got = tasks.evaluate_task(tmp_path / "run", scenes / "val")
+    assert got["ap50"] == s["val"]["ap50"]
+    res = predict(tmp_path / "run", [str(scenes / "val" / "images" / "00000.png")], out_dir=tmp_path / "drawn",
+                  score_thresh=0.0)
+    assert res[0]["boxes"] and Path(res[0]["drawn"]).is_file()
