@@ -21,4 +21,4 @@ def register(app: typer.Typer) -> None:
         with report.json and audit.json beside it."""
         from ..report import run_report
         done = run_report(run_dir, data, out=output, trust=trust, cache_dir=cache, log=lambda m: err.print(m, soft_wrap=True))
-        out.print(f"wrote {done['files']['html']} (+ report.json, audit.json)", soft_wrap=True)
+        out.print(f"wrote {done['files']['html']} (+ " + ", ".join(Path(p).name for k, p in done["files"].items() if k != "html") + ")", soft_wrap=True)

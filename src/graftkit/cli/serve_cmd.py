@@ -21,7 +21,13 @@ def register(app: typer.Typer) -> None:
                  batch_size: int = typer.Option(64, "--batch-size", min=1),
                  trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
                  device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: best)")) -> None:
-        """Top-1, top-5, per-class accuracy and confusion matrix of MODEL on DATA (classes matched by name)."""
+        """Top-1, top-5, per-class accuracy and confusion matrix of MODEL on DATA (classes matched by name);
+        for a detector trained with `graft train --task detect`, COCO AP, AP50, AP75 and AP per class on a
+        COCO/VOC/YOLO set; for a segmenter, mIoU and IoU per class on a mask folder (255 = ignore)."""
+        from ..tasks.predict import is_task_model
+        if is_task_model(model):
+            _evaluate_task(model, data, json_, out_dir, trust)
+            return
         from ..serve import evaluate as run
         if out_dir is not None:  # one pass gives the metrics and the report
             from ..report import evaluation_report
@@ -42,6 +48,34 @@ def register(app: typer.Typer) -> None:
         if out_dir is not None:
             out.print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'confusion.png'} and the report "
                       f"{done['files']['html']} (+ report.json, audit.json)", soft_wrap=True)
+
+    def _evaluate_task(model: str, data: str, json_: bool, out_dir: Optional[Path], trust: bool) -> None:
+        from ..atomic import atomic_open
+        from ..tasks import evaluate_task
+        from .common import err
+        result = evaluate_task(model, data, trust=trust, log=lambda m: err.print(m, soft_wrap=True))
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_open(out_dir / "metrics.json", "w") as f:
+                json.dump(result, f, indent=1)
+        if json_:
+            print_json(result)
+            return
+        if result["task"] == "detect":
+            print_table("AP per class (COCO AP@[.50:.95])", ["class", "AP"],
+                        [(c, "-" if v is None else f"{v:.4f}") for c, v in result["per_class"].items()],
+                        justify={"AP": "right"})
+            out.print(f"AP {result['ap']:.4f}  AP50 {result['ap50']:.4f}  AP75 {result['ap75']:.4f}  on "
+                      f"{result['images']} images ({result.get('reduction', 'pycocotools COCOeval')})", soft_wrap=True)
+        else:
+            print_table("IoU per class", ["class", "IoU"],
+                        [(c, "- (absent)" if v is None else f"{v:.4f}") for c, v in result["iou"].items()],
+                        justify={"IoU": "right"})
+            out.print(f"mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.2%}  on {result['images']} "
+                      f"images; pixels labelled {result['ignore_index']} are ignored; {result['reduction']}",
+                      soft_wrap=True)
+        if out_dir is not None:
+            out.print(f"wrote {out_dir / 'metrics.json'}", soft_wrap=True)
 
     @app.command()
     def predict(model: str = typer.Argument(..., help="a package, a built-in name or a spec"),

@@ -58,7 +58,10 @@ def register(app: typer.Typer) -> None:
         (--strategy scratch: the same architecture from random initialisation)."""
         if task != "classify":
             _train_task(task, model, train_data, val_data, out, plan_file, strategy, epochs, max_iter, time_budget,
-                        seed, resume, lr, batch_size, optimizer, policy, list(freeze), size, trust, json_)
+                        seed, resume, lr, batch_size, optimizer, policy, list(freeze), size, trust, json_,
+                        checkpoint_every)
+            if report:
+                _report(out, trust, cache)
             return
         from ..advise import train as run
         from ..train import RunInterrupted
@@ -85,14 +88,13 @@ def register(app: typer.Typer) -> None:
                       + f"; packages in {out}/best.safetensors and {out}/last.safetensors")
 
     def _train_task(task, model, train_data, val_data, out, plan_file, strategy, epochs, max_iter, time_budget, seed,
-                    resume, lr, batch_size, optimizer, policy, freeze, size, trust, json_) -> None:
+                    resume, lr, batch_size, optimizer, policy, freeze, size, trust, json_, checkpoint_every) -> None:
         from ..errors import GraftError
         from ..tasks import fit_task, task_plan
         from ..tasks.train import TASKS
+        from ..train import RunInterrupted
         if task not in TASKS:
             raise GraftError(f"--task {task!r} is not known", "use classify, segment or detect")
-        if resume:
-            raise GraftError(f"--resume is not available for --task {task} yet", "start a new run in another --out")
         if strategy not in (None, "finetune", "scratch"):
             raise GraftError(f"--strategy {strategy} is not available for --task {task}",
                              "use finetune (default) or scratch (random initialisation)")
@@ -102,9 +104,16 @@ def register(app: typer.Typer) -> None:
             plan = task_plan(lr=lr, batch_size=batch_size, optimizer=optimizer, policy=policy)
             if freeze:
                 plan.freeze = list(freeze)
-        summary = fit_task(task, model, train_data, val_data, out_dir=out, plan=plan, seed=seed, epochs=epochs,
-                           max_iter=max_iter, time_budget=time_budget, size=size or 128,
-                           pretrained=strategy != "scratch", trust=trust, log=None if json_ else err.print)
+        if checkpoint_every is not None:
+            plan.checkpoint_every = checkpoint_every
+        try:
+            summary = fit_task(task, model, train_data, val_data, out_dir=out, plan=plan, seed=seed, epochs=epochs,
+                               max_iter=max_iter, time_budget=time_budget, size=size or 128,
+                               pretrained=strategy != "scratch", trust=trust, log=None if json_ else err.print,
+                               resume=resume, quiet=json_)
+        except RunInterrupted as e:
+            print(f"graft: stopped: {e}", file=sys.stderr)
+            raise typer.Exit(130)
         summary.pop("net", None)
         if json_:
             print_json(summary)

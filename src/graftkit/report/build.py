@@ -38,6 +38,10 @@ def run_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
     from ..serve.inference import preprocessing_of
     t0 = time.perf_counter()
     run = Path(run_dir)
+    dense = _task_summary(run)
+    if dense is not None:  # a detection or segmentation run has its own report (report.dense)
+        from .dense import task_run_report
+        return task_run_report(run, dense, data, out=out, trust=trust, log=log)
     if not (run / "summary.json").is_file() or not (run / "best.safetensors").is_file():
         raise GraftError(f"{run}: not a run folder (no summary.json and best.safetensors)",
                          "give the folder `graft train -o` wrote")
@@ -78,6 +82,16 @@ def run_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
     scored = None if scores is None else ("val" if shown == val else "evaluated", scores)
     doc["audit"] = _audit(splits, scored, _feature_net(summary.get("model"), trust, preprocessing_of(model)), cache_dir, progress)
     return _write(doc, Path(out) if out else run / "report.html", t0)
+
+
+def _task_summary(run: Path) -> dict[str, Any] | None:
+    """The summary of a `graft train --task` run folder, else None."""
+    from .dense import is_task_run
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return summary if isinstance(summary, dict) and is_task_run(summary) else None
 
 
 def evaluation_report(model: nn.Module | str | os.PathLike, data, out_dir: str | os.PathLike, *,

@@ -22,8 +22,13 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def curves(history: Sequence[dict[str, Any]]) -> bytes:
-    """Loss (with the learning rate on a second axis) and accuracy per epoch."""
+TOP1 = {"train top-1": "train_top1", "validation top-1": "val_top1"}
+
+
+def curves(history: Sequence[dict[str, Any]], metrics: dict[str, str] | None = None,
+           metric_title: str = "accuracy") -> bytes:
+    """Loss (with the learning rate on a second axis) and a [0, 1] metric per epoch; `metrics` maps a legend
+    label to a log.csv column (default top-1; a dense run passes AP/AP50/AP75 or mIoU)."""
     plt = _plt()
     num = lambda r, k: float(r[k]) if r.get(k) not in (None, "") else np.nan  # noqa: E731
     ep = [int(r["epoch"]) for r in history]
@@ -40,11 +45,13 @@ def curves(history: Sequence[dict[str, Any]]) -> bytes:
         a.legend(lines, [line.get_label() for line in lines], loc="upper right")
     else:
         a.legend()
-    b.plot(ep, [num(r, "train_top1") for r in history], "o-", label="train top-1")
-    if any(r.get("val_top1") not in (None, "") for r in history):
-        b.plot(ep, [num(r, "val_top1") for r in history], "o-", label="validation top-1")
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.set_ylim(0, 1), b.grid(alpha=.3), b.legend()
-    a.set_title("loss and learning rate"), b.set_title("accuracy")
+    for label, key in (metrics or TOP1).items():
+        if any(r.get(key) not in (None, "") for r in history):
+            b.plot(ep, [num(r, key) for r in history], "o-", label=label)
+    b.set_xlabel("epoch"), b.set_ylabel(metric_title), b.set_ylim(0, 1), b.grid(alpha=.3)
+    if b.get_lines():
+        b.legend()
+    a.set_title("loss and learning rate"), b.set_title(metric_title)
     fig.tight_layout()
     return _png(fig)
 

@@ -228,3 +228,96 @@ def _thumbs(doc, split: str, rows: list[dict[str, Any]]) -> str:
 
 def _short(name: str, keep: int = 60) -> str:
     return name if len(name) <= keep else "…" + name[-keep + 1:]
+
+
+# -- detection and segmentation runs (report.dense) -----------------------------------------------------------
+
+def render_task(doc: dict[str, Any]) -> str:
+    """The page of a dense run: summary, curves, the task metrics, predictions drawn on validation images."""
+    s = doc.get("summary") or {}
+    title = f"Run report: {s.get('model') or ''} {'detector' if doc['task'] == 'detect' else 'segmenter'}"
+    nav = " ".join(f'<a href="#{i}">{t}</a>' for i, t in (("summary", "Summary"), ("curves", "Curves"),
+                                                          ("metrics", "Metrics"), ("predictions", "Predictions")))
+    sections = [_task_summary(doc), _task_curves(doc), _task_metrics(doc), _task_gallery(doc)]
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body><main>"
+            f"<h1>{_e(title)}</h1><p class=sub>graftkit report · made in {doc.get('seconds_report', 0):.1f} s</p>"
+            f"<nav>{nav}</nav>{''.join(sections)}</main></body></html>")
+
+
+def _num(x, fmt: str = "{:.3f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _task_summary(doc) -> str:
+    s, m = doc.get("summary") or {}, doc.get("metrics") or {}
+    cards = ([_card(_num(m.get("ap50")), "AP50"), _card(_num(m.get("ap")), "AP@[.50:.95]"),
+              _card(_num(m.get("ap75")), "AP75")] if doc["task"] == "detect" else
+             [_card(_num(m.get("miou")), "mIoU"), _card(_pct(m.get("pixel_accuracy")), "pixel accuracy")])
+    cards += [_card(s.get("iterations"), "iterations"), _card(f"{s.get('seconds') or 0:.0f} s", "training time"),
+              _card(s.get("train_images"), "training images"), _card(s.get("val_images"), "validation images")]
+    t = s.get("transfer") or {}
+    data = s.get("data") or {}
+    facts = [["task", "detection (FCOS on an FPN)" if doc["task"] == "detect" else "segmentation (FPN head)"],
+             ["backbone", f"{s.get('model')} ({'pretrained' if s.get('pretrained') else 'random initialisation'})"],
+             ["classes", ", ".join(s.get("classes") or [])], ["input size", s.get("size")], ["seed", s.get("seed")],
+             ["epochs", s.get("epochs")], ["stopped", s.get("stop_reason")],
+             ["time budget", f"{doc['time_budget']:.0f} s" if doc.get("time_budget") else "none"],
+             ["training data", data.get("train")], ["validation data", data.get("val")],
+             ["metrics on", doc.get("data") or "-"],
+             ["transfer", f"{t.get('backbone_tensors')} backbone tensors from {s.get('model')}, {t.get('new_tensors')} "
+                          f"new (head) tensors" if t else "-"]]
+    out = [f"<section id=summary><h2>Summary</h2><div class=cards>{''.join(cards)}</div>",
+           _table(None, [[k, "-" if v is None else v] for k, v in facts])]
+    groups = s.get("groups") or []
+    if groups:
+        out.append("<h3>Plan by layer group</h3>" + _table(
+            ["group", "parameters", "status", "learning rate", "weight decay"],
+            [[g["group"], f"{g['parameters']:,}", ", ".join(g["status"]), ", ".join(f"{x:.3g}" for x in g["lr"]),
+              ", ".join(f"{x:.3g}" for x in g["weight_decay"])] for g in groups], {1}))
+    return "".join(out) + "</section>"
+
+
+def _task_curves(doc) -> str:
+    h = doc.get("history") or []
+    if not h:
+        return "<section id=curves><h2>Curves</h2><p class=note>No curves: the run has no log.csv.</p></section>"
+    if doc["task"] == "detect":
+        pic = figures.curves(h, {"validation AP50": "val_ap50", "validation AP": "val_ap", "validation AP75": "val_ap75"},
+                             "COCO AP")
+    else:
+        pic = figures.curves(h, {"validation mIoU": "val_miou", "validation pixel accuracy": "val_pixel_accuracy"},
+                             "mIoU")
+    return f"<section id=curves><h2>Curves</h2>{_img(pic, 'loss, learning rate and validation metric per epoch')}</section>"
+
+
+def _task_metrics(doc) -> str:
+    m = doc.get("metrics")
+    if not m:
+        return "<section id=metrics><h2>Metrics</h2><p class=note>No validation data: nothing was scored.</p></section>"
+    out = [f"<section id=metrics><h2>Metrics</h2><p class=sub>on {_e(doc.get('data'))}</p>"]
+    if doc["task"] == "detect":
+        out.append(f"<p>AP@[.50:.95] <b>{_num(m.get('ap'))}</b>, AP50 <b>{_num(m.get('ap50'))}</b>, AP75 "
+                   f"<b>{_num(m.get('ap75'))}</b> over {m.get('detections', 0)} detections.</p>")
+        out.append("<h3>Per class (AP@[.50:.95])</h3>" + _table(
+            ["class", "AP"], [[c, _num(v)] for c, v in (m.get("per_class") or {}).items()], {1}))
+    else:
+        out.append(f"<p>mIoU <b>{_num(m.get('miou'))}</b>, pixel accuracy <b>{_pct(m.get('pixel_accuracy'))}</b>; "
+                   f"pixels labelled {m.get('ignore_index', 255)} (ignore) are left out.</p>")
+        out.append("<h3>Per class IoU</h3>" + _table(
+            ["class", "IoU"], [[c, "- (absent)" if v is None else f"{v:.3f}"] for c, v in (m.get("iou") or {}).items()],
+            {1}))
+    if m.get("reduction"):
+        out.append(f"<p class=note>Reduction: {_e(m['reduction'])}.</p>")
+    return "".join(out) + "</section>"
+
+
+def _task_gallery(doc) -> str:
+    g = doc.get("gallery") or []
+    if not g:
+        return "<section id=predictions><h2>Predictions</h2><p class=note>No images to draw on.</p></section>"
+    figs = "".join(f'<figure><img style="width:100%" alt="{_e(x["name"])}" src="data:image/png;base64,{x["png"]}">'
+                   f"<figcaption>{_e(x['name'])}: {_e(x['what'])}</figcaption></figure>" for x in g)
+    return (f"<section id=predictions><h2>Predictions</h2><p class=note>The model's "
+            f"{'boxes (score ≥ 0.3)' if doc['task'] == 'detect' else 'class masks'} on the first validation images, "
+            f"as <code>graft predict -o</code> draws them.</p><div class=gallery>{figs}</div></section>")

@@ -11,9 +11,9 @@ from .data import Boxes, BoxSet, Issue, MaskFolder, check_boxes, clean_boxes, re
 from .heads import Detector, Segmenter, transfer_report
 from .metrics import ConfusionMeter, coco_map, miou_numpy
 from .scenes import write_nuclei_tiles, write_scenes
-from .train import build, evaluate_detector, evaluate_segmenter, fit_task, load, open_boxes, task_plan
+from .train import build, evaluate_detector, evaluate_segmenter, evaluate_task, fit_task, load, open_boxes, task_plan
 
 __all__ = ["FeatureBackbone", "backbone", "Boxes", "BoxSet", "Issue", "MaskFolder", "check_boxes", "clean_boxes",
            "read_coco", "read_voc", "read_yolo", "write_coco", "Detector", "Segmenter", "transfer_report",
            "ConfusionMeter", "coco_map", "miou_numpy", "write_scenes", "write_nuclei_tiles", "build",
-           "evaluate_detector", "evaluate_segmenter", "fit_task", "load", "open_boxes", "task_plan"]
+           "evaluate_detector", "evaluate_segmenter", "evaluate_task", "fit_task", "load", "open_boxes", "task_plan"]

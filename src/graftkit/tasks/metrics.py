@@ -48,6 +48,7 @@ class ConfusionMeter:
         return {"miou": float(iou[valid].mean()) if valid.any() else 0.0,
                 "pixel_accuracy": float(tp.sum() / m.sum().clamp(min=1)),
                 "iou": {names[i]: (None if not valid[i] else float(iou[i])) for i in range(self.k)},
+                "ignore_index": self.ignore, "pixels": int(m.sum()),
                 "reduction": "one confusion matrix over all non-ignored pixels of the data set; mean of per-class "
                              "IoU over classes present in targets or predictions"}
 

@@ -418,5 +418,7 @@ class Checkpoint(Callback):
                                             **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
                                             "position": vars(run.pos).copy(), "history": run.history,
                                             "classes": run.data.classes, "rng": checkpoint.rng_state(),
-                                            "seed": run.seed, "plan": run.plan.to_dict()})
+                                            "seed": run.seed, "plan": run.plan.to_dict(),
+                                            # a run of another loop (tasks.train) adds what its resume needs
+                                            **(run.extra_state() if hasattr(run, "extra_state") else {})})
         run.ctx.barrier()

@@ -16,12 +16,13 @@ from ..atomic import atomic_open, atomic_path
 COLUMNS = ("epoch", "iteration", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds")
 
 
-def write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, history: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> None:
+    """One row per epoch; `columns` (dense tasks log mAP or mIoU instead of top-1)."""
     with atomic_open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for row in history:
-            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
 def write_json(path: Path, doc: Any) -> None:
@@ -30,8 +31,13 @@ def write_json(path: Path, doc: Any) -> None:
         f.write("\n")
 
 
-def plot_curves(path: Path, history: list[dict[str, Any]], title: str = "") -> None:
-    """Loss and accuracy per epoch, train and validation, as a PNG."""
+TOP1 = {"train top-1": "train_top1", "validation top-1": "val_top1", "validation top-5": "val_top5"}
+
+
+def plot_curves(path: Path, history: list[dict[str, Any]], title: str = "", metrics: dict[str, str] | None = None,
+                metric_title: str = "accuracy") -> None:
+    """Loss and a [0, 1] metric per epoch as a PNG; `metrics` maps a legend label to a history key
+    (default: top-1/top-5; dense tasks pass AP/AP50 or mIoU)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -41,11 +47,12 @@ def plot_curves(path: Path, history: list[dict[str, Any]], title: str = "") -> N
     if any(r.get("val_loss") is not None for r in history):
         a.plot(ep, [r.get("val_loss") for r in history], "o-", label="validation")
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.set_title("loss"), a.legend(), a.grid(alpha=.3)
-    b.plot(ep, [r.get("train_top1") for r in history], "o-", label="train top-1")
-    if any(r.get("val_top1") is not None for r in history):
-        b.plot(ep, [r.get("val_top1") for r in history], "o-", label="validation top-1")
-        b.plot(ep, [r.get("val_top5") for r in history], "--", label="validation top-5")
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.set_ylim(0, 1), b.set_title("accuracy"), b.legend()
+    for n, (label, key) in enumerate((metrics or TOP1).items()):
+        if any(r.get(key) is not None for r in history):
+            b.plot(ep, [r.get(key) for r in history], "o-" if n < 2 else "--", label=label)
+    b.set_xlabel("epoch"), b.set_ylabel(metric_title), b.set_ylim(0, 1), b.set_title(metric_title)
+    if b.get_lines():  # a run without validation has no metric to show
+        b.legend()
     b.grid(alpha=.3)
     from matplotlib.ticker import MaxNLocator
     for ax in (a, b):
