@@ -2,7 +2,6 @@
 numbers (report.json), the audit (audit.json) and the page (report.html)."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_open
 from ..errors import GraftError
+from ..train.logs import read_csv
 from . import audit as auditing
 
 GALLERY = 12       # top-loss images shown, each with its Grad-CAM
@@ -57,7 +57,7 @@ def run_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None
     model = load(package, trust=trust)
     model_meta = meta_of(model)
     doc: dict[str, Any] = {"kind": "run", "run": str(run), "summary": _run_summary(summary, model),
-                           "history": _history(run / "log.csv")}
+                           "history": read_csv(run / "log.csv")}
     kept = dict(batch_size=64, device=device, progress=progress, calibrated=False)
     val_scores = score(model, val, keep_features=shown == val, **kept) if val else None
     cal, kept_out = None, None
@@ -147,13 +147,6 @@ def _run_summary(summary: dict[str, Any], model: nn.Module) -> dict[str, Any]:
             "time_budget": (summary.get("strategy") or {}).get("time_budget")
             or (summary.get("plan") or {}).get("time_budget"), "data": summary.get("data"),
             "warnings": summary.get("warnings", [])}
-
-
-def _history(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _errors(model: nn.Module, scores, where: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def task_run_report(run_dir: str | os.PathLike, summary: dict[str, Any], data: s
     """The report of a dense run folder. The metrics are the run's last validation (summary.json), or, with
     `data`, the model's evaluation on that data (tasks.evaluate)."""
     from ..tasks import evaluate_task
-    from .build import _history
+    from ..train.logs import read_csv
     t0 = time.perf_counter()
     run = Path(run_dir)
     task = summary["task"]
@@ -48,7 +48,7 @@ def task_run_report(run_dir: str | os.PathLike, summary: dict[str, Any], data: s
                                                  "seed", "iterations", "epochs", "seconds", "train_seconds",
                                                  "stop_reason", "transfer", "groups", "data")},
         "time_budget": (summary.get("plan") or {}).get("time_budget"),
-        "history": _history(run / "log.csv"), "metrics": metrics,
+        "history": read_csv(run / "log.csv"), "metrics": metrics,
         "gallery": _gallery(run, where, task, trust) if where else []}
     doc["seconds_report"] = round(time.perf_counter() - t0, 2)
     from .html import render_task

@@ -34,6 +34,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
+def are_probabilities(scores: torch.Tensor) -> bool:
+    """The scores [N, K] already are probabilities (a converted graph that ends in Softmax, as many
+    Caffe, Keras and TFLite classifiers do)."""
+    scores = scores.float()
+    return bool(len(scores)) and bool(scores.min() >= 0) and bool(torch.allclose(scores.sum(1), torch.ones(()), atol=1e-3))
+
+
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> list[dict[str, Any]]:
     """Equal-width confidence bins: mean confidence, accuracy and count of each non-empty bin."""
     conf, pred = probs.max(1)
@@ -59,7 +66,6 @@ def calibration(logits: torch.Tensor, labels: torch.Tensor, temperature: float |
     """ECE and reliability bins before and after dividing by `temperature` (fitted here when None).
     Scores that already are probabilities (a network ending in Softmax) are tempered on their logarithm:
     softmax(log p / T) is the same family, and p / T would not even sum to one."""
-    from .inference import are_probabilities
     kind = "probabilities" if are_probabilities(logits) else "logits"
     if kind == "probabilities":
         logits = logits.float().clamp_min(1e-12).log()

@@ -6,6 +6,7 @@ whose folders sort differently from the model's classes is still scored right.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,15 +152,16 @@ def score(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 
     taken: list[torch.Tensor] = []
     hook = None
     head = find_head(model) if keep_features else None
-    if head is not None:  # the classifier's input comes free with the forward pass
-        hook = model.get_submodule(head).register_forward_hook(
-            lambda _m, args, _out: taken.append(args[0].detach().flatten(1).float().cpu()))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     logits, labels, index, at = [], [], [], 0
     t0 = time.perf_counter()
-    try:
-        with channels_last_while(net, input_shape_of(model)) as nhwc, \
-                make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
+    with contextlib.ExitStack() as stack:
+        nhwc = stack.enter_context(channels_last_while(net, input_shape_of(model)))  # (its trial forward: before the hook)
+        if head is not None:  # the classifier's input comes free with the forward pass
+            hook = model.get_submodule(head).register_forward_hook(
+                lambda _m, args, _out: taken.append(args[0].detach().flatten(1).float().cpu()))
+            stack.callback(lambda: hook is not None and hook.remove())
+        with make_progress("img", disable=None if progress is None else not progress) as bar, torch.inference_mode():
             task = bar.add_task("evaluate", total=len(dataset), rate="")
             for images, y in loader:
                 keep = y >= 0
@@ -173,9 +175,6 @@ def score(model: nn.Module | str | os.PathLike, data: Any, *, batch_size: int = 
                 at += len(y)
                 speed = bar.tasks[0].speed
                 bar.update(task, advance=len(y), rate=f"{speed:.1f} img/s" if speed else "")
-    finally:
-        if hook is not None:
-            hook.remove()
     if not logits:
         raise GraftError(f"{data}: the data set has no images to evaluate", "check the data path")
     return Scores(torch.cat(logits), torch.cat(labels), torch.cat(index), dataset, mapping,

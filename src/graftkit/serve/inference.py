@@ -15,6 +15,7 @@ import torch.nn as nn
 from ..errors import GraftError
 from ..layout import channels_last
 from ..meta import imagenet_preprocessing, meta_of
+from .calibration import are_probabilities, temperature_of
 
 _AUX_HINTS = ("aux", "loss1", "loss2")
 
@@ -46,7 +47,6 @@ class MainOutput(nn.Module):
 
     def __init__(self, model: nn.Module, calibrated: bool = True):
         super().__init__()
-        from .calibration import temperature_of
         self.model = model
         self._meta = meta_of(model)
         self._name: str | None = None  # the main key of a dict output, resolved on the first call
@@ -68,13 +68,6 @@ class MainOutput(nn.Module):
         if self._probabilities:
             return (out.clamp_min(1e-12).log() / self.temperature).softmax(-1)
         return out / self.temperature
-
-
-def are_probabilities(scores: torch.Tensor) -> bool:
-    """The scores [N, K] already are probabilities (a converted graph that ends in Softmax, as many
-    Caffe, Keras and TFLite classifiers do)."""
-    scores = scores.float()
-    return bool(len(scores)) and bool(scores.min() >= 0) and bool(torch.allclose(scores.sum(1), torch.ones(()), atol=1e-3))
 
 
 def probabilities(scores: torch.Tensor) -> torch.Tensor:

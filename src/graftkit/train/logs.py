@@ -25,6 +25,14 @@ def write_csv(path: Path, history: list[dict[str, Any]], columns: tuple[str, ...
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """log.csv's rows (as strings), or [] when the run wrote none."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def write_json(path: Path, doc: Any) -> None:
     with atomic_open(path, "w") as f:
         json.dump(doc, f, indent=2, default=str)
