@@ -66,7 +66,8 @@ def check_cmd(source: Path = typer.Argument(..., metavar="LIST|ROOT", help="a .l
     """Report unreadable, corrupt, odd and duplicate images and label problems (exit 1 if any error).
 
     Detection and segmentation sources are checked too: a COCO .json (or a folder holding annotations.json),
-    a VOC folder of .xml files, a YOLO folder (images/ + labels/), a mask folder (images/ + masks/).
+    a VOC folder of .xml files, a YOLO folder (images/ + labels/), a mask folder (images/ + masks/), an
+    instance-mask folder (images/ + instances/ id masks, with masks/ or instances.json for the classes).
     Nothing is modified; --fix writes a new clean list (for boxes: a clean COCO .json) beside your files."""
     from ..tasks.data import annotation_kind
     if annotation_kind(source):

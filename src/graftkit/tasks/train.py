@@ -80,13 +80,17 @@ def open_boxes(path: str | os.PathLike, *, fix: bool = True, say: Callable[[str]
         p = p / "annotations.json"
     if p.is_file() and p.suffix == ".json":
         boxes, issues = tdata.read_coco(p)
+    elif p.is_dir() and (p / "instances").is_dir() and (p / "images").is_dir():
+        from .instances import read_instances
+        boxes, issues = read_instances(p)
     elif p.is_dir() and any(p.glob("*.xml")):
         boxes, issues = tdata.read_voc(p)
     elif p.is_dir() and (p / "images").is_dir() and (p / "labels").is_dir():
         boxes, issues = tdata.read_yolo(p / "images", p / "labels")
     else:
         raise GraftError(f"{path}: not a detection set", "give a COCO .json, a folder with annotations.json, "
-                         "a VOC folder of .xml files, or a YOLO folder with images/ and labels/")
+                         "a VOC folder of .xml files, a YOLO folder with images/ and labels/, or an "
+                         "instance-mask folder with images/ and instances/")
     if fix:
         box_problems = {"degenerate", "out_of_bounds"}
         done = tdata.clean_boxes(boxes)
@@ -107,6 +111,9 @@ def _fill_sizes(boxes: tdata.Boxes) -> None:
 def open_masks(path: str | os.PathLike, size: int, train: bool, classes: list[str] | None = None):
     classes = classes or tdata.read_classes(path)
     ds = tdata.MaskFolder(path, size=size, train=train, num_classes=len(classes) if classes else None)
+    if classes is None and ds.instance_classes:
+        classes = ds.instance_classes
+        ds.num_classes = len(classes)
     if classes is None:
         top = max(int(v) for i in range(len(ds)) for v in set(ds.read_mask(i).ravel().tolist()) if v != tdata.IGNORE)
         classes = ["background"] + [f"class{k}" for k in range(1, top + 1)]
