@@ -10,8 +10,7 @@ import torch
 
 from graftkit import tasks
 from graftkit.errors import GraftError
-from graftkit.serve import export
-from graftkit.serve.task_export import export_task_onnx
+from graftkit.serve.task_export import export_task as export, export_task_onnx
 from graftkit.tasks.train import save
 
 from conftest import require, run_graft

@@ -11,8 +11,8 @@ from PIL import Image
 
 from graftkit import tasks
 from graftkit.errors import GraftError
-from graftkit.tasks.data import MaskFolder, check_annotations, read_coco
-from graftkit.tasks.instances import read_instances
+from graftkit.tasks.data import read_coco
+from graftkit.tasks.instances import InstanceMaskFolder, check_instances, read_instances
 from graftkit.tasks.train import open_boxes, open_masks
 
 from conftest import run_graft
@@ -62,8 +62,8 @@ def test_instance_masks_give_the_scenes_boxes_and_class_masks(tmp_path, mapping)
     for i, img in enumerate(ds.images):
         want = np.asarray(Image.open(src / "masks" / f"{img.stem}.png"))
         assert np.array_equal(ds.read_mask(i), want)
-    kind, issues, _ = check_annotations(dst)
-    assert kind == "instances" and not [i for i in issues if i.fatal]
+    issues, _ = check_instances(dst)
+    assert not [i for i in issues if i.fatal]
 
 
 def _one(root: Path, ids: np.ndarray, name="a", size=None):
@@ -85,7 +85,7 @@ def test_each_instance_mistake_is_named_with_its_file_and_id(tmp_path):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(r / "instances" / "orphan.png")
     (r / "classes.txt").write_text("background\ncat\ndog\n")
     (r / "instances.json").write_text(json.dumps({"a": {"1": "cat", "2": "horse", "7": "dog"}}))
-    kind, issues, _ = check_annotations(r)
+    issues, _ = check_instances(r)
     got = {(i.problem, Path(i.where.split(" ")[0]).name, i.where.split(" id ")[-1] if " id " in i.where else None)
            for i in issues}
     assert ("unknown_id", "a.png", "3") in got            # id 3 has no class
@@ -99,7 +99,7 @@ def test_each_instance_mistake_is_named_with_its_file_and_id(tmp_path):
     # training stops with one line naming the first problem and the command that lists them all
     with pytest.raises(GraftError, match=r"orphan\.png: no image of this name.*\(and 5 more\).*graft data check"):
         open_boxes(r)
-    ds = MaskFolder(r, 16)
+    ds = InstanceMaskFolder(r, 16)
     with pytest.raises(GraftError, match=r"a\.png id 2: class 'horse' is not among"):
         ds.read_mask(ds.images.index(r / "images" / "a.png"))
     res = run_graft("data", "check", r, "--json")

@@ -103,12 +103,15 @@ def register(app: typer.Typer) -> None:
         """Export MODEL's main output (aux heads dropped) and check it against PyTorch. A detector or
         segmenter from `graft train --task` exports to ONNX whole (FCOS/RetinaNet: post-processing included)."""
         from ..serve import export as run
-        probes = None
-        if probe:
+        from ..tasks.predict import is_task_model
+        if is_task_model(model):   # a `graft train --task` folder
+            from ..serve.task_export import export_task
             from ..tasks.predict import probe_images
-            probes = probe_images(model, [str(p) for p in probe])
-        done = run(model, onnx=onnx, torchscript=torchscript, opset=opset, dynamic_batch=dynamic_batch, trust=trust,
-                   probes=probes)
+            probes = probe_images(model, [str(p) for p in probe]) if probe else None
+            done = export_task(model, onnx=onnx, torchscript=torchscript, opset=opset, dynamic_batch=dynamic_batch,
+                               trust=trust, probes=probes)
+        else:
+            done = run(model, onnx=onnx, torchscript=torchscript, opset=opset, dynamic_batch=dynamic_batch, trust=trust)
         if json_:
             print_json(done)
             return

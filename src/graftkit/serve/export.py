@@ -132,19 +132,10 @@ def export_torchscript(model: nn.Module | str | os.PathLike, path: str | os.Path
 
 def export(model: nn.Module | str | os.PathLike, *, onnx: str | os.PathLike | None = None,
            torchscript: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET,
-           dynamic_batch: bool = True, trust: bool = False, probes=None) -> list[dict[str, Any]]:
-    """Export to every target given; each result holds the path and the measured error against PyTorch.
-    A detection/segmentation model goes through task_export (ONNX only; `probes`: its check images)."""
+           dynamic_batch: bool = True, trust: bool = False) -> list[dict[str, Any]]:
+    """Export to every target given; each result holds the path and the measured error against PyTorch."""
     if onnx is None and torchscript is None:
         raise GraftError("nothing to export", "give --onnx OUT.onnx and/or --torchscript OUT.pt")
-    from ..tasks.predict import is_task_model
-    if isinstance(model, (str, os.PathLike)) and is_task_model(model):   # a `graft train --task` folder
-        if torchscript is not None:
-            raise GraftError(f"{model}: TorchScript export of detection/segmentation models is not available",
-                             "use --onnx OUT.onnx")
-        from .task_export import export_task_onnx
-        return [export_task_onnx(model, onnx, opset=opset, dynamic_batch=dynamic_batch, trust=trust,
-                                 probes=probes)]
     model = _resolve(model, trust)
     done = []
     if onnx is not None:

@@ -154,3 +154,15 @@ def export_task_onnx(model: str | os.PathLike | nn.Module, path: str | os.PathLi
     return {"path": str(path), "format": "onnx", "opset": opset, "task": net.task, "head": net.head_name,
             "exported": what, "input_shape": shape, "checked_batches": checked,
             "dynamic_batch": bool(dynamic_batch and net.task == "segment"), **check}
+
+
+def export_task(model: str | os.PathLike, *, onnx: str | os.PathLike | None = None,
+                torchscript: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+                trust: bool = False, probes: list[torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """`graft export` of a `graft train --task` folder: ONNX only."""
+    if torchscript is not None:
+        raise GraftError(f"{model}: TorchScript export of detection/segmentation models is not available",
+                         "use --onnx OUT.onnx")
+    if onnx is None:
+        raise GraftError("nothing to export", "give --onnx OUT.onnx")
+    return [export_task_onnx(model, onnx, opset=opset, dynamic_batch=dynamic_batch, trust=trust, probes=probes)]

@@ -11,8 +11,8 @@ for the fields graftkit reads). `check_boxes` lists every problem with its file 
 or line; `clean_boxes` drops degenerate boxes and clips out-of-bounds ones, and says what it did.
 
 Segmentation: `MaskFolder` reads ROOT/images/*.{png,jpg} with ROOT/masks/<same stem>.png
-(class-indexed, 255 = ignore), or with ROOT/instances/<same stem>.png id masks and an id -> class
-mapping (`instances.py`, which also reads them as boxes). Augmentations run once on (image, mask[, boxes]) together through
+(class-indexed, 255 = ignore); id masks of instances are `instances.py`'s (InstanceMaskFolder).
+Augmentations run once on (image, mask[, boxes]) together through
 torchvision.transforms.v2 and tv_tensors, so geometry stays consistent; masks are resized
 nearest-neighbour (v2 does so for tv_tensors.Mask), never bilinear.
 """
@@ -355,15 +355,6 @@ class MaskFolder(Dataset):
         img_dir, mask_dir = self.root / "images", self.root / "masks"
         self.transform = transform or seg_transform(size, train)
         self.num_classes = num_classes
-        self.instances = None          # an instance-mask folder without class masks: its objects give the classes
-        self.instance_classes = None
-        if img_dir.is_dir() and not mask_dir.is_dir() and (self.root / "instances").is_dir():
-            from .instances import InstanceFolder
-            self.instances = InstanceFolder(self.root)
-            self.images, self.instance_classes = self.instances.images, self.instances.classes
-            if not self.images:
-                raise GraftError(f"{img_dir}: no images", "add images")
-            return
         if not img_dir.is_dir() or not mask_dir.is_dir():
             raise GraftError(f"{self.root}: a mask data set needs images/ and masks/ folders",
                              "put the images in ROOT/images and class-indexed PNG masks in ROOT/masks "
@@ -382,8 +373,6 @@ class MaskFolder(Dataset):
         return len(self.images)
 
     def read_mask(self, i: int) -> np.ndarray:
-        if self.instances is not None:
-            return self.instances.class_mask(i)
         try:
             with Image.open(self.masks[i]) as im:
                 if im.mode not in ("L", "P", "I", "I;16"):
@@ -487,7 +476,8 @@ def check_masks(root: str | os.PathLike, classes: list[str] | None = None) -> li
 
 
 def annotation_kind(path: str | os.PathLike) -> str | None:
-    """coco | voc | yolo | instances | masks for a detection/segmentation source, None for anything else."""
+    """coco | voc | yolo | masks for a detection/segmentation source, None for anything else (instance-mask
+    folders: instances.is_instance_folder)."""
     p = Path(path)
     if p.is_file() and p.suffix.lower() == ".json":
         return "coco"
@@ -495,8 +485,6 @@ def annotation_kind(path: str | os.PathLike) -> str | None:
         return None
     if (p / "annotations.json").is_file():
         return "coco"
-    if (p / "images").is_dir() and (p / "instances").is_dir():
-        return "instances"
     if (p / "images").is_dir() and (p / "masks").is_dir():
         return "masks"
     if (p / "images").is_dir() and (p / "labels").is_dir() and any((p / "labels").glob("*.txt")):
@@ -518,12 +506,6 @@ def check_annotations(path: str | os.PathLike) -> tuple[str, list[Issue], Boxes 
         boxes, issues = read_yolo(p / "images", p / "labels")
     elif kind == "masks":
         return kind, check_masks(p), None
-    elif kind == "instances":
-        from .instances import read_instances
-        boxes, issues = read_instances(p)
-        if (p / "masks").is_dir():
-            issues = check_masks(p, ["background", *boxes.classes]) + issues
-        return kind, issues, boxes                 # --fix can write the objects' boxes as a clean COCO file
     else:
         raise GraftError(f"{path}: not an annotation source", "give a COCO .json, a VOC folder of .xml, a YOLO folder "
                          "(images/ + labels/) or a mask folder (images/ + masks/)")

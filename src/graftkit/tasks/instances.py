@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import GraftError
-from .data import IGNORE, IMAGE_EXTS, Boxes, Issue, _image_size, check_boxes, read_classes
+from .data import IGNORE, IMAGE_EXTS, Boxes, Issue, MaskFolder, _image_size, check_boxes, check_masks, read_classes
 
 MAPPING = "instances.json"
 MODES = ("L", "P", "I", "I;16")
@@ -195,3 +195,29 @@ def read_instances(root: str | os.PathLike, classes: list[str] | None = None) ->
     names = folder.classes[1:]
     boxes = Boxes(recs, names, list(range(1, len(names) + 1)), folder.root / "images", source=str(folder.root))
     return boxes, issues + check_boxes(boxes)
+
+
+class InstanceMaskFolder(MaskFolder):
+    """An instance-mask folder without class masks, as a segmentation set: each object painted with its class."""
+
+    def __init__(self, root: str | os.PathLike, size: int = 128, train: bool = False, num_classes: int | None = None,
+                 transform=None):
+        from .data import seg_transform
+        self.root = Path(root)
+        self.instances = InstanceFolder(self.root)
+        self.images, self.instance_classes = self.instances.images, self.instances.classes
+        if not self.images:
+            raise GraftError(f"{self.root / 'images'}: no images", "add images")
+        self.transform = transform or seg_transform(size, train)
+        self.num_classes = num_classes
+
+    def read_mask(self, i: int) -> np.ndarray:
+        return self.instances.class_mask(i)
+
+
+def check_instances(root: str | os.PathLike) -> tuple[list[Issue], Boxes]:
+    """Every problem of an instance-mask folder (with its class masks' own, when it has them), and its boxes."""
+    boxes, issues = read_instances(root)
+    if (Path(root) / "masks").is_dir():
+        issues = check_masks(root, ["background", *boxes.classes]) + issues
+    return issues, boxes

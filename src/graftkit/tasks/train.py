@@ -110,8 +110,10 @@ def _fill_sizes(boxes: tdata.Boxes) -> None:
 
 def open_masks(path: str | os.PathLike, size: int, train: bool, classes: list[str] | None = None):
     classes = classes or tdata.read_classes(path)
-    ds = tdata.MaskFolder(path, size=size, train=train, num_classes=len(classes) if classes else None)
-    if classes is None and ds.instance_classes:
+    from .instances import InstanceMaskFolder, is_instance_folder
+    kind = InstanceMaskFolder if is_instance_folder(path) and not (Path(path) / "masks").is_dir() else tdata.MaskFolder
+    ds = kind(path, size=size, train=train, num_classes=len(classes) if classes else None)
+    if classes is None and getattr(ds, "instance_classes", None):
         classes = ds.instance_classes
         ds.num_classes = len(classes)
     if classes is None:
