@@ -66,10 +66,12 @@ def check_cmd(source: Path = typer.Argument(..., metavar="LIST|ROOT", help="a .l
     """Report unreadable, corrupt, odd and duplicate images and label problems (exit 1 if any error).
 
     Detection and segmentation sources are checked too: a COCO .json (or a folder holding annotations.json),
-    a VOC folder of .xml files, a YOLO folder (images/ + labels/), a mask folder (images/ + masks/).
+    a VOC folder of .xml files, a YOLO folder (images/ + labels/), a mask folder (images/ + masks/), an
+    instance-mask folder (images/ + instances/ id masks, with masks/ or instances.json for the classes).
     Nothing is modified; --fix writes a new clean list (for boxes: a clean COCO .json) beside your files."""
     from ..tasks.data import annotation_kind
-    if annotation_kind(source):
+    from ..tasks.instances import is_instance_folder
+    if annotation_kind(source) or is_instance_folder(source):
         _check_annotations(source, json_, fix, strict)
         return
     from ..data.check import check, fix as fix_list
@@ -95,7 +97,11 @@ def check_cmd(source: Path = typer.Argument(..., metavar="LIST|ROOT", help="a .l
 
 def _check_annotations(source: Path, json_: bool, fix: Optional[Path], strict: bool) -> None:
     from ..tasks.data import check_annotations, clean_boxes, write_coco
-    kind, issues, boxes = check_annotations(source)
+    from ..tasks.instances import check_instances, is_instance_folder
+    if is_instance_folder(source):
+        kind, (issues, boxes) = "instances", check_instances(source)
+    else:
+        kind, issues, boxes = check_annotations(source)
     fixed = None
     if fix is not None:
         if boxes is None:

@@ -131,10 +131,21 @@ def register(app: typer.Typer) -> None:
                                                   help="ONNX: let the batch size vary (default), or fix it at 1"),
                json_: bool = typer.Option(False, "--json", help="print JSON"),
                trust: bool = typer.Option(False, "--trust", help="build a package whose architecture is a Python file (runs its code)"),
+               probe: List[Path] = typer.Option([], "--probe", help="detection/segmentation models: check the export "
+                                                "on this image (repeatable; default: random images)"),
     ) -> None:
-        """Export MODEL's main output (aux heads dropped) and check it against PyTorch."""
+        """Export MODEL's main output (aux heads dropped) and check it against PyTorch. A detector or
+        segmenter from `graft train --task` exports to ONNX whole (FCOS/RetinaNet: post-processing included)."""
         from ..serve import export as run
-        done = run(model, onnx=onnx, torchscript=torchscript, opset=opset, dynamic_batch=dynamic_batch, trust=trust)
+        from ..tasks.predict import is_task_model
+        if is_task_model(model):   # a `graft train --task` folder
+            from ..serve.task_export import export_task
+            from ..tasks.predict import probe_images
+            probes = probe_images(model, [str(p) for p in probe]) if probe else None
+            done = export_task(model, onnx=onnx, torchscript=torchscript, opset=opset, dynamic_batch=dynamic_batch,
+                               trust=trust, probes=probes)
+        else:
+            done = run(model, onnx=onnx, torchscript=torchscript, opset=opset, dynamic_batch=dynamic_batch, trust=trust)
         if json_:
             print_json(done)
             return
@@ -143,3 +154,6 @@ def register(app: typer.Typer) -> None:
             out.print(f"wrote {d['path']} ({d['format']}, {how}); checked against PyTorch on a random "
                       f"{'x'.join(map(str, d['input_shape']))} input: max abs error {d['max_abs_err']:.2e}, "
                       f"max rel error {d['max_rel_err']:.2e}", soft_wrap=True)
+            if "exported" in d:
+                out.print(f"exported: {d['exported']}" + (f"; {d['detections']} detections compared"
+                                                          if "detections" in d else ""), soft_wrap=True)

@@ -37,7 +37,9 @@ def register(app: typer.Typer) -> None:
               optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd, adamw, adam, rmsprop, ..."),
               policy: Optional[str] = typer.Option(None, "--policy", help="lr policy: fixed, step, multistep, exp, inv, poly, cosine, onecycle"),
               freeze: List[str] = typer.Option([], "--freeze", help="freeze parameters matching this pattern (repeatable; 'body' = all but the head)"),
-              head: Optional[str] = typer.Option(None, "--head", help="auto, new, keep or keep_matching"),
+              head: Optional[str] = typer.Option(None, "--head", help="classify: auto, new, keep or keep_matching; "
+                                                 "--task detect: fcos (default), retinanet or fasterrcnn; "
+                                                 "--task segment: fpn (default) or deeplabv3"),
               size: Optional[int] = typer.Option(None, "--size", help="input side in pixels (default: auto)"),
               workers: Optional[str] = typer.Option(None, "--workers", help="data loader worker processes, or auto "
                                                     "(default: measured in the first epochs); 0 loads in-process"),
@@ -54,12 +56,13 @@ def register(app: typer.Typer) -> None:
         partial or a full fine-tune); writes best/last packages, summary.json and, for fine-tunes, checkpoint,
         log.csv, TensorBoard events and curves.png into the run folder.
 
-        --task segment|detect trains an FPN segmenter or an FCOS detector on MODEL's multi-scale features
-        (--strategy scratch: the same architecture from random initialisation)."""
+        --task segment|detect trains a segmenter (--head fpn|deeplabv3) or a detector (--head
+        fcos|retinanet|fasterrcnn) on MODEL's multi-scale features (--strategy scratch: the same
+        architecture from random initialisation)."""
         if task != "classify":
             _train_task(task, model, train_data, val_data, out, plan_file, strategy, epochs, max_iter, time_budget,
                         seed, resume, lr, batch_size, optimizer, policy, list(freeze), size, trust, json_,
-                        checkpoint_every)
+                        checkpoint_every, head)
             if report:
                 _report(out, trust, cache)
             return
@@ -88,7 +91,8 @@ def register(app: typer.Typer) -> None:
                       + f"; packages in {out}/best.safetensors and {out}/last.safetensors")
 
     def _train_task(task, model, train_data, val_data, out, plan_file, strategy, epochs, max_iter, time_budget, seed,
-                    resume, lr, batch_size, optimizer, policy, freeze, size, trust, json_, checkpoint_every) -> None:
+                    resume, lr, batch_size, optimizer, policy, freeze, size, trust, json_, checkpoint_every,
+                    head=None) -> None:
         from ..errors import GraftError
         from ..tasks import fit_task, task_plan
         from ..tasks.train import TASKS
@@ -110,7 +114,7 @@ def register(app: typer.Typer) -> None:
             summary = fit_task(task, model, train_data, val_data, out_dir=out, plan=plan, seed=seed, epochs=epochs,
                                max_iter=max_iter, time_budget=time_budget, size=size or 128,
                                pretrained=strategy != "scratch", trust=trust, log=None if json_ else err.print,
-                               resume=resume, quiet=json_)
+                               resume=resume, quiet=json_, head=head)
         except RunInterrupted as e:
             print(f"graft: stopped: {e}", file=sys.stderr)
             raise typer.Exit(130)

@@ -11,7 +11,8 @@ for the fields graftkit reads). `check_boxes` lists every problem with its file 
 or line; `clean_boxes` drops degenerate boxes and clips out-of-bounds ones, and says what it did.
 
 Segmentation: `MaskFolder` reads ROOT/images/*.{png,jpg} with ROOT/masks/<same stem>.png
-(class-indexed, 255 = ignore). Augmentations run once on (image, mask[, boxes]) together through
+(class-indexed, 255 = ignore); id masks of instances are `instances.py`'s (InstanceMaskFolder).
+Augmentations run once on (image, mask[, boxes]) together through
 torchvision.transforms.v2 and tv_tensors, so geometry stays consistent; masks are resized
 nearest-neighbour (v2 does so for tv_tensors.Mask), never bilinear.
 """
@@ -352,9 +353,12 @@ class MaskFolder(Dataset):
                  transform=None):
         self.root = Path(root)
         img_dir, mask_dir = self.root / "images", self.root / "masks"
+        self.transform = transform or seg_transform(size, train)
+        self.num_classes = num_classes
         if not img_dir.is_dir() or not mask_dir.is_dir():
             raise GraftError(f"{self.root}: a mask data set needs images/ and masks/ folders",
-                             "put the images in ROOT/images and class-indexed PNG masks in ROOT/masks")
+                             "put the images in ROOT/images and class-indexed PNG masks in ROOT/masks "
+                             "(or id masks in ROOT/instances, see graftkit.tasks.instances)")
         self.images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not self.images:
             raise GraftError(f"{img_dir}: no images", "add images")
@@ -364,8 +368,6 @@ class MaskFolder(Dataset):
             if not m.is_file():
                 raise GraftError(f"{p}: no mask {m}", "every image needs a mask PNG of the same name")
             self.masks.append(m)
-        self.transform = transform or seg_transform(size, train)
-        self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self.images)
@@ -391,7 +393,7 @@ class MaskFolder(Dataset):
         img = tv_tensors.Image(_load_rgb(self.images[i]))
         m = self.read_mask(i)
         if m.shape != tuple(img.shape[-2:]):
-            raise GraftError(f"{self.masks[i]}: mask is {m.shape[1]}x{m.shape[0]} but its image is "
+            raise GraftError(f"{self.images[i]}: its mask is {m.shape[1]}x{m.shape[0]} but the image is "
                              f"{img.shape[-1]}x{img.shape[-2]}", "masks must have their image's size")
         mask = tv_tensors.Mask(torch.from_numpy(m))
         img, mask = self.transform(img, mask)
@@ -474,7 +476,8 @@ def check_masks(root: str | os.PathLike, classes: list[str] | None = None) -> li
 
 
 def annotation_kind(path: str | os.PathLike) -> str | None:
-    """coco | voc | yolo | masks for a detection/segmentation source, None for anything else."""
+    """coco | voc | yolo | masks for a detection/segmentation source, None for anything else (instance-mask
+    folders: instances.is_instance_folder)."""
     p = Path(path)
     if p.is_file() and p.suffix.lower() == ".json":
         return "coco"

@@ -1,4 +1,5 @@
-"""Dense task models on a FeatureBackbone: an FPN segmenter and a torchvision FCOS detector.
+"""Dense task models on a FeatureBackbone: segmenters (FPN, DeepLabV3-style ASPP) and torchvision detectors
+(FCOS, RetinaNet, Faster R-CNN), chosen by name through `make` (SEG_HEADS / DET_HEADS).
 
 Both take images as floats in [0, 1] (N,3,H,W) and normalise them with the backbone's own
 preprocessing (mean/std from its package metadata), so the data pipeline is the same for any
@@ -14,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import GraftError
 from .backbone import FeatureBackbone
 
 
@@ -56,14 +58,63 @@ class FPNSegHead(nn.Module):
         return self.classifier(fused)
 
 
+class ASPP(nn.Module):
+    """DeepLabV3's atrous spatial pyramid pooling: a 1x1 branch, one dilated 3x3 branch per rate and an
+    image-pooling branch, concatenated and projected. Not torchvision's ASPP: its pooling branch puts a
+    BatchNorm on a 1x1 map, which fails on a training batch of one image."""
+
+    def __init__(self, in_channels: int, width: int, rates: tuple[int, ...]):
+        super().__init__()
+
+        def cbr(k: int, d: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(in_channels, width, k, padding=d * (k // 2), dilation=d, bias=False),
+                                 nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.branches = nn.ModuleList([cbr(1)] + [cbr(3, r) for r in rates])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, width, 1), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(nn.Conv2d(width * (len(rates) + 2), width, 1, bias=False),
+                                     nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [b(x) for b in self.branches]
+        outs.append(self.pool(x).expand(-1, -1, x.shape[-2], x.shape[-1]))
+        return self.project(torch.cat(outs, 1))
+
+
+class DeepLabSegHead(nn.Module):
+    """DeepLabV3 (ASPP on the coarsest features) with the DeepLabV3+ upsampling decoder: the ASPP output is
+    upsampled to the finest level, concatenated with a 1x1 projection of it, refined by two 3x3 convs and
+    classified. The atrous rates (1, 2, 3) suit the 4x4 map a 128-px image gives at stride 32; the paper's
+    (6, 12, 18) assume a 33x33 map and would read mostly padding here."""
+
+    def __init__(self, in_channels: list[int], num_classes: int, width: int = 64, rates: tuple[int, ...] = (1, 2, 3)):
+        super().__init__()
+        self.aspp = ASPP(in_channels[-1], width, rates)
+        low = max(16, width // 4)
+        self.low = nn.Sequential(nn.Conv2d(in_channels[0], low, 1, bias=False), nn.BatchNorm2d(low), nn.ReLU(inplace=True))
+        self.decode = nn.Sequential(nn.Conv2d(width + low, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                    nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        a = F.interpolate(self.aspp(feats[-1]), size=feats[0].shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.decode(torch.cat([a, self.low(feats[0])], 1)))
+
+
+SEG_HEADS = {"fpn": FPNSegHead, "deeplabv3": DeepLabSegHead}
+DET_HEADS = ("fcos", "retinanet", "fasterrcnn")
+DEFAULT_HEAD = {"segment": "fpn", "detect": "fcos"}
+
+
 class Segmenter(nn.Module):
     """x in [0,1] -> class logits (N, K, H, W) at the input's size."""
     task = "segment"
 
-    def __init__(self, fb: FeatureBackbone, num_classes: int, width: int = 64):
+    def __init__(self, fb: FeatureBackbone, num_classes: int, width: int = 64, head: str = "fpn"):
         super().__init__()
         self.backbone = fb
-        self.head = FPNSegHead(fb.out_channels_list, num_classes, width)
+        self.head = SEG_HEADS[head](fb.out_channels_list, num_classes, width)
+        self.head_name = head
         mean, std = _norm_stats(fb)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -96,24 +147,57 @@ class _FPNBody(nn.Module):
 
 
 class Detector(nn.Module):
-    """torchvision FCOS on an FPN over the backbone's features.
+    """A torchvision detector (FCOS, RetinaNet or Faster R-CNN) on an FPN over the backbone's features.
 
     train: forward(images, targets) -> {loss_name: loss}; eval: forward(images) -> [{boxes, scores, labels}].
-    Labels are 0..K-1 (FCOS's sigmoid classifier has no background class, so class 0 is a real class)."""
+    Labels are 0..K-1 for every head: FCOS's and RetinaNet's sigmoid classifiers have no background class,
+    and Faster R-CNN's softmax one (class 0 = background) sees them shifted by one, in here only.
+
+    Small-CPU defaults: the FPN levels are the backbone's three coarsest plus P6/P7 (strides 8..128 for
+    lite0); RetinaNet's and the RPN's anchors are 2x the level's stride (16..256 px, 3 ratios; RetinaNet also
+    3 scales per octave), which covers the 10-64 px objects of a 128-px image, where torchvision's COCO
+    defaults (32..512 px for 800-px images) would leave the small ones unmatched. Faster R-CNN keeps 300/100
+    proposals (train/test) instead of 2000/1000, samples 128 RoIs per image, and has a 256-wide box head."""
     task = "detect"
 
     def __init__(self, fb: FeatureBackbone, num_classes: int, image_size: int = 128, width: int = 64,
-                 score_thresh: float = 0.05, detections: int = 100):
+                 score_thresh: float = 0.05, detections: int = 100, head: str = "fcos"):
         super().__init__()
-        from torchvision.models.detection import FCOS
         from torchvision.models.detection.anchor_utils import AnchorGenerator
         mean, std = _norm_stats(fb)
         body = _FPNBody(fb, width)
         top = fb.strides[-3:]
-        sizes = tuple((s,) for s in [*top, top[-1] * 2, top[-1] * 4])  # FCOS reads each level's "anchor" size as its stride
-        self.model = FCOS(body, num_classes, min_size=image_size, max_size=image_size, image_mean=mean,
-                          image_std=std, anchor_generator=AnchorGenerator(sizes, ((1.0,),) * 5),
-                          score_thresh=score_thresh, detections_per_img=detections, topk_candidates=200)
+        strides = [*top, top[-1] * 2, top[-1] * 4]
+        common = dict(min_size=image_size, max_size=image_size, image_mean=mean, image_std=std)
+        self.shift = 0
+        if head == "fcos":
+            from torchvision.models.detection import FCOS
+            sizes = tuple((s,) for s in strides)   # FCOS reads each level's "anchor" size as its stride
+            self.model = FCOS(body, num_classes, anchor_generator=AnchorGenerator(sizes, ((1.0,),) * 5),
+                              score_thresh=score_thresh, detections_per_img=detections, topk_candidates=200, **common)
+        elif head == "retinanet":
+            from torchvision.models.detection import RetinaNet
+            sizes = tuple(tuple(int(round(2 * s * 2 ** (k / 3))) for k in range(3)) for s in strides)
+            self.model = RetinaNet(body, num_classes, anchor_generator=AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5),
+                                   score_thresh=score_thresh, detections_per_img=detections, topk_candidates=200,
+                                   **common)
+        elif head == "fasterrcnn":
+            from torchvision.models.detection import FasterRCNN
+            from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+            from torchvision.ops import MultiScaleRoIAlign
+            sizes = tuple((2 * s,) for s in strides)
+            levels = [str(s) for s in top]           # RoIs are pooled from the backbone's levels, not P6/P7
+            self.model = FasterRCNN(
+                body, None, rpn_anchor_generator=AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5),
+                rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=100,
+                rpn_post_nms_top_n_test=100, rpn_batch_size_per_image=128, box_batch_size_per_image=128,
+                box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+                box_head=TwoMLPHead(width * 49, 256), box_predictor=FastRCNNPredictor(256, num_classes + 1),
+                box_score_thresh=score_thresh, box_detections_per_img=detections, **common)
+            self.shift = 1                           # class 0 is Faster R-CNN's background
+        else:
+            raise GraftError(f"detection head {head!r} is not known", f"use one of {', '.join(DET_HEADS)}")
+        self.head_name = head
         self.num_classes = num_classes
         self.image_size = image_size
 
@@ -122,10 +206,38 @@ class Detector(nn.Module):
         return self.model.backbone.fb
 
     def get_classifier(self) -> nn.Module:
-        return self.model.head
+        return self.model.roi_heads if self.shift else self.model.head
+
+    @property
+    def new_heads(self) -> list[str]:
+        """Module names of the new layers (the plan's `head`)."""
+        return ["model.backbone.fpn"] + (["model.rpn", "model.roi_heads"] if self.shift else ["model.head"])
 
     def forward(self, images, targets=None):
-        return self.model(images, targets)
+        if self.shift and targets is not None:
+            targets = [dict(t, labels=t["labels"] + self.shift) for t in targets]
+        out = self.model(images, targets)
+        if self.shift and not self.training:
+            out = [dict(d, labels=d["labels"] - self.shift) for d in out]
+        return out
+
+
+def make(task: str, fb: FeatureBackbone, num_classes: int, head: str | None = None, *, size: int = 128,
+         width: int = 64) -> nn.Module:
+    """The task model with the named head ("fpn"/"deeplabv3" for segment, "fcos"/"retinanet"/"fasterrcnn" for
+    detect; None: the task's default) on `fb`; its `new_heads` names the new layers for the plan."""
+    head = head or DEFAULT_HEAD[task]
+    if task == "segment":
+        if head not in SEG_HEADS:
+            raise GraftError(f"segmentation head {head!r} is not known", f"use --head {' or '.join(SEG_HEADS)}")
+        net = Segmenter(fb, num_classes, width, head)
+        net.new_heads = ["head"]
+        return net
+    if head not in DET_HEADS:
+        raise GraftError(f"detection head {head!r} is not known", f"use --head {' or '.join(DET_HEADS)}")
+    if len(fb.strides) < 3:
+        raise GraftError("a detector needs 3 feature levels", "use strides such as 8,16,32")
+    return Detector(fb, num_classes, image_size=size, width=width, head=head)
 
 
 def transfer_report(model: nn.Module) -> dict[str, Any]:

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,16 @@ def _files(inputs: list[str]) -> list[Path]:
     if not files:
         raise GraftError("no images among the inputs", "give image files or folders")
     return files
+
+
+def probe_images(model: str | os.PathLike, inputs: list[str]) -> list[torch.Tensor]:
+    """Images resized to the task model's input (3 x S x S in [0, 1]), as predict feeds them."""
+    from safetensors import safe_open
+    p = Path(model)
+    with safe_open(str(p / WEIGHTS if p.is_dir() else p), "pt") as f:
+        size = json.loads(f.metadata()["graftkit.task"])["size"]
+    return [torch.nn.functional.interpolate(_load_rgb(f)[None].float() / 255, size=(size, size), mode="bilinear",
+                                            antialias=True, align_corners=False)[0] for f in _files(inputs)]
 
 
 @torch.no_grad()

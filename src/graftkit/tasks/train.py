@@ -43,7 +43,7 @@ from ..train.solver import LRPolicy, make_optimizer
 from ..tune import Plan, apply
 from . import data as tdata
 from .backbone import DEFAULT_STRIDES, backbone as make_backbone
-from .heads import Detector, Segmenter, transfer_report
+from .heads import Detector, make as make_head, transfer_report
 from .metrics import ConfusionMeter, coco_map
 
 TASKS = ("segment", "detect")
@@ -66,25 +66,20 @@ def task_plan(**overrides: Any) -> Plan:
 
 
 def build(task: str, model: str | os.PathLike | nn.Module, num_classes: int, *, pretrained: bool = True,
-          size: int = 128, seed: int = 0, width: int = 64, strides=None, trust: bool = False) -> nn.Module:
-    """A segmenter (num_classes includes background) or an FCOS detector (num_classes objects) on `model`.
+          size: int = 128, seed: int = 0, width: int = 64, strides=None, trust: bool = False,
+          head: str | None = None) -> nn.Module:
+    """A segmenter (num_classes includes background) or a detector (num_classes objects) on `model`, with the
+    named head (heads.make: fpn | deeplabv3, fcos | retinanet | fasterrcnn; None: fpn / fcos).
     The new layers are initialised from `seed` after the backbone is built, so a pretrained and a
     random-init backbone get the same head."""
     if task not in TASKS:
         raise GraftError(f"task {task!r} is not known", f"use one of {', '.join(TASKS)}")
     fb = make_backbone(model, pretrained=pretrained, strides=strides or DEFAULT_STRIDES, trust=trust)
     torch.manual_seed(seed)
-    if task == "segment":
-        net = Segmenter(fb, num_classes, width)
-        net.new_heads = ["head"]
-    else:
-        if len(fb.strides) < 3:
-            raise GraftError("a detector needs 3 feature levels", "use strides such as 8,16,32")
-        net = Detector(fb, num_classes, image_size=size, width=width)
-        net.new_heads = ["model.backbone.fpn", "model.head"]
+    net = make_head(task, fb, num_classes, head, size=size, width=width)
     net.build_args = {"task": task, "model": str(model) if isinstance(model, (str, os.PathLike)) else None,
                       "num_classes": num_classes, "size": size, "width": width, "strides": fb.strides,
-                      "pretrained": pretrained}
+                      "pretrained": pretrained, "head": net.head_name}
     return net
 
 
@@ -98,13 +93,17 @@ def open_boxes(path: str | os.PathLike, *, fix: bool = True, say: Callable[[str]
         p = p / "annotations.json"
     if p.is_file() and p.suffix == ".json":
         boxes, issues = tdata.read_coco(p)
+    elif p.is_dir() and (p / "instances").is_dir() and (p / "images").is_dir():
+        from .instances import read_instances
+        boxes, issues = read_instances(p)
     elif p.is_dir() and any(p.glob("*.xml")):
         boxes, issues = tdata.read_voc(p)
     elif p.is_dir() and (p / "images").is_dir() and (p / "labels").is_dir():
         boxes, issues = tdata.read_yolo(p / "images", p / "labels")
     else:
         raise GraftError(f"{path}: not a detection set", "give a COCO .json, a folder with annotations.json, "
-                         "a VOC folder of .xml files, or a YOLO folder with images/ and labels/")
+                         "a VOC folder of .xml files, a YOLO folder with images/ and labels/, or an "
+                         "instance-mask folder with images/ and instances/")
     if fix:
         box_problems = {"degenerate", "out_of_bounds"}
         done = tdata.clean_boxes(boxes)
@@ -124,7 +123,12 @@ def _fill_sizes(boxes: tdata.Boxes) -> None:
 
 def open_masks(path: str | os.PathLike, size: int, train: bool, classes: list[str] | None = None):
     classes = classes or tdata.read_classes(path)
-    ds = tdata.MaskFolder(path, size=size, train=train, num_classes=len(classes) if classes else None)
+    from .instances import InstanceMaskFolder, is_instance_folder
+    kind = InstanceMaskFolder if is_instance_folder(path) and not (Path(path) / "masks").is_dir() else tdata.MaskFolder
+    ds = kind(path, size=size, train=train, num_classes=len(classes) if classes else None)
+    if classes is None and getattr(ds, "instance_classes", None):
+        classes = ds.instance_classes
+        ds.num_classes = len(classes)
     if classes is None:
         top = max(int(v) for i in range(len(ds)) for v in set(ds.read_mask(i).ravel().tolist()) if v != tdata.IGNORE)
         classes = ["background"] + [f"class{k}" for k in range(1, top + 1)]
@@ -287,7 +291,7 @@ def fit_task(task: str, model: str | os.PathLike | nn.Module, train: str | os.Pa
              plan: Plan | None = None, seed: int = 0, epochs: int | None = None, time_budget: float | None = None,
              size: int = 128, pretrained: bool = True, val_every: int = 1, trust: bool = False,
              log: Callable[[str], None] | None = None, max_iter: int | None = None, resume: bool = False,
-             interrupt_after: int | None = None, quiet: bool | None = True) -> dict[str, Any]:
+             interrupt_after: int | None = None, quiet: bool | None = True, head: str | None = None) -> dict[str, Any]:
     """Train a `task` model with backbone `model` on `train` (mask folder / detection set); returns the summary.
 
     With out_dir: OUT/model.safetensors (weights + build arguments), OUT/transfer.json (where every tensor came
@@ -335,7 +339,7 @@ def fit_task(task: str, model: str | os.PathLike | nn.Module, train: str | os.Pa
         num_classes, collate = len(classes), tdata.collate_pairs
     else:
         raise GraftError(f"task {task!r} is not known", f"use one of {', '.join(TASKS)}")
-    net = build(task, model, num_classes, pretrained=pretrained, size=size, seed=seed, trust=trust)
+    net = build(task, model, num_classes, pretrained=pretrained, size=size, seed=seed, trust=trust, head=head)
     net, tuning = apply(net, plan, new_heads=net.new_heads)
     s = plan.solver
     opt = make_optimizer(tuning.param_groups(net, s.lr, s.weight_decay), s)
@@ -410,7 +414,7 @@ def fit_task(task: str, model: str | os.PathLike | nn.Module, train: str | os.Pa
     if out is not None and history:
         write_logs(out, task, history)
     final = history[-1].get("val") if history else None
-    summary = {"task": task, "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+    summary = {"task": task, "head": net.head_name, "model": str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
                "pretrained": pretrained, "classes": classes, "train_images": len(train_ds),
                "val_images": len(val_ds) if val_ds is not None else 0, "size": size, "seed": seed,
                "data": {"train": str(train), "val": str(val) if val else None},
@@ -514,7 +518,7 @@ def load(path: str | os.PathLike, trust: bool = False) -> nn.Module:
     from ..nets import spec as specs
     random_ok = ref in builtin.NAMES or specs.is_arch_spec(ref)
     net = build(args["task"], ref, args["num_classes"], pretrained=not random_ok, size=args["size"],
-                width=args["width"], strides=args["strides"], trust=trust)
+                width=args["width"], strides=args["strides"], trust=trust, head=args.get("head"))
     net.load_state_dict(load_file(str(p)))
     net.classes = args["classes"]
     return net.eval()
