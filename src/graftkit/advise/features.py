@@ -82,10 +82,17 @@ def generic_end(model: nn.Module, input_size: Sequence[int], max_stride: int = 4
     (Yosinski et al., "How transferable are features in deep neural networks?", NeurIPS 2014), and on
     full-resolution maps, which makes their backward pass the most expensive per parameter."""
     ends = stage_ends(model, input_size)
-    sides: dict[str, int] = {}
+    shapes = output_shapes(model, ends, input_size)
+    shallow = [n for n in ends if n in shapes and input_size[-1] / shapes[n][-1] <= max_stride]
+    return shallow[-1] if shallow else None
+
+
+def output_shapes(model: nn.Module, names: Sequence[str], input_size: Sequence[int]) -> dict[str, tuple]:
+    """The output shape of each named layer (that returns a tensor) on one zero image, in eval mode."""
+    shapes: dict[str, tuple] = {}
     hooks = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _i, out, n=n: sides.__setitem__(n, out.shape[-1]) if isinstance(out, torch.Tensor) else None)
-        for n in ends]
+        lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape)) if isinstance(out, torch.Tensor) else None)
+        for n in names]
     was_training = model.training
     try:
         with torch.no_grad():
@@ -94,8 +101,7 @@ def generic_end(model: nn.Module, input_size: Sequence[int], max_stride: int = 4
         for h in hooks:
             h.remove()
         model.train(was_training)
-    shallow = [n for n in ends if n in sides and input_size[-1] / sides[n] <= max_stride]
-    return shallow[-1] if shallow else None
+    return shapes
 
 
 def _top_level(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -18,20 +18,11 @@ from ..errors import GraftError
 
 def cam_layer(model: nn.Module, input_size: Sequence[int]) -> str:
     """The module name of the last stage whose output is a feature map with more than one position."""
-    from ..advise.features import stage_ends
+    from ..advise.features import output_shapes, stage_ends
     from ..nets.probe import ProbeNet
     base, prefix = (model.base, "base.") if isinstance(model, ProbeNet) else (model, "")
     names = [prefix + n for n in stage_ends(base, input_size)]
-    seen: dict[str, tuple] = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _i, out, n=n: seen.__setitem__(n, tuple(out.shape)) if isinstance(out, torch.Tensor) else None)
-        for n in names]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_size))
-    finally:
-        for h in hooks:
-            h.remove()
+    seen = output_shapes(model, names, input_size)
     maps = [n for n in names if n in seen and len(seen[n]) == 4 and seen[n][2] * seen[n][3] > 1]
     if not maps:
         raise GraftError("the network has no feature map to explain (no layer with a spatial output)",

@@ -56,6 +56,16 @@ def _pct(x) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def _groups(groups: list[dict]) -> str:
+    """The plan by layer group (what trained, at which learning rate and weight decay), if the run has one."""
+    if not groups:
+        return ""
+    return "<h3>Plan by layer group</h3>" + _table(
+        ["group", "parameters", "status", "learning rate", "weight decay"],
+        [[g["group"], f"{g['parameters']:,}", ", ".join(g["status"]), ", ".join(f"{x:.3g}" for x in g["lr"]),
+          ", ".join(f"{x:.3g}" for x in g["weight_decay"])] for g in groups], {1})
+
+
 def _table(head: list[str] | None, rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
     h = "<tr>" + "".join(f"<th>{_e(c)}</th>" for c in head) + "</tr>" if head else ""
     body = "".join("<tr>" + "".join(f"<td{' class=n' if i in numeric else ''}>{_e(v)}</td>" for i, v in enumerate(r))
@@ -95,12 +105,7 @@ def _summary(doc) -> str:
     else:
         facts.append(["transplant", "none recorded (the weights are the model's own)"])
     out.append(_table(None, [[k, "-" if v is None else v] for k, v in facts]))
-    groups = s.get("groups") or []
-    if groups:
-        out.append("<h3>Plan by layer group</h3>" + _table(
-            ["group", "parameters", "status", "learning rate", "weight decay"],
-            [[g["group"], f"{g['parameters']:,}", ", ".join(g["status"]), ", ".join(f"{x:.3g}" for x in g["lr"]),
-              ", ".join(f"{x:.3g}" for x in g["weight_decay"])] for g in groups], {1}))
+    out.append(_groups(s.get("groups") or []))
     for w in s.get("warnings") or []:
         out.append(f"<p class=bad>warning: {_e(w)}</p>")
     return "".join(out) + "</section>"
@@ -269,12 +274,7 @@ def _task_summary(doc) -> str:
                           f"new (head) tensors" if t else "-"]]
     out = [f"<section id=summary><h2>Summary</h2><div class=cards>{''.join(cards)}</div>",
            _table(None, [[k, "-" if v is None else v] for k, v in facts])]
-    groups = s.get("groups") or []
-    if groups:
-        out.append("<h3>Plan by layer group</h3>" + _table(
-            ["group", "parameters", "status", "learning rate", "weight decay"],
-            [[g["group"], f"{g['parameters']:,}", ", ".join(g["status"]), ", ".join(f"{x:.3g}" for x in g["lr"]),
-              ", ".join(f"{x:.3g}" for x in g["weight_decay"])] for g in groups], {1}))
+    out.append(_groups(s.get("groups") or []))
     return "".join(out) + "</section>"
 
 
