@@ -52,13 +52,13 @@ def write_fmnist(work: Path, per_class: int, test_limit: int) -> tuple[Path, Pat
     from graftkit.data import FASHION_MNIST_CLASSES, fashion_mnist_subset, load_fashion_mnist
     names = [c.lower().replace("/", "_").replace(" ", "_") for c in FASHION_MNIST_CLASSES]
     train, test = work / "fmnist" / "train", work / "fmnist" / "test"
-    for folder, (x, y) in ((train, fashion_mnist_subset(per_class, "train", seed=0)),
-                           (test, load_fashion_mnist("test"))):
+    for folder, (x, y), limit in ((train, fashion_mnist_subset(per_class, "train", seed=0), None),
+                                  (test, load_fashion_mnist("test"), test_limit)):  # (the limit is the test set's)
         if folder.exists():
             continue
         part = folder.with_suffix(".part")
         shutil.rmtree(part, ignore_errors=True)
-        for i, (img, label) in enumerate(zip(x[:test_limit], y[:test_limit])):
+        for i, (img, label) in enumerate(zip(x[:limit], y[:limit])):
             d = part / names[int(label)]
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.asarray(img)).save(d / f"{i:05d}.png")
