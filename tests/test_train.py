@@ -132,6 +132,9 @@ def test_stop_gradient_freezes_everything_below_and_runs_it_without_autograd(tmp
     model, tuning = apply(make_model(), small_plan(stop_gradient="block.0"), ["a", "b", "c", "d"])
     frozen = {p.name for p in tuning.params if p.frozen}
     assert frozen == {"stem.0.weight", "stem.0.bias", "stem.1.weight", "stem.1.bias", "block.0.weight", "block.0.bias"}
+    # a container as the cut: its own layers are below it too (they run without autograd)
+    _, at_stem = apply(make_model(), small_plan(stop_gradient="stem"), ["a", "b", "c", "d"])
+    assert {p.name for p in at_stem.params if p.frozen} == {"stem.0.weight", "stem.0.bias", "stem.1.weight", "stem.1.bias"}
     seen = {}
     model.block[1].register_forward_hook(lambda m, i, o: seen.update(grad=i[0].requires_grad) or None)
     model.stem[0].register_forward_hook(lambda m, i, o: seen.update(stem=o.requires_grad) or None)

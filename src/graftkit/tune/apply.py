@@ -209,7 +209,8 @@ def apply(model: nn.Module, plan: Plan, classes: list[str] | None = None, *,
             close = difflib.get_close_matches(stop, modules, n=3, cutoff=0.5)
             raise GraftError(f"plan stop_gradient: {stop!r} names no layer of {model_name}",
                              (f"did you mean {', '.join(close)}?" if close else "see `graft plan show`"))
-        upto = modules[:modules.index(stop) + 1]
+        # everything that runs before it, and its own layers (they come after it in named_modules' pre-order)
+        upto = modules[:modules.index(stop) + 1] + [m for m in modules if m.startswith(stop + ".")]
         below = {m for m in upto if m}
         for n in names:
             owner = n.rsplit(".", 1)[0] if "." in n else ""
