@@ -162,3 +162,28 @@ def test_plan_show_cli_table_json_and_bad_layer(graft, tmp_path):
     r = graft("plan", "show", "--model", spec, "--freeze", "conv9")
     assert r.returncode == 2 and r.stderr.count("graft: error") == 1 and "'conv9' names no layer" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_layer_units_look_through_a_wrapper_shared_by_the_whole_body():
+    """A detector keeps its backbone under `model.backbone.fb.body.`: layer decay and the plan table must see
+    the backbone's stages there (not one unit `model`), and each new head as a unit of its own."""
+    inner = make_model()
+    wrapper = nn.Module()
+    wrapper.model = nn.Module()
+    wrapper.model.backbone = nn.Module()
+    wrapper.model.backbone.body = nn.Sequential()
+    for name, child in inner.named_children():
+        if name != "fc":
+            wrapper.model.backbone.body.add_module(name, child)
+    wrapper.model.backbone.fpn = nn.Conv2d(4, 4, 1)
+    wrapper.model.head = nn.Linear(4, 3)
+    wrapper.forward = lambda x: x
+    _, tuning = apply(wrapper, Plan(layer_decay=0.5), new_heads=["model.backbone.fpn", "model.head"])
+    groups = [g["group"] for g in tuning.groups(lr=1.0, weight_decay=0.0)]
+    body = [g for g in groups if g.startswith("model.backbone.body.")]
+    assert len(body) >= 3, groups
+    assert "model.head" in groups and "model.backbone.fpn" in groups
+    rows = {r["name"]: r for r in tuning.table(lr=1.0, weight_decay=0.0)}
+    lrs = [rows[n]["lr"] for n in rows if n.startswith("model.backbone.body.") and n.endswith("weight")]
+    assert lrs == sorted(lrs) and lrs[0] < lrs[-1] < 1.0      # deeper stages learn faster, all below the head
+    assert rows["model.head.weight"]["lr"] == Plan().head_lr_mult   # a new head: no layer decay

@@ -52,6 +52,9 @@ def curves(history: Sequence[dict[str, Any]], metrics: dict[str, str] | None = N
     if b.get_lines():
         b.legend()
     a.set_title("loss and learning rate"), b.set_title(metric_title)
+    from matplotlib.ticker import MaxNLocator
+    for ax in (a, b):   # epochs are whole: a 2-epoch run would otherwise get ticks at 1.25, 1.5...
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return _png(fig)
 

@@ -149,7 +149,7 @@ class Tuning:
 
     def groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """The table by layer unit (`conv_stem`, `blocks.3`, `classifier`...), in the model's order."""
-        keys = _layer_keys([p.name for p in self.params])
+        keys = _layer_keys([p.name for p in self.params], self.head_report.get("heads") or ([self.head] if self.head else []))
         out: dict[str, dict[str, Any]] = {}
         for row, p in zip(self.table(lr, weight_decay), self.params):
             g = out.setdefault(keys[p.name], {"group": keys[p.name], "parameters": 0, "status": [], "lr": [],
@@ -168,14 +168,27 @@ class Tuning:
                 "unfreeze_later": n([p for p in self.params if not p.frozen and p.unfreeze_at is not None])}
 
 
-def _layer_keys(names: list[str]) -> dict[str, str]:
-    """Depth unit of each parameter for layer-wise decay: `blocks.3`, `conv_stem`, `layer2`..."""
+def _layer_keys(names: list[str], heads: list[str] = ()) -> dict[str, str]:
+    """Depth unit of each parameter for layer-wise decay and the plan table: `blocks.3`, `conv_stem`,
+    `layer2`... A wrapper's path shared by the whole body (a detector's `model.backbone.fb.body.`) is
+    kept in the name but skipped when finding the unit; a head's parameters are keyed by the head."""
+    body = [n.split(".")[:-1] for n in names if not _in_head(n, list(heads))]
+    common = 0
+    if body:
+        shortest = min(len(p) for p in body)
+        while common < shortest - 1 and len({tuple(p[:common + 1]) for p in body}) == 1:
+            common += 1
     out = {}
     for n in names:
+        head = next((h for h in heads if _in_head(n, [h])), None)
+        if head is not None:
+            out[n] = head
+            continue
         parts = n.split(".")[:-1] or [n]
-        key = parts[0]
-        if len(parts) > 1 and parts[1].isdigit():
-            key += "." + parts[1]
+        rest = parts[common:] if len(parts) > common else parts[-1:]
+        key = ".".join(parts[:common] + rest[:1])
+        if len(rest) > 1 and rest[1].isdigit():
+            key += "." + rest[1]
         out[n] = key
     return out
 
@@ -231,7 +244,7 @@ def apply(model: nn.Module, plan: Plan, classes: list[str] | None = None, *,
             decay_user[n] = float(mult)
     norm_params = {f"{mn}.{pn}" if mn else pn for mn, m in model.named_modules() if isinstance(m, _NORMS)
                    for pn, _ in m.named_parameters(recurse=False)}
-    keys = _layer_keys(names)
+    keys = _layer_keys(names, all_heads)
     order = list(dict.fromkeys(keys[n] for n in names if not _in_head(n, all_heads)))
     depth = {k: i for i, k in enumerate(order)}
     infos = []
