@@ -205,14 +205,16 @@ def test_lp_ft_at_a_depth_fine_tunes_the_cut_network_from_its_probe(few_photos, 
     from graftkit.advise import train
     from graftkit.serve import evaluate
     from graftkit.tune import Plan
+    plan = Plan.load(None, epochs=1, size=96, batch_size=8)
+    plan.stop_gradient = "blocks.2"    # named as in the original network: it is under `base.` once cut
     s = train("lite0", few_photos, few_photos, out_dir=tmp_path / "run", strategy="lp-ft-at:blocks.4",
-              cache_dir=tmp_path / "c", plan=Plan.load(None, epochs=1, size=96, batch_size=8), quiet=True)
+              cache_dir=tmp_path / "c", plan=plan, quiet=True)
     assert s["strategy"]["chosen"] == "lp-ft-at:blocks.4" and s["epochs"] == 1
     net = graftkit.resolve(tmp_path / "run" / "last.safetensors")
     assert net.graftkit_meta["spec"]["depth"] == "blocks.4" and net.head.in_features == 112
     before = graftkit.resolve("lite0").state_dict()
     after = net.state_dict()
-    assert torch.equal(before["blocks.1.1.conv_pwl.weight"], after["base.blocks.1.1.conv_pwl.weight"])  # generic: kept
+    assert torch.equal(before["blocks.2.1.conv_pwl.weight"], after["base.blocks.2.1.conv_pwl.weight"])  # the plan's
     assert not torch.equal(before["blocks.4.0.conv_pwl.weight"], after["base.blocks.4.0.conv_pwl.weight"])
     assert torch.equal(before["blocks.6.0.conv_pwl.weight"], after["base.blocks.6.0.conv_pwl.weight"])  # never run
     # the package evaluates like any other, to the accuracy the run measured on the same images

@@ -87,6 +87,7 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
         else:  # the network cut at the depth, the probe its head (what `probe-at` packages), fine-tuned from there
             module = probe_package(module, advice.probe_at(advice.depth), list(ds.classes), pre).train()
             generic = generic and f"base.{generic}"
+            _under_base(plan)
         plan.head = "keep"
         plan.head_lr_mult = 1.0  # the head is trained already: it must not pull the features around
         # The probe was fitted on features under the running statistics; batch statistics of data far
@@ -105,6 +106,20 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
                   log=log, **fit_kwargs)
     summary["seconds_measuring"] = round(spent, 2)
     return _record(out_dir, summary, record, where)
+
+
+_KEYWORDS = ("head", "body", "backbone", "all", "*")
+
+
+def _under_base(plan) -> None:
+    """The cut network keeps the original under `base.`: the user's layer patterns (written for the original,
+    as `graft plan show` lists it) are moved there, so `freeze: [blocks.0]` means the same layers."""
+    move = lambda p: p if p in _KEYWORDS or p.startswith(("re:", "base.")) else f"base.{p}"  # noqa: E731
+    plan.freeze = [move(p) for p in plan.freeze]
+    plan.stop_gradient = plan.stop_gradient and move(plan.stop_gradient)
+    plan.lr_mult = {move(p): v for p, v in plan.lr_mult.items()}
+    plan.decay_mult = {move(p): v for p, v in plan.decay_mult.items()}
+    plan.unfreeze = {e: [move(p) for p in ps] for e, ps in plan.unfreeze.items()}
 
 
 def _record(out_dir, summary: dict[str, Any], record: dict[str, Any], where: dict) -> dict[str, Any]:
