@@ -215,12 +215,28 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
                      description="features", hashes=hashes)
     probes = [_cached_probe(root / f"probe-{probe_keys[d]}.safetensors",
                             lambda d=d: probe(feats.at[d], feats.labels, classes, d, seed=seed)) for d in depths]
+    best = max(probes, key=lambda p: p.cv_acc)
+    cut_speed = None
+    if tunable and best.depth != PRE_LOGITS and (strategy == "auto" or strategy.startswith("lp-ft-at:")):
+        # lp-ft-at trains the network cut at that depth: time that one (lite0 at blocks.4: ~1.6x the full one)
+        cut_speed = _cached(root, ("speed", hashes[0], pre["input_size"], generic, best.depth, torch.get_num_threads(),
+                                   platform.node()), lambda: train_speed(_cut(model, best), pre["input_size"],
+                                                                         stop=generic and f"base.{generic}"))
     spent = time.perf_counter() - t0
     summary = data_summary(labels, classes)
-    advice = decide(strategy, probes, summary, speed, budget, spent, tunable)
+    advice = decide(strategy, probes, summary, speed, budget, spent, tunable, cut_speed)
     advice.cached_depths = feats.cached
     advice.generic = generic
     return advice
+
+
+def _cut(model: nn.Module, result: ProbeResult) -> nn.Module:
+    """A copy of `model` cut at the probe's depth with a linear head: what lp-ft-at trains."""
+    import copy
+    from ..nets.probe import ProbeNet
+    from .features import tap_point
+    _, tap, side = tap_point(model, result.depth)
+    return ProbeNet(copy.deepcopy(model), tap, side, result.dim, result.head.weight.shape[0], result.depth)
 
 
 def score_on(advice: Advice, model: nn.Module, val, *, preprocessing: dict[str, Any], cache_dir=None,
@@ -241,16 +257,23 @@ def score_on(advice: Advice, model: nn.Module, val, *, preprocessing: dict[str, 
 
 
 def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed: dict[str, float],
-           budget: float | None, spent: float, tunable: bool = True) -> Advice:
+           budget: float | None, spent: float, tunable: bool = True,
+           cut_speed: dict[str, float] | None = None) -> Advice:
     """The strategy for these measurements (the rules of the module docstring). `tunable`: the network
-    can be given a new head and fine-tuned (not yet so for converted graphs, or without a classifier)."""
+    can be given a new head and fine-tuned (not yet so for converted graphs, or without a classifier).
+    `cut_speed`: the training speed of the network cut at the best-probing earlier depth, which is what
+    lp-ft-at trains (and what its epochs are counted with)."""
     best = max(probes, key=lambda p: p.cv_acc)
     final = next((p for p in probes if p.depth == PRE_LOGITS), probes[-1])
     margin = max(SIMILAR_MARGIN, final.cv_std)
     similar = (best is final or best.cv_acc - final.cv_acc <= margin) and final.cv_acc >= GOOD_PROBE
     per_class = data["median_per_class"]
     size = "small" if per_class < SMALL_PER_CLASS else "large" if per_class >= LARGE_PER_CLASS else "medium"
-    epoch_s = data["images"] / max(speed["train_img_s"], 1e-6)
+    cut = not similar and best is not final and cut_speed is not None and (
+        strategy == "auto" or strategy.startswith("lp-ft-at:"))
+    if cut:
+        speed = {**speed, "cut_at": best.depth, "cut_train_img_s": cut_speed["train_img_s"]}
+    epoch_s = data["images"] / max(speed["cut_train_img_s" if cut else "train_img_s"], 1e-6)
     left = None if budget is None else max(0.0, budget - spent)
     epochs = float("inf") if left is None else left / epoch_s
     affords = epochs >= MIN_FINETUNE_EPOCHS

@@ -60,7 +60,9 @@ def register(app: typer.Typer) -> None:
         out.print(f"scenario: {advice.scenario}", soft_wrap=True)
         out.print(f"recommended: [bold]{advice.strategy}[/] - {advice.why}", soft_wrap=True)
         out.print(f"expected training time: about {advice.expected_seconds:.0f} s "
-                  f"(a training step runs {advice.speed['train_img_s']:.0f} img/s here; "
+                  f"(a training step runs {advice.speed['train_img_s']:.0f} img/s here"
+                  + (f", {advice.speed['cut_train_img_s']:.0f} img/s cut at {advice.speed['cut_at']}"
+                     if "cut_at" in advice.speed else "") + "; "
                   f"measuring took {advice.spent_seconds:.1f} s"
                   + (f", features of {', '.join(advice.cached_depths)} from the cache" if advice.cached_depths else "")
                   + ")", soft_wrap=True)
