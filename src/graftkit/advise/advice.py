@@ -218,7 +218,7 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
     best = max(probes, key=lambda p: p.cv_acc)
     cut_speed = None
     if tunable and best.depth != PRE_LOGITS and (strategy == "auto" or strategy.startswith("lp-ft-at:")):
-        # lp-ft-at trains the network cut at that depth: time that one (lite0 at blocks.4: ~1.6x the full one)
+        # lp-ft-at trains the network cut at that depth: time that one (lite0 at blocks.4: 1.3x the whole one's images/s)
         cut_speed = _cached(root, ("speed", hashes[0], pre["input_size"], generic, best.depth, torch.get_num_threads(),
                                    platform.node()), lambda: train_speed(_cut(model, best), pre["input_size"],
                                                                          stop=generic and f"base.{generic}"))
