@@ -217,7 +217,7 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
                             lambda d=d: probe(feats.at[d], feats.labels, classes, d, seed=seed)) for d in depths]
     best = max(probes, key=lambda p: p.cv_acc)
     cut_speed = None
-    if tunable and best.depth != PRE_LOGITS and (strategy == "auto" or strategy.startswith("lp-ft-at:")):
+    if tunable and best.depth != PRE_LOGITS and strategy == "auto":
         # lp-ft-at trains the network cut at that depth: time that one (lite0 at blocks.4: 1.3x the whole one's images/s)
         cut_speed = _cached(root, ("speed", hashes[0], pre["input_size"], generic, best.depth, torch.get_num_threads(),
                                    platform.node()), lambda: train_speed(_cut(model, best), pre["input_size"],
@@ -269,8 +269,7 @@ def decide(strategy: str, probes: list[ProbeResult], data: dict[str, Any], speed
     similar = (best is final or best.cv_acc - final.cv_acc <= margin) and final.cv_acc >= GOOD_PROBE
     per_class = data["median_per_class"]
     size = "small" if per_class < SMALL_PER_CLASS else "large" if per_class >= LARGE_PER_CLASS else "medium"
-    cut = not similar and best is not final and cut_speed is not None and (
-        strategy == "auto" or strategy.startswith("lp-ft-at:"))
+    cut = not similar and best is not final and cut_speed is not None and strategy == "auto"
     if cut:
         speed = {**speed, "cut_at": best.depth, "cut_train_img_s": cut_speed["train_img_s"]}
     epoch_s = data["images"] / max(speed["cut_train_img_s" if cut else "train_img_s"], 1e-6)

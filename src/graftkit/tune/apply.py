@@ -185,7 +185,7 @@ def _layer_keys(names: list[str], heads: list[str] = ()) -> dict[str, str]:
             out[n] = head
             continue
         parts = n.split(".")[:-1] or [n]
-        rest = parts[common:] if len(parts) > common else parts[-1:]
+        rest = parts[common:]   # (common < every body name's length)
         key = ".".join(parts[:common] + rest[:1])
         if len(rest) > 1 and rest[1].isdigit():
             key += "." + rest[1]
