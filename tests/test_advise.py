@@ -67,10 +67,16 @@ def test_fashion_mnist_probes_best_at_an_earlier_depth_and_auto_fine_tunes(lite0
     assert "different" in advice.scenario
     # with no budget to respect, fine-tune from the best probe, the network cut at its depth
     assert advice.strategy == f"lp-ft-at:{earlier}" and advice.depth == earlier
-    # its epochs are counted at the speed of the cut network it trains, which skips the last stages
+    # its epochs are counted at the speed of the cut network it trains, which never runs the last stages
     speed = advice.speed
-    assert speed["cut_at"] == earlier and speed["cut_train_img_s"] > speed["train_img_s"], speed
+    assert speed["cut_at"] == earlier and speed["cut_train_img_s"] > 0, speed
     assert speed["epoch_s"] == pytest.approx(advice.data["images"] / speed["cut_train_img_s"], abs=0.1)
+    from graftkit.advise.advice import _cut
+    cut = _cut(lite0, next(p for p in advice.probes if p.depth == earlier))
+    ran = []
+    cut.base.blocks[-1].register_forward_hook(lambda *a: ran.append(1))
+    with torch.no_grad():
+        assert cut(torch.randn(1, *pre["input_size"])).shape == (1, 10) and not ran
     # with a budget that pays for no fine-tune, the best earlier depth is probed instead
     tight = decide("auto", advice.probes, advice.data, advice.speed, advice.spent_seconds + 1, advice.spent_seconds)
     assert tight.strategy == f"probe-at:{earlier}" and "fewer than" in tight.why

@@ -108,13 +108,11 @@ def train(model, train_data, val_data=None, *, out_dir: str | os.PathLike, strat
     return _record(out_dir, summary, record, where)
 
 
-_KEYWORDS = ("head", "body", "backbone", "all", "*")
-
-
 def _under_base(plan) -> None:
     """The cut network keeps the original under `base.`: the user's layer patterns (written for the original,
     as `graft plan show` lists it) are moved there, so `freeze: [blocks.0]` means the same layers."""
-    move = lambda p: p if p in _KEYWORDS or p.startswith(("re:", "base.")) else f"base.{p}"  # noqa: E731
+    from ..tune.patterns import KEYWORDS
+    move = lambda p: p if p in KEYWORDS or p.startswith(("re:", "base.")) else f"base.{p}"  # noqa: E731
     plan.freeze = [move(p) for p in plan.freeze]
     plan.stop_gradient = plan.stop_gradient and move(plan.stop_gradient)
     plan.lr_mult = {move(p): v for p, v in plan.lr_mult.items()}

@@ -16,6 +16,9 @@ from typing import Iterable
 from ..errors import GraftError
 
 
+KEYWORDS = ("head", "body", "backbone", "all", "*")   # patterns that name no layer by its name
+
+
 def matcher(pattern: str, head: str | None):
     """A predicate over parameter names for one pattern."""
     if pattern == "head":
