@@ -209,6 +209,9 @@ def test_lp_ft_starts_from_the_probe(few_photos, tmp_path):
     for name in ("conv_stem.weight", "blocks.0.0.conv_dw.weight", "blocks.1.1.conv_pwl.weight"):
         assert torch.equal(before[name], after[name]), name
     assert not torch.equal(before["blocks.2.0.conv_pwl.weight"], after["blocks.2.0.conv_pwl.weight"])
+    # lp-ft's own lr where the plan leaves it (2e-3, the head's too); the batch size the plan gives stays
+    assert {g["lr"][0] for g in saved["groups"] if g["status"] == ["trainable"]} == {2e-3}
+    assert saved["iterations"] == 3  # 24 images in batches of 8, not lp-ft's 16
 
 
 def test_lp_ft_at_a_depth_fine_tunes_the_cut_network_from_its_probe(few_photos, tmp_path):

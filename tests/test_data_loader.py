@@ -310,3 +310,22 @@ def test_a_tiny_jpeg_declaring_40000_squared_is_refused_before_decoding():
     assert jpeg_header(data)[:2] == (40000, 40000) and len(data) < 1000
     with pytest.raises(DecodeError, match="40000x40000 pixels is over the 200,000,000-pixel limit"):
         decode_tensor(bytes(data))
+
+
+def test_auto_augmentation_zooms_small_images_gently_and_photos_as_before(demo_train):
+    """`augment: auto`: 28 px images get the `small` preset (a crop of >= 80 % of the area, near-square), so that a
+    crop keeps the sleeves and collar that tell the garments apart; photos keep `light` (down to 60 %)."""
+    from pathlib import Path
+    from graftkit.train.data import open_run_data
+    from graftkit.tune import Plan
+    photos = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ants_bees"
+    meta = {"preprocessing": {"input_size": [3, 224, 224], "resize": 256}}
+    crops = {}
+    for name, folder in (("fmnist", demo_train), ("photos", photos)):
+        run = open_run_data(str(folder), None, Plan.load(), meta)
+        rrc = next(op for op in run.train.transform.ops if isinstance(op, aug.RandomResizedCrop))
+        crops[name] = (rrc.scale, rrc.ratio, run.preprocessing["input_size"])
+    assert crops["fmnist"] == ((0.8, 1.0), (0.9, 1.11), [3, 112, 112])
+    assert crops["photos"] == ((0.6, 1.0), (3 / 4, 4 / 3), [3, 224, 224])
+    explicit = open_run_data(str(demo_train), None, Plan.load(augment="light"), meta)
+    assert next(op for op in explicit.train.transform.ops if isinstance(op, aug.RandomResizedCrop)).scale == (0.6, 1.0)

@@ -41,6 +41,9 @@ solver:
     assert (s.optimizer, s.lr, s.policy, s.step_iters, s.gamma, s.momentum, s.max_iter, s.batch_size) == \
         ("sgd", 0.01, "step", 100, 0.5, 0.95, 300, 4)
     assert plan.freeze == ["stem"] and plan.lr_mult == {"block": 0.5}
+    # what the file and flags set, under our names (a strategy's own defaults leave these alone)
+    assert {"freeze", "lr_mult", "solver.lr", "solver.optimizer", "solver.batch_size"} <= plan.given
+    assert "solver.epochs" not in plan.given and not Plan.load().given
 
 
 @pytest.mark.parametrize("text, message", [

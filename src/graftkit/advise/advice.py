@@ -37,7 +37,7 @@ from ..atomic import atomic_open, atomic_path
 from ..errors import GraftError
 from ..layout import channels_last, to_channels_last
 from ..meta import meta_of
-from ..nets.probe import PRE_LOGITS
+from ..nets.probe import PRE_LOGITS, ProbeNet
 from .features import cache_key, cache_root, data_digest, default_depths, features, generic_end, model_digest
 from .probe import L2_GRID, ProbeResult, check_folds, probe
 
@@ -221,7 +221,7 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
         # lp-ft-at trains the network cut at that depth: time that one (lite0 at blocks.4: 1.3x the whole one's images/s)
         cut_speed = _cached(root, ("speed", hashes[0], pre["input_size"], generic, best.depth, torch.get_num_threads(),
                                    platform.node()), lambda: train_speed(_cut(model, best), pre["input_size"],
-                                                                         stop=generic and f"base.{generic}"))
+                                                                         stop=generic and ProbeNet.inner(generic)))
     spent = time.perf_counter() - t0
     summary = data_summary(labels, classes)
     advice = decide(strategy, probes, summary, speed, budget, spent, tunable, cut_speed)
@@ -233,7 +233,6 @@ def recommend(model: nn.Module, data, *, budget: float | None = None, at: Sequen
 def _cut(model: nn.Module, result: ProbeResult) -> nn.Module:
     """A copy of `model` cut at the probe's depth with a linear head: what lp-ft-at trains."""
     import copy
-    from ..nets.probe import ProbeNet
     from .features import tap_point
     _, tap, side = tap_point(model, result.depth)
     return ProbeNet(copy.deepcopy(model), tap, side, result.dim, result.head.weight.shape[0], result.depth)

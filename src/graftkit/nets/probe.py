@@ -85,6 +85,12 @@ class Taps:
 
 class ProbeNet(nn.Module):
     """`base` up to `tap`, pooled, then `head` (a Linear layer on the pooled features)."""
+    PREFIX = "base."  # the original network's layer names, as seen in this one
+
+    @classmethod
+    def inner(cls, name: str) -> str:
+        """The name in ProbeNet of the original network's layer `name`."""
+        return name if name.startswith(cls.PREFIX) else cls.PREFIX + name
 
     def __init__(self, base: nn.Module, tap: str, side: str, in_features: int, num_classes: int, depth: str = ""):
         super().__init__()

@@ -20,7 +20,7 @@ def cam_layer(model: nn.Module, input_size: Sequence[int]) -> str:
     """The module name of the last stage whose output is a feature map with more than one position."""
     from ..advise.features import output_shapes, stage_ends
     from ..nets.probe import ProbeNet
-    base, prefix = (model.base, "base.") if isinstance(model, ProbeNet) else (model, "")
+    base, prefix = (model.base, ProbeNet.PREFIX) if isinstance(model, ProbeNet) else (model, "")
     names = [prefix + n for n in stage_ends(base, input_size)]
     seen = output_shapes(model, names, input_size)
     maps = [n for n in names if n in seen and len(seen[n]) == 4 and seen[n][2] * seen[n][3] > 1]

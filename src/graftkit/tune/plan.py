@@ -22,7 +22,7 @@ or modules (`blocks.0`, `blocks.[0-3]*`, `re:^conv_stem`), plus two keywords:
     solver: {optimizer: adamw, lr: 0.001, weight_decay: 0.05, policy: cosine, warmup_epochs: 1,
              label_smoothing: 0.1, epochs: 30, batch_size: 32}
     # or Caffe's: {type: SGD, base_lr: 0.001, lr_policy: step, stepsize: 1000, gamma: 0.1, max_iter: 5000}
-    data: {size: auto, augment: light, balanced: false, num_workers: auto, cache_ram: 25%}
+    data: {size: auto, augment: auto, balanced: false, num_workers: auto, cache_ram: 25%}
 """
 from __future__ import annotations
 
@@ -31,13 +31,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import GraftError
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "radam")
 POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "cosine", "onecycle")
 HEAD_MODES = ("auto", "new", "keep", "keep_matching")
+AUGMENT_NAMES = ("auto", "none", "light", "small", "standard")  # the presets of train.data.AUGMENT_PRESETS
 # How to use the pretrained network (graftkit.advise): `auto` measures and chooses.
 STRATEGIES = ("auto", "probe", "probe-at:DEPTH", "lp-ft", "lp-ft-at:DEPTH", "partial", "partial-at:DEPTH", "finetune",
               "scratch")
@@ -82,7 +83,8 @@ class Solver:
 @dataclass
 class Data:
     size: int | str = "auto"         # input side; auto: the model's, or 4x small images (>= 96)
-    augment: Any = "light"           # none | light | standard, or an augmentation list (graftkit.data.augment)
+    augment: Any = "auto"            # auto | none | light | small | standard, or an augmentation list
+                                     # (graftkit.data.augment); auto: small for images under 64 px, else light
     balanced: bool = False           # class-balanced sampling
     num_workers: int | str = "auto"  # auto: measured in the first epochs (train.callbacks.choose_workers); 0 = in-process
     cache_ram: str = "25%"           # decode small training/validation data once into RAM up to this: 25% (of
@@ -114,6 +116,9 @@ class Plan:
     checkpoint_every: int | None = None      # also checkpoint every N iterations
     time_budget: float | None = None         # seconds of training
     budget_clock: str = "wall"               # wall | cpu (process CPU seconds / threads: fair on a shared machine)
+    # The keys the plan file and flags set ("solver.lr", "bn_stats", ...; from_dict records them): a strategy's
+    # own defaults (lp-ft's, graftkit.advise.run) apply to the others only.
+    given: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,10 +126,13 @@ class Plan:
     @classmethod
     def from_dict(cls, doc: dict[str, Any] | None, where: str = "plan") -> "Plan":
         doc = dict(doc or {})
-        solver = _build(Solver, _caffe_names(doc.pop("solver", None) or {}), f"{where}: solver")
-        data = _build(Data, doc.pop("data", None) or {}, f"{where}: data")
+        solver_doc = _caffe_names(doc.pop("solver", None) or {})
+        data_doc = doc.pop("data", None) or {}
+        solver = _build(Solver, solver_doc, f"{where}: solver")
+        data = _build(Data, data_doc, f"{where}: data")
         doc.pop("model", None)  # the model is chosen by the caller (--model wins)
         plan = _build(cls, doc, where, solver=solver, data=data)
+        plan.given = frozenset([*doc, *(f"solver.{k}" for k in solver_doc), *(f"data.{k}" for k in data_doc)])
         plan.validate(where)
         return plan
 
@@ -181,8 +189,8 @@ class Plan:
             raise GraftError(f"{where}: lr policy 'multistep' needs milestones (or Caffe's stepvalue)")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise GraftError(f"{where}: layer_decay must be in (0, 1], not {self.layer_decay}")
-        if isinstance(self.data.augment, str) and self.data.augment not in ("none", "light", "standard"):
-            raise GraftError(f"{where}: data augment must be none, light, standard or a list of augmentations, "
+        if isinstance(self.data.augment, str) and self.data.augment not in AUGMENT_NAMES:
+            raise GraftError(f"{where}: data augment must be {', '.join(AUGMENT_NAMES)} or a list of augmentations, "
                              f"not {self.data.augment!r}")
         w = self.data.num_workers
         if not (w == "auto" or (isinstance(w, int) and not isinstance(w, bool) and w >= 0)):
