@@ -112,7 +112,7 @@ LP_FT_DEFAULTS = {
     # 3% in train mode), and lp-ft would start from nothing.
     "bn_stats": "frozen",
     # Half the batch at twice the lr: twice the steps, larger ones, in a short budget (Fashion-MNIST 100/class,
-    # 300 s: 88.0-88.7 % against 87.3-87.7 % at the plan's 32 and 1e-3; README "Which strategy").
+    # 300 s: 88.3-88.9 % against 88.0 % at the plan's 32 and 1e-3; README "Which strategy").
     "solver.batch_size": 16,
     "solver.lr": 2e-3,
 }
